@@ -1,0 +1,65 @@
+# smartrouter — one-word entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+KERNEL := $(VENV)/share/jupyter/kernels/smartrouter/kernel.json
+
+# world parameters for `make world` (defaults = the default world of WORLD.md)
+DAYS    ?= 84
+PER_DAY ?= 10500
+SEED    ?= 42
+END     ?=
+PROFILE ?= default
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help setup run test test-fast lab world serve bench bench-world clean
+
+help: ## list every target with one line each
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+$(KERNEL): $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name smartrouter --display-name "smartrouter (Python 3.11)" >/dev/null
+	@echo "registered Jupyter kernel 'smartrouter'"
+
+setup: $(STAMP) $(KERNEL) ## create .venv, install the package, register the Jupyter kernel
+
+run: setup ## the daily job: build the local world if missing, then run the pipeline
+	$(BIN)/smartrouter world ensure
+	$(BIN)/smartrouter world summary
+
+test: setup ## run the whole test suite (sets everything up first)
+	$(BIN)/python -m pytest -q
+
+test-fast: setup ## unit tests only (skips slow whole-chain and load tests)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lab: setup ## JupyterLab on notebooks/ with the project kernel
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+world: setup ## rebuild the local world (override DAYS= PER_DAY= SEED= END=YYYY-MM-DD)
+	$(BIN)/smartrouter world build --days $(DAYS) --per-day $(PER_DAY) --seed $(SEED) $(if $(END),--end $(END),)
+
+serve: setup ## start the routing service on the promoted model (rules if none)
+	$(BIN)/smartrouter serve
+
+bench-world: setup ## world generation time, peak memory, approval and headroom
+	$(BIN)/python bench/bench_world.py
+
+bench: bench-world ## every benchmark
+
+clean: ## remove the virtualenv, local world, runs, reports and registry
+	rm -rf $(VENV) data runs/[0-9]* reports/[0-9]* reports/index.html models .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

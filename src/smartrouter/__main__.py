@@ -1,0 +1,5 @@
+import sys
+
+from smartrouter.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""The one place that owns settings and paths.
+
+Every setting is an environment variable with a default that runs the local world, so a
+notebook, papermill, a test or the service sees the same paths whatever the working directory.
+
+| variable | default | meaning |
+|---|---|---|
+| SMARTROUTER_HOME | the repository root | project home; relative paths below hang off it |
+| SMARTROUTER_WAREHOUSE | `local` | `local` (fakesnow over DuckDB) or `snowflake` |
+| SMARTROUTER_LOCAL_DIR | `$HOME/data/warehouse` | folder of the local world's DuckDB file(s) |
+| SMARTROUTER_SNOWFLAKE_CONNECTION | (connector default) | name of a connection in the connector's `connections.toml` |
+| SMARTROUTER_RUNS_DIR | `$HOME/runs` | one folder per pipeline run |
+| SMARTROUTER_REPORTS_DIR | `$HOME/reports` | HTML run reports |
+| SMARTROUTER_REGISTRY_DIR | `$HOME/models` | versioned model registry |
+| SMARTROUTER_STATE_DIR | `$HOME/data/state` | lineage store, decision log, locks |
+| SMARTROUTER_HOST / SMARTROUTER_PORT | `127.0.0.1` / `8000` | routing service bind address |
+| SMARTROUTER_ADMIN_TOKEN | (unset: admin endpoints refuse all calls) | bearer token for `/admin/*` |
+| SMARTROUTER_KERNEL | `smartrouter` | Jupyter kernel papermill runs stages with |
+
+Snowflake credentials never live here: the connector reads its own `connections.toml`
+(`~/.snowflake/connections.toml`) or the `SNOWFLAKE_*` environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smartrouter.errors import ConfigError
+
+# src/smartrouter/config.py -> repository root
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parent
+SQL_DIR = PACKAGE_DIR / "sql"
+
+WAREHOUSES = ("local", "snowflake")
+
+
+def _path(env: dict[str, str], name: str, home: Path, default: str) -> Path:
+    raw = env.get(name) or default
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else (home / path)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    warehouse: str
+    local_dir: Path
+    snowflake_connection: str | None
+    runs_dir: Path
+    reports_dir: Path
+    registry_dir: Path
+    state_dir: Path
+    host: str
+    port: int
+    admin_token: str | None = field(repr=False)
+    kernel: str
+
+    @property
+    def notebooks_dir(self) -> Path:
+        return self.home / "notebooks"
+
+    @property
+    def is_local(self) -> bool:
+        return self.warehouse == "local"
+
+    def public_dict(self) -> dict[str, str | int | None]:
+        """Settings safe to write into a manifest (the admin token is never included)."""
+        return {
+            "home": str(self.home),
+            "warehouse": self.warehouse,
+            "local_dir": str(self.local_dir),
+            "snowflake_connection": self.snowflake_connection,
+            "runs_dir": str(self.runs_dir),
+            "reports_dir": str(self.reports_dir),
+            "registry_dir": str(self.registry_dir),
+            "state_dir": str(self.state_dir),
+            "host": self.host,
+            "port": self.port,
+            "kernel": self.kernel,
+        }
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Read settings from the environment (or ``env``), validating each; raises ConfigError."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("SMARTROUTER_HOME") or REPO_ROOT).expanduser().resolve()
+    warehouse = (env.get("SMARTROUTER_WAREHOUSE") or "local").strip().lower()
+    if warehouse not in WAREHOUSES:
+        raise ConfigError(
+            f"SMARTROUTER_WAREHOUSE={warehouse!r} is not a warehouse; set it to one of {', '.join(WAREHOUSES)}"
+        )
+    port_raw = env.get("SMARTROUTER_PORT") or "8000"
+    try:
+        port = int(port_raw)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"SMARTROUTER_PORT={port_raw!r} is not a TCP port; set it to a number in 1..65535") from None
+    return Settings(
+        home=home,
+        warehouse=warehouse,
+        local_dir=_path(env, "SMARTROUTER_LOCAL_DIR", home, "data/warehouse"),
+        snowflake_connection=env.get("SMARTROUTER_SNOWFLAKE_CONNECTION") or None,
+        runs_dir=_path(env, "SMARTROUTER_RUNS_DIR", home, "runs"),
+        reports_dir=_path(env, "SMARTROUTER_REPORTS_DIR", home, "reports"),
+        registry_dir=_path(env, "SMARTROUTER_REGISTRY_DIR", home, "models"),
+        state_dir=_path(env, "SMARTROUTER_STATE_DIR", home, "data/state"),
+        host=env.get("SMARTROUTER_HOST") or "127.0.0.1",
+        port=port,
+        admin_token=env.get("SMARTROUTER_ADMIN_TOKEN") or None,
+        kernel=env.get("SMARTROUTER_KERNEL") or "smartrouter",
+    )
