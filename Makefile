@@ -18,7 +18,7 @@ PROFILE ?= default
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run test test-fast lab world serve bench bench-world clean
+.PHONY: help setup run test test-fast lab world serve bench bench-world bench-serve clean
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,7 +58,11 @@ serve: setup ## start the routing service on the promoted model (rules if none)
 bench-world: setup ## world generation time, peak memory, approval and headroom
 	$(BIN)/python bench/bench_world.py
 
-bench: bench-world ## every benchmark
+bench-serve: setup ## HTTP load test of the routing service (wrk) + in-process decision latency
+	@command -v wrk >/dev/null || { echo "installing wrk (Debian)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python bench/bench_serve.py
+
+bench: bench-world bench-serve ## every benchmark
 
 clean: ## remove the virtualenv, local world, runs, reports and registry
 	rm -rf $(VENV) data runs/[0-9]* reports/[0-9]* reports/index.html models .pytest_cache

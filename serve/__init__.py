@@ -1,0 +1,1 @@
+"""The Litestar edge of the routing service (see README.md); loaded by `smartrouter serve`."""

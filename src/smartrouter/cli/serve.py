@@ -1,0 +1,67 @@
+"""`smartrouter serve`: run the routing service (serve/app.py) under uvicorn.
+
+The HTTP edge lives in the repository's serve/ folder, not in the installed package, so it is
+imported with the repository root on sys.path (uvicorn's ``app_dir``); host and port come
+from settings (SMARTROUTER_HOST / SMARTROUTER_PORT) unless given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from types import ModuleType
+
+from smartrouter.config import REPO_ROOT, load_settings
+from smartrouter.errors import ConfigError
+
+APP_FACTORY = "serve.app:create_app"
+
+
+def import_app_module() -> ModuleType:
+    """Import serve/app.py from the repository (for tests, benchmarks and notebooks)."""
+    if not (REPO_ROOT / "serve" / "app.py").is_file():
+        raise ConfigError(f"{REPO_ROOT / 'serve' / 'app.py'} is missing; run from a full clone of the repository")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    return importlib.import_module("serve.app")
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Start uvicorn on the app factory; blocks until the server stops."""
+    import uvicorn
+
+    from smartrouter.routing.config import load_routing_config
+
+    settings = load_settings()
+    load_routing_config()  # fail here, with the key named, not inside a worker
+    import_app_module()  # a missing serve/ fails here with a clear message
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give at least 1")
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        app_dir=str(REPO_ROOT),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=args.access_log,
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="run the routing service (Litestar under uvicorn)",
+        description="Serve /v1/route on the promoted model (static rules if none). Host/port from settings.",
+    )
+    parser.add_argument("--host", default=None, help="bind address (default: SMARTROUTER_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: SMARTROUTER_PORT or 8000)")
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="uvicorn worker processes (default 1: health and exploration state live in each process)",
+    )
+    parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--access-log", action="store_true", help="log every request (slows the service)")
+    parser.set_defaults(func=handler)

@@ -1,0 +1,689 @@
+"""Evaluation on the held-out future window: model metrics, policy value with off-policy
+estimators, and (on world data) the truth check.
+
+Two kinds of rows, on purpose:
+
+* **Model metrics** (per processor head, per family, per slice) use *every* labelled attempt of
+  the test window: each head predicts P(approved) of the attempts its processor handled.
+* **Policy value** uses *first attempts only* (``NUM_ATTEMPTS_ORDER == 1``): a routing policy is
+  the choice of processor for a new payment. Retries follow the retry rules of the logging policy
+  (their logged choice depends on the previous attempt), so mixing them in would evaluate a
+  different decision problem. Every policy, estimator and truth value below is "approval rate of
+  first attempts in the test window".
+
+Off-policy estimation, and why the propensities are *pooled*. The logs come from a mixture of two
+loggers: a CONTROL arm that follows the static rules deterministically (logged propensity 1.0)
+and an EXPERIMENT arm (share ε, assigned by a hash of the order id, so independent of the
+payment) that picks uniformly among the candidates (logged propensity 1/|C|). Using the logged
+propensity row by row is biased: a CONTROL row is weighted 1 but only exists for the rules'
+choice, so a policy that disagrees with the rules is silently evaluated on the experiment rows
+plus a biased share of control rows. Two unbiased options:
+
+* ``mode="experiment"``: use only experiment-arm rows with their logged propensity 1/|C|. Clean,
+  but throws away ~90 % of the data.
+* ``mode="pooled"`` (default): treat the whole log as drawn from the mixture logger
+  μ(a|x) = (1-ε)·1[a = rules(x)] + ε/|C(x)|, which is the true marginal probability of each logged
+  action because the arm does not depend on x. All rows are used; a policy that agrees with the
+  rules gets weights ≈ 1/(1-ε+ε/|C|) on the many control rows (low variance) and a disagreeing
+  choice is supported by the experiment rows (weight |C|/ε). This is the "balanced" multiple-logger
+  IPS; ε is the observed share of EXPERIMENT first attempts and rules(x) is the logged choice on
+  control rows and the rules engine's choice on experiment rows.
+
+``mode="naive"`` (logged propensity on every row) is kept only to show its bias in the truth check.
+
+Estimators (π = target policy matrix, q̂ = an outcome model's probability matrix, w = π(a|x)/μ(a|x)):
+IPS = mean(w·r); SNIPS = Σw·r / Σw; DM = mean Σ_a π(a|x) q̂(x,a); DR = DM + mean(w·(r − q̂(x,a))).
+Intervals: 95 % percentile bootstrap with Poisson(1) resampling weights (vectorized, seeded); all
+policies share the same resamples, so differences between policies get paired intervals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from smartrouter import catalog
+from smartrouter.errors import ConfigError
+from smartrouter.models import metrics as M
+from smartrouter.policies import P, candidate_mask, greedy_policy, one_hot, processor_index
+
+ESTIMATORS: tuple[str, ...] = ("IPS", "SNIPS", "DM", "DR")
+PROPENSITY_MODES: tuple[str, ...] = ("pooled", "experiment", "naive")
+EXPERIMENT_ARM = "EXPERIMENT"
+SLICE_COLUMNS: dict[str, str] = {
+    "brand": "CARD_BRAND",
+    "currency": "CURRENCY",
+    "card_type": "CARD_TYPE",
+    "card_country": "CARD_COUNTRY",
+    "amount_band": "AMOUNT",
+    "customer": "IS_RETURNING_CUSTOMER",
+}
+TOP_COUNTRIES = 5
+
+
+# ---------------------------------------------------------------- small helpers
+def first_attempts(frame: pd.DataFrame) -> pd.DataFrame:
+    """The first attempt of each order (the rows policy value is measured on)."""
+    if "NUM_ATTEMPTS_ORDER" not in frame.columns:
+        return frame
+    return frame[pd.to_numeric(frame["NUM_ATTEMPTS_ORDER"], errors="coerce").fillna(1).astype(int) == 1]
+
+
+def logged_probability(prob_matrix: np.ndarray, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(p of the logged processor, logged processor index) per row."""
+    idx = processor_index(frame["PROCESSOR"])
+    if (idx < 0).any():
+        bad = sorted(set(frame["PROCESSOR"][idx < 0].astype(str)))[:5]
+        raise ConfigError(f"unknown PROCESSOR values {bad}; every row must name one of {catalog.PROCESSORS}")
+    return np.asarray(prob_matrix, dtype=np.float64)[np.arange(len(idx)), idx], idx
+
+
+def _check_matrix(name: str, matrix: np.ndarray, n: int) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (n, P):
+        raise ConfigError(f"{name} has shape {matrix.shape}; expected ({n}, {P}) = (rows, catalog.PROCESSORS)")
+    if not np.isfinite(matrix).all():
+        raise ConfigError(f"{name} contains NaN or infinite values; score every processor with finite probabilities")
+    return matrix
+
+
+def _curve_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative (tp, fp) at each distinct threshold, highest first, plus totals (numpy; no sklearn import)."""
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = y[order], p[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]  # end of each tie group
+    tp = np.cumsum(ys)[last]
+    fp = (last + 1) - tp
+    return tp, fp, tp[-1:], fp[-1:]
+
+
+def _pr_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Average precision (area under the precision-recall step curve), as sklearn defines it."""
+    y = (np.asarray(y) > 0.5).astype(np.float64)
+    if y.min(initial=1) == y.max(initial=0):
+        return float("nan")
+    tp, fp, P_, _ = _curve_points(y, np.asarray(p, dtype=np.float64))
+    precision = tp / (tp + fp)
+    recall = tp / P_
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _metric_row(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
+    row: dict[str, Any] = M.summary(y, p) if len(y) else {"n": 0, "auc": float("nan"), "ece": float("nan"),
+                                                         "brier": float("nan"), "logloss": float("nan"),
+                                                         "rate": float("nan"), "mean_p": float("nan")}
+    row["pr_auc"] = _pr_auc(y, p) if len(y) else float("nan")
+    pred = p >= threshold
+    yb = y > 0.5
+    row.update(tp=int((pred & yb).sum()), fp=int((pred & ~yb).sum()), tn=int((~pred & ~yb).sum()),
+               fn=int((~pred & yb).sum()), positives=int(yb.sum()))
+    return row
+
+
+# ---------------------------------------------------------------- model metrics
+def head_metrics(frame: pd.DataFrame, prob_matrix: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
+    """Per processor head (rows that processor handled) + ``ALL``: n, AUC, PR-AUC, log loss, Brier, ECE, confusion."""
+    y = frame["APPROVED"].to_numpy(dtype=np.float64)
+    p, idx = logged_probability(_check_matrix("prob_matrix", prob_matrix, len(frame)), frame)
+    rows = []
+    for j, name in enumerate(catalog.PROCESSORS):
+        sel = idx == j
+        rows.append({"processor": name, **_metric_row(y[sel], p[sel], threshold)})
+    rows.append({"processor": "ALL", **_metric_row(y, p, threshold)})
+    return pd.DataFrame(rows)
+
+
+def slice_labels(frame: pd.DataFrame, slice_name: str) -> np.ndarray:
+    """Label of each row in slice dimension ``slice_name`` (one of SLICE_COLUMNS)."""
+    col = SLICE_COLUMNS.get(slice_name)
+    if col is None:
+        raise ConfigError(f"unknown slice {slice_name!r}; use one of {', '.join(SLICE_COLUMNS)}")
+    if col not in frame.columns:
+        return np.full(len(frame), "n/a", dtype=object)
+    values = frame[col]
+    if slice_name == "amount_band":
+        # bands within each currency (a peso amount and a dollar amount are not comparable)
+        out = np.empty(len(frame), dtype=object)
+        amt = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        cur = frame["CURRENCY"].astype(str).to_numpy() if "CURRENCY" in frame.columns else np.full(len(frame), "")
+        for c in np.unique(cur):
+            sel = cur == c
+            q25, q75, q95 = np.nanquantile(amt[sel], [0.25, 0.75, 0.95]) if sel.any() else (0, 0, 0)
+            band = np.where(amt[sel] < q25, "low (<p25)", np.where(amt[sel] < q75, "mid (p25-p75)",
+                            np.where(amt[sel] < q95, "high (p75-p95)", "top (>=p95)")))
+            out[sel] = band
+        return out
+    if slice_name == "customer":
+        return np.where(values.astype(bool).to_numpy(), "returning", "new").astype(object)
+    labels = values.astype(str).to_numpy().astype(object)
+    if slice_name == "card_country":
+        top = values.astype(str).value_counts().index[:TOP_COUNTRIES]
+        labels = np.where(np.isin(labels, top), labels, "OTHER").astype(object)
+    return labels
+
+
+def slice_metrics(frame: pd.DataFrame, prob_matrix: np.ndarray, min_rows: int = 500,
+                  threshold: float = 0.5) -> pd.DataFrame:
+    """Metrics of the logged processor's probability per slice; ``small`` flags slices under ``min_rows``."""
+    y = frame["APPROVED"].to_numpy(dtype=np.float64)
+    p, _ = logged_probability(_check_matrix("prob_matrix", prob_matrix, len(frame)), frame)
+    rows = []
+    for name in SLICE_COLUMNS:
+        labels = slice_labels(frame, name)
+        for value in sorted(set(labels.tolist()), key=str):
+            sel = labels == value
+            rows.append({"slice": name, "value": str(value), **_metric_row(y[sel], p[sel], threshold),
+                         "small": bool(sel.sum() < min_rows)})
+    return pd.DataFrame(rows)
+
+
+def curves(frame: pd.DataFrame, prob_matrix: np.ndarray, points: int = 101, bins: int = M.ECE_BINS) -> dict[str, Any]:
+    """Plot data per processor head: ROC (fpr, tpr), PR (recall, precision), reliability (mean p, rate)."""
+    y = frame["APPROVED"].to_numpy(dtype=np.float64)
+    p, idx = logged_probability(_check_matrix("prob_matrix", prob_matrix, len(frame)), frame)
+    out: dict[str, Any] = {}
+    for j, name in enumerate(catalog.PROCESSORS):
+        sel = idx == j
+        ys, ps = y[sel], p[sel]
+        if len(np.unique(ys)) < 2:
+            continue
+        tp, fp, pos, neg = _curve_points(ys, ps)
+        fpr, tpr = np.r_[0.0, fp / neg], np.r_[0.0, tp / pos]
+        rec, prec = tp / pos, tp / (tp + fp)
+        grid = np.linspace(0, 1, points)
+        order = np.argsort(ps, kind="mergesort")
+        parts = np.array_split(order, min(bins, len(order)))
+        out[name] = {
+            "roc": {"fpr": grid.tolist(), "tpr": np.interp(grid, fpr, tpr).tolist()},
+            "pr": {"recall": grid.tolist(), "precision": np.interp(grid, rec, prec).tolist()},
+            "reliability": {"mean_p": [float(ps[b].mean()) for b in parts], "rate": [float(ys[b].mean()) for b in parts],
+                            "n": [int(len(b)) for b in parts]},
+        }
+    return out
+
+
+# ---------------------------------------------------------------- off-policy evaluation
+@dataclass
+class LoggedData:
+    """The logged bandit feedback policy value is estimated from (first attempts)."""
+
+    action: np.ndarray  # (n,) logged processor index
+    reward: np.ndarray  # (n,) 1 = approved
+    propensity: np.ndarray  # (n,) μ(a|x) used by the estimators (depends on mode)
+    mask: np.ndarray  # (n, P) candidates
+    rows: np.ndarray  # (n,) positions in the frame these rows came from
+    mode: str
+    experiment_share: float
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+
+def logged_data(frame: pd.DataFrame, rules_idx: np.ndarray | None = None, mode: str = "pooled",
+                experiment_share: float | None = None, mask: np.ndarray | None = None) -> LoggedData:
+    """Build the logged data of ``frame`` (already restricted to first attempts) for ``mode``.
+
+    ``rules_idx``: the static rules' choice per row (``policies.rules_choice``); needed by ``pooled``.
+    """
+    if mode not in PROPENSITY_MODES:
+        raise ConfigError(f"propensity mode {mode!r} is unknown; use one of {', '.join(PROPENSITY_MODES)}")
+    n = len(frame)
+    if n == 0:
+        raise ConfigError("no rows to evaluate policies on; widen the test window or check the feature table")
+    mask = candidate_mask(frame) if mask is None else mask
+    action = processor_index(frame["PROCESSOR"])
+    reward = frame["APPROVED"].to_numpy(dtype=np.float64)
+    arm = frame["EXPERIMENT_ARM"].astype(str).str.upper().to_numpy() if "EXPERIMENT_ARM" in frame.columns else np.full(n, "CONTROL")
+    is_exp = arm == EXPERIMENT_ARM
+    logged_p = pd.to_numeric(frame["PROPENSITY"], errors="coerce").to_numpy(dtype=np.float64) if "PROPENSITY" in frame.columns else np.ones(n)
+    eps = float(is_exp.mean()) if experiment_share is None else float(experiment_share)
+    rows = np.arange(n)
+    k = mask.sum(axis=1).clip(min=1)
+    if mode == "naive":
+        prop = logged_p
+    elif mode == "experiment":
+        if not is_exp.any():
+            raise ConfigError("no EXPERIMENT-arm rows in the window: the experiment estimator needs the randomized arm; use mode='pooled'")
+        rows = np.flatnonzero(is_exp)
+        prop = np.where(np.isfinite(logged_p[rows]) & (logged_p[rows] > 0), logged_p[rows], 1.0 / k[rows])
+    else:
+        if rules_idx is None:
+            raise ConfigError("pooled propensities need the static rules' choice per row (policies.rules_choice)")
+        rules_idx = np.asarray(rules_idx)
+        # on control rows the logged action IS the logging rules' choice (at that time)
+        logging_rule = np.where(is_exp, rules_idx, action)
+        prop = (1.0 - eps) * (action == logging_rule) + eps / k
+    return LoggedData(action=action[rows], reward=reward[rows], propensity=np.asarray(prop, dtype=np.float64),
+                      mask=mask[rows], rows=rows, mode=mode, experiment_share=eps)
+
+
+def _contributions(logged: LoggedData, pi: np.ndarray, q_hat: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-row (numerator, denominator) of each estimator; the estimate is Σnum / Σden."""
+    n = len(logged)
+    r = np.arange(n)
+    w = pi[r, logged.action] / logged.propensity
+    dm = (pi * q_hat).sum(axis=1)
+    ones = np.ones(n)
+    return {
+        "IPS": (w * logged.reward, ones),
+        "SNIPS": (w * logged.reward, w),
+        "DM": (dm, ones),
+        "DR": (dm + w * (logged.reward - q_hat[r, logged.action]), ones),
+    }
+
+
+def poisson_bootstrap(num: np.ndarray, den: np.ndarray, n_boot: int = 300, seed: int = 0,
+                      chunk: int = 50) -> np.ndarray:
+    """(n_boot, K) bootstrap replicates of Σnum_k/Σden_k with Poisson(1) row weights (same weights for all k)."""
+    num = np.atleast_2d(num)
+    den = np.atleast_2d(den)
+    rng = np.random.default_rng(seed)
+    n = num.shape[1]
+    out = np.empty((n_boot, num.shape[0]))
+    stacked = np.vstack([num, den]).T  # (n, 2K)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        weights = rng.poisson(1.0, size=(b, n)).astype(np.float64)
+        sums = weights @ stacked
+        k = num.shape[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + b] = sums[:, :k] / sums[:, k:]
+    return out
+
+
+@dataclass
+class PolicyValues:
+    """Estimates, intervals and bootstrap replicates for a set of policies on one logged data set."""
+
+    table: pd.DataFrame  # policy, estimator, estimate, ci_low, ci_high, [true_value, error, covered]
+    replicates: dict[tuple[str, str], np.ndarray]  # (policy, estimator) -> (n_boot,)
+    point: dict[tuple[str, str], float]
+    n_rows: int
+    mode: str
+    experiment_share: float
+    truth: dict[str, float] = field(default_factory=dict)
+
+    def estimate(self, policy: str, estimator: str = "DR") -> float:
+        return self.point[(policy, estimator)]
+
+    def lift(self, policy: str, baseline: str, estimator: str = "DR", level: float = 0.95) -> dict[str, float]:
+        """Paired difference policy − baseline with its bootstrap interval (and the true lift when known)."""
+        a, b = self.replicates[(policy, estimator)], self.replicates[(baseline, estimator)]
+        d = a - b
+        lo, hi = np.nanquantile(d, [(1 - level) / 2, 1 - (1 - level) / 2])
+        out = {"policy": policy, "baseline": baseline, "estimator": estimator,
+               "lift": self.point[(policy, estimator)] - self.point[(baseline, estimator)],
+               "ci_low": float(lo), "ci_high": float(hi)}
+        if policy in self.truth and baseline in self.truth:
+            out["true_lift"] = self.truth[policy] - self.truth[baseline]
+        return out
+
+    def lift_table(self, baseline: str, estimator: str = "DR") -> pd.DataFrame:
+        """Every policy's paired lift over ``baseline``."""
+        names = list(dict.fromkeys(self.table["policy"]))
+        return pd.DataFrame([self.lift(p, baseline, estimator) for p in names if p != baseline])
+
+
+def true_value(pi: np.ndarray, truth_matrix: np.ndarray) -> float:
+    """True approval rate of a policy: mean over rows of Σ_a π(a|x) · P_true(x, a)."""
+    return float((np.asarray(pi) * np.asarray(truth_matrix)).sum(axis=1).mean())
+
+
+def estimate_policies(logged: LoggedData, policies: Mapping[str, np.ndarray],
+                      q_hat: np.ndarray | Mapping[str, np.ndarray], *, n_boot: int = 300, seed: int = 0,
+                      truth_matrix: np.ndarray | None = None, level: float = 0.95) -> PolicyValues:
+    """IPS, SNIPS, DM and DR estimates of each policy's value, with bootstrap intervals.
+
+    ``policies`` maps a name to its (n_frame, P) matrix over the *frame's* rows (the logged data
+    picks its rows); ``q_hat`` is one outcome model for all policies or one per policy name (a
+    model's greedy policy is best paired with its own model). With ``truth_matrix`` (world only)
+    the table also holds each policy's true value, the estimate's error and interval coverage.
+    """
+    if not policies:
+        raise ConfigError("no policies to evaluate; pass at least the static rules")
+    names = list(policies)
+    nums, dens, keys = [], [], []
+    point: dict[tuple[str, str], float] = {}
+    truth: dict[str, float] = {}
+    for name in names:
+        pi = np.asarray(policies[name], dtype=np.float64)[logged.rows]
+        q = q_hat[name] if isinstance(q_hat, Mapping) else q_hat
+        q = np.asarray(q, dtype=np.float64)[logged.rows]
+        if pi.shape != (len(logged), P) or q.shape != pi.shape:
+            raise ConfigError(f"policy {name!r} or its outcome model does not cover the evaluated rows with {P} processors")
+        for est, (num, den) in _contributions(logged, pi, q).items():
+            nums.append(num)
+            dens.append(den)
+            keys.append((name, est))
+            point[(name, est)] = float(num.sum() / den.sum()) if den.sum() > 0 else float("nan")
+        if truth_matrix is not None:
+            truth[name] = true_value(pi, np.asarray(truth_matrix, dtype=np.float64)[logged.rows])
+    reps = poisson_bootstrap(np.vstack(nums), np.vstack(dens), n_boot=n_boot, seed=seed)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    rows = []
+    replicates = {}
+    for k, key in enumerate(keys):
+        replicates[key] = reps[:, k]
+        lo, hi = np.nanquantile(reps[:, k], [lo_q, hi_q])
+        row = {"policy": key[0], "estimator": key[1], "estimate": point[key], "ci_low": float(lo), "ci_high": float(hi)}
+        if truth:
+            t = truth[key[0]]
+            row.update(true_value=t, error=point[key] - t, covered=bool(lo <= t <= hi))
+        rows.append(row)
+    return PolicyValues(table=pd.DataFrame(rows), replicates=replicates, point=point, n_rows=len(logged),
+                        mode=logged.mode, experiment_share=logged.experiment_share, truth=truth)
+
+
+def lift_by_group(logged: LoggedData, pi_a: np.ndarray, pi_b: np.ndarray, q_hat: np.ndarray, groups: np.ndarray,
+                  *, estimator: str = "DR", n_boot: int = 200, seed: int = 0, min_rows: int = 0) -> pd.DataFrame:
+    """Per group (slice value or time fold): value of policy a − policy b with a paired bootstrap interval.
+
+    ``groups`` labels the frame's rows; groups with fewer than ``min_rows`` logged rows are flagged ``small``.
+    """
+    g = np.asarray(groups, dtype=object)[logged.rows]
+    r = np.arange(len(logged))
+    pa = np.asarray(pi_a, dtype=np.float64)[logged.rows]
+    pb = np.asarray(pi_b, dtype=np.float64)[logged.rows]
+    q = np.asarray(q_hat, dtype=np.float64)[logged.rows]
+    ca, cb = _contributions(logged, pa, q)[estimator], _contributions(logged, pb, q)[estimator]
+    out = []
+    for value in sorted(set(g.tolist()), key=str):
+        sel = np.flatnonzero(g == value)
+        num = np.vstack([ca[0][sel], cb[0][sel]])
+        den = np.vstack([ca[1][sel], cb[1][sel]])
+        va, vb = num[0].sum() / den[0].sum(), num[1].sum() / den[1].sum()
+        reps = poisson_bootstrap(num, den, n_boot=n_boot, seed=seed)
+        d = reps[:, 0] - reps[:, 1]
+        lo, hi = np.nanquantile(d, [0.025, 0.975])
+        out.append({"group": str(value), "n": int(len(sel)), "value_a": float(va), "value_b": float(vb),
+                    "lift": float(va - vb), "ci_low": float(lo), "ci_high": float(hi),
+                    "small": bool(len(sel) < min_rows)})
+    del r
+    return pd.DataFrame(out)
+
+
+def time_folds(frame: pd.DataFrame, folds: int) -> np.ndarray:
+    """Fold label (0..folds-1) of each row by equal-count slices of CREATED_AT."""
+    t = pd.to_datetime(frame["CREATED_AT"]).to_numpy()
+    order = np.argsort(t, kind="mergesort")
+    labels = np.empty(len(frame), dtype=object)
+    for k, part in enumerate(np.array_split(order, max(1, folds))):
+        labels[part] = f"fold{k + 1}"
+    return labels
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of ``actual`` against ``expected`` (quantile bins of ``expected``)."""
+    expected = np.asarray(expected, dtype=np.float64).ravel()
+    actual = np.asarray(actual, dtype=np.float64).ravel()
+    if not len(expected) or not len(actual):
+        return float("nan")
+    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 3:
+        edges = np.linspace(min(expected.min(), actual.min()), max(expected.max(), actual.max()) + 1e-9, bins + 1)
+    e = np.histogram(np.clip(expected, edges[0], edges[-1]), edges)[0] / len(expected)
+    a = np.histogram(np.clip(actual, edges[0], edges[-1]), edges)[0] / len(actual)
+    e, a = np.clip(e, 1e-4, None), np.clip(a, 1e-4, None)
+    return float(((a - e) * np.log(a / e)).sum())
+
+
+# ---------------------------------------------------------------- the truth (world only)
+def load_oracle(settings: Any = None) -> tuple[Any | None, str]:
+    """(oracle, why) for the data in the local warehouse; oracle is None when the data did not come from the world."""
+    try:
+        from smartrouter import warehouse
+        from smartrouter.world import World
+
+        params = warehouse.load_world_params(settings)
+        return World(params).oracle(), f"world seed {getattr(params, 'seed', '?')}"
+    except Exception as exc:  # noqa: BLE001 - any failure means "no truth available": say why, skip the check
+        return None, f"truth check skipped: {type(exc).__name__}: {exc}"
+
+
+def truth_check(values: PolicyValues) -> pd.DataFrame:
+    """Each estimator's error against the truth: one row per (policy, estimator), errors in percentage points."""
+    if not values.truth:
+        raise ConfigError("these estimates carry no true values; pass truth_matrix (world data only)")
+    t = values.table.copy()
+    t["error_pp"] = 100.0 * t["error"]
+    t["abs_error_pp"] = t["error_pp"].abs()
+    return t[["policy", "estimator", "estimate", "ci_low", "ci_high", "true_value", "error_pp", "abs_error_pp", "covered"]]
+
+
+# ---------------------------------------------------------------- one call for a whole run
+@dataclass
+class RunEvaluation:
+    """Everything the Evaluate stage computes and the Gate stage judges (see ``evaluate_run``)."""
+
+    heads: dict[str, pd.DataFrame]  # family -> head_metrics
+    slices: dict[str, pd.DataFrame]  # family -> slice_metrics
+    values: PolicyValues
+    logged: LoggedData
+    policies: dict[str, np.ndarray]  # policy name -> (n_first, P)
+    q_hat: dict[str, np.ndarray]  # policy name -> outcome model used by DM/DR
+    reference_family: str
+    first: pd.DataFrame  # the first-attempt rows policies are evaluated on
+    truth_note: str
+    test: pd.DataFrame  # the whole test window (all labelled attempts, index 0..n-1)
+    family_probs: dict[str, np.ndarray]  # family -> (len(test), P)
+    first_index: np.ndarray  # positions in ``test`` of the first-attempt rows
+    first_mask: np.ndarray  # (n_first, P) candidates of the first-attempt rows
+    truth_matrix: np.ndarray | None = None
+    comparison: pd.DataFrame | None = None  # estimator error by propensity mode (world only)
+
+    @property
+    def test_action(self) -> np.ndarray:
+        """Logged processor index of every test row."""
+        return processor_index(self.test["PROCESSOR"])
+
+    @property
+    def test_mask(self) -> np.ndarray:
+        """(len(test), P) candidates of every test row."""
+        return candidate_mask(self.test)
+
+    @property
+    def families(self) -> list[str]:
+        return list(self.heads)
+
+    def family_policy(self, family: str) -> str:
+        return f"model:{family}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-JSON summary (per-head metrics, slices, policy-value table, lifts, truth check)."""
+        from smartrouter.notebook_tools import plain
+
+        out: dict[str, Any] = {
+            "families": {f: {"heads": plain(h), "slices": plain(self.slices.get(f, pd.DataFrame()))} for f, h in self.heads.items()},
+            "policy_value": {
+                "rows": "first attempts of the test window",
+                "n_rows": self.values.n_rows,
+                "propensity_mode": self.values.mode,
+                "experiment_share": self.values.experiment_share,
+                "dm_reference_family": self.reference_family,
+                "table": plain(self.values.table),
+                "lift_vs_rules": plain(self.values.lift_table(STATIC_RULES)),
+            },
+            "truth": {"available": self.truth_matrix is not None, "note": self.truth_note},
+        }
+        if self.comparison is not None:
+            out["truth"]["by_mode"] = plain(self.comparison)
+        return out
+
+
+STATIC_RULES = "static_rules"
+SUCCESS_RATE = "success_rate_router"
+ORACLE = "oracle"
+
+
+def evaluate_run(test: pd.DataFrame, family_probs: Mapping[str, np.ndarray], rules_engine: Any, *,
+                 oracle: Any = None, truth_note: str = "", warmup: pd.DataFrame | None = None,
+                 router_params: Mapping[str, Any] | None = None, mode: str = "pooled", n_boot: int = 300,
+                 seed: int = 0, threshold: float = 0.5, min_slice_rows: int = 500,
+                 compare_modes: bool = True) -> RunEvaluation:
+    """Evaluate every family on the test window and every policy's value (and the truth on world data).
+
+    ``test``: labelled attempts of the test window (the feature table's test split, all attempts);
+    ``family_probs``: family -> (len(test), P) calibrated probabilities; ``rules_engine``: the static
+    rules; ``oracle``: the world's oracle or None; ``warmup``: labelled attempts before the window
+    (the success-rate router starts from their outcomes).
+    """
+    if not family_probs:
+        raise ConfigError("no model families to evaluate; train at least one (run_dir/models/<family>/)")
+    test = test.reset_index(drop=True)
+    probs = {f: _check_matrix(f"probabilities of {f}", m, len(test)) for f, m in family_probs.items()}
+    heads = {f: head_metrics(test, m, threshold) for f, m in probs.items()}
+    slices = {f: slice_metrics(test, m, min_slice_rows, threshold) for f, m in probs.items()}
+
+    from smartrouter.policies import SuccessRateRouter, rules_choice
+
+    # the router sees all labelled attempts' outcomes as they happen, but is scored on first attempts
+    router = SuccessRateRouter(**dict(router_params or {}))
+    replay = router.replay(test, seed=seed, warmup=warmup)
+    is_first = np.zeros(len(test), dtype=bool)
+    is_first[first_attempts(test).index.to_numpy()] = True
+    first = test[is_first].reset_index(drop=True)
+    fidx = np.flatnonzero(is_first)
+    mask = candidate_mask(first)
+    r_idx = rules_choice(first, rules_engine, mask)
+
+    # DM/DR need an outcome model for the non-model policies: the family with the lowest log loss
+    reference = min(probs, key=lambda f: float(heads[f].set_index("processor").loc["ALL", "logloss"]))
+    policies: dict[str, np.ndarray] = {STATIC_RULES: one_hot(r_idx), SUCCESS_RATE: replay.probabilities[fidx]}
+    q_hat: dict[str, np.ndarray] = {STATIC_RULES: probs[reference][fidx], SUCCESS_RATE: probs[reference][fidx]}
+    for f, m in probs.items():
+        policies[f"model:{f}"] = greedy_policy(m[fidx], mask)
+        q_hat[f"model:{f}"] = m[fidx]
+    truth = None
+    if oracle is not None:
+        truth = np.asarray(oracle.probability_matrix(first), dtype=np.float64)
+        policies[ORACLE] = greedy_policy(truth, mask)
+        q_hat[ORACLE] = probs[reference][fidx]
+    logged = logged_data(first, r_idx, mode=mode, mask=mask)
+    values = estimate_policies(logged, policies, q_hat, n_boot=n_boot, seed=seed, truth_matrix=truth)
+    comparison = None
+    if truth is not None and compare_modes:
+        parts = []
+        for m_ in PROPENSITY_MODES:
+            try:
+                lv = values if m_ == mode else estimate_policies(logged_data(first, r_idx, mode=m_, mask=mask), policies,
+                                                                 q_hat, n_boot=n_boot, seed=seed, truth_matrix=truth)
+            except ConfigError:
+                continue
+            t = lv.table.assign(mode=m_)
+            parts.append(t)
+        comparison = pd.concat(parts, ignore_index=True) if parts else None
+    return RunEvaluation(heads=heads, slices=slices, values=values, logged=logged, policies=policies, q_hat=q_hat,
+                         reference_family=reference, first=first, truth_note=truth_note or ("world oracle" if truth is not None else "no oracle"),
+                         test=test, family_probs=probs, first_index=fidx, first_mask=mask,
+                         truth_matrix=truth, comparison=comparison)
+
+
+def summarize(values: PolicyValues, estimator: str = "DR") -> pd.DataFrame:
+    """One row per policy: the chosen estimator's value and interval, true value (world), lift over static rules in pp."""
+    t = values.table[values.table["estimator"] == estimator].set_index("policy")
+    base = values.point.get((STATIC_RULES, estimator), math.nan)
+    out = t[["estimate", "ci_low", "ci_high"]].copy()
+    out["lift_pp"] = 100.0 * (out["estimate"] - base)
+    if values.truth:
+        out["true_value"] = [values.truth[p] for p in out.index]
+        out["true_lift_pp"] = 100.0 * (out["true_value"] - values.truth.get(STATIC_RULES, math.nan))
+    return out.reset_index()
+
+
+def registry_metrics(ev: RunEvaluation, family: str, estimator: str = "DR") -> dict[str, Any]:
+    """What a registry version stores in metrics.json: headline, per-head metrics, slices, policy-value table."""
+    from smartrouter.notebook_tools import plain
+
+    pol = ev.family_policy(family)
+    heads = ev.heads[family]
+    overall = heads.set_index("processor").loc["ALL"].to_dict()
+    summary = summarize(ev.values, estimator)
+    base = ev.values.point[(STATIC_RULES, estimator)]
+    headline = {"family": family, "estimator": estimator, "policy_value": ev.values.point[(pol, estimator)],
+                "lift_vs_rules": ev.values.point[(pol, estimator)] - base, "auc": overall.get("auc"),
+                "ece": overall.get("ece"), "logloss": overall.get("logloss")}
+    if ev.values.truth:
+        headline.update(true_value=ev.values.truth[pol], true_lift_vs_rules=ev.values.truth[pol] - ev.values.truth[STATIC_RULES])
+        if ORACLE in ev.values.truth:
+            gap = ev.values.truth[ORACLE] - ev.values.truth[STATIC_RULES]
+            headline["share_of_oracle_gain"] = (headline["true_lift_vs_rules"] / gap) if gap > 0 else None
+    return plain({
+        "headline": headline,
+        "overall": overall,
+        "heads": heads,
+        "slices": ev.slices[family],
+        "families": {f: h for f, h in ev.heads.items()},
+        "policy_value": {
+            "rows": "first attempts of the test window", "n_rows": ev.values.n_rows, "estimator": estimator,
+            "propensity_mode": ev.values.mode, "experiment_share": ev.values.experiment_share,
+            "summary": summary, "table": ev.values.table, "lift_vs_rules": ev.values.lift_table(STATIC_RULES, estimator),
+        },
+        "truth": {"available": ev.truth_matrix is not None, "note": ev.truth_note,
+                  "by_mode": ev.comparison if ev.comparison is not None else None},
+    })
+
+
+# ---------------------------------------------------------------- stage helpers (notebooks 04 / 05)
+EVALUATION_PICKLE = "evaluation.pkl"
+
+
+def load_rules_engine(settings: Any = None) -> Any:
+    """The merchant's static rules from the warehouse (sql/routing_rules.sql) as a RulesEngine."""
+    from smartrouter import warehouse
+    from smartrouter.rules import RulesEngine
+
+    rows = warehouse.query_frame("routing_rules", {"merchant": catalog.MERCHANT}, settings=settings)
+    if rows.empty:
+        raise ConfigError(f"no static rules for {catalog.MERCHANT} in {catalog.RULES_VIEW}; load the rules view first")
+    return RulesEngine(rows)
+
+
+def model_dirs(run_dir: Any) -> dict[str, Any]:
+    """family -> exported serving folder under run_dir/models/ (families the train stage exported)."""
+    from pathlib import Path
+
+    root = Path(run_dir) / "models"
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / "model.json").is_file()}
+
+
+def score_families(run_dir: Any, frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load every family's serving form from the run and score ``frame``: (probs, loaded models)."""
+    from smartrouter.models.serving import load_serving_model
+
+    probs, models = {}, {}
+    for fam, folder in model_dirs(run_dir).items():
+        model = load_serving_model(folder)
+        models[fam] = model
+        probs[fam] = np.asarray(model.score_matrix(model.encoder.transform(frame)), dtype=np.float64)
+    return probs, models
+
+
+def save_evaluation(ev: RunEvaluation, path: Any) -> None:
+    """Keep the evaluation for the gate stage (pickle inside the run folder: same code, same run)."""
+    import os
+    import pickle
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(ev, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+
+
+def load_evaluation(path: Any) -> RunEvaluation:
+    """The evaluation the Evaluate stage saved (run_dir/evaluation.pkl)."""
+    import pickle
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; run the 04_evaluate stage of this run first")
+    with open(path, "rb") as fh:
+        return pickle.load(fh)

@@ -1,0 +1,718 @@
+"""Features: THE one list of model inputs, the point-in-time training table, the time split,
+feature quality checks and the online feature state the service keeps from outcomes.
+
+Time semantics (shared by the SQL, the pandas reference and the online state): time is cut into
+whole UTC minutes (``minute_number``). A time-windowed feature of an attempt created at ``t``
+with window ``w`` minutes counts the outcomes of attempts created in ``[floor_minute(t) - w,
+floor_minute(t))``: strictly before the attempt (never itself, never later), at most one minute
+stale. Outcome kinds: APPROVED; TIMEOUT = a decline whose ERROR_CATEGORY is PROCESSOR_ERROR
+(timeouts and processor errors); DECLINED = any other decline. PROCESSING rows are not outcomes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from smartrouter import catalog
+from smartrouter.errors import ConfigError
+
+# ---------------------------------------------------------------- constants of the definition
+EPOCH = datetime(1970, 1, 1)
+HEALTH_WINDOWS: dict[str, int] = {"15M": 15, "1H": 60, "24H": 1440}  # label -> minutes (SQL aliases match)
+HEALTH_METRICS: tuple[str, ...] = ("APPROVAL_RATE", "TIMEOUT_RATE", "DECLINE_RATE", "VOLUME")
+BIN_HISTORY_MINUTES = 28 * 1440  # BIN x processor history (and its prior) looks back 28 days
+BIN_PRIOR_STRENGTH = 20.0  # m in (approvals + m * prior) / (outcomes + m)
+# Mexico City has kept UTC-6 all year since 2022 (no DST): a fixed offset, computable without tz data.
+LOCAL_UTC_OFFSET_HOURS = -6
+# Queries may come up to this much earlier than the newest time a counter has seen (requests
+# arriving slightly out of order); older history is dropped to keep memory bounded.
+ONLINE_SLACK_MINUTES = 60
+
+APPROVED, TIMEOUT, DECLINED = 0, 1, 2  # outcome kinds (index into count vectors)
+
+
+# ---------------------------------------------------------------- feature definitions
+@dataclass(frozen=True)
+class Feature:
+    """One model input: how it is encoded and where its value comes from."""
+
+    name: str
+    kind: str  # "categorical" | "numeric"
+    source: str  # "attempt" (a column of the attempts view) | "derived" | "health" | "bin_history"
+    description: str
+    group: str  # card | transaction | user | retry | health
+    per_processor: bool = False
+    processor: str | None = None
+    transform: str = "none"  # numeric only: "none" | "log1p" (applied before scaling)
+    encoding: str = "onehot"  # categorical only: "onehot" (vocabulary + unknown) | "hash"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "source": self.source, "description": self.description,
+            "group": self.group, "per_processor": self.per_processor, "processor": self.processor,
+            "transform": self.transform, "encoding": self.encoding,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Feature":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def health_column(processor: str, window: str, metric: str) -> str:
+    """Name of a processor-health column, e.g. HEALTH_WORLDPAY_15M_TIMEOUT_RATE."""
+    return f"HEALTH_{processor}_{window}_{metric}"
+
+
+def bin_columns(processor: str) -> tuple[str, str]:
+    """Names of the BIN x processor history columns (smoothed approval, outcome count)."""
+    return f"BIN_{processor}_APPROVAL_SMOOTHED", f"BIN_{processor}_OUTCOMES"
+
+
+def _build_features() -> tuple[Feature, ...]:
+    C, N = "categorical", "numeric"
+    feats = [
+        # card
+        Feature("CARD_BIN", C, "attempt", "six-digit BIN, hashed into buckets", "card", encoding="hash"),
+        Feature("CARD_BRAND", C, "attempt", "card brand", "card"),
+        Feature("CARD_TYPE", C, "attempt", "credit / debit / prepaid", "card"),
+        Feature("CARD_LEVEL", C, "attempt", "card level", "card"),
+        Feature("BANK", C, "attempt", "issuing bank", "card"),
+        Feature("CARD_COUNTRY", C, "attempt", "issuing country", "card"),
+        Feature("IS_DOMESTIC_CARD", N, "derived", f"card issued in {catalog.HOME_COUNTRY} (1) or abroad (0)", "card"),
+        # transaction
+        Feature("AMOUNT", N, "attempt", "amount in its currency (log)", "transaction", transform="log1p"),
+        Feature("CURRENCY", C, "attempt", "currency", "transaction"),
+        Feature("MCI_MSI_TYPE", C, "attempt", "message configuration CIT / MIT", "transaction"),
+        Feature("AVS_CHECKED", N, "attempt", "address verification requested", "transaction"),
+        Feature("FLIGHT_TYPE", C, "attempt", "domestic / international flight", "transaction"),
+        Feature("DAYS_TO_DEPARTURE", N, "attempt", "days from purchase to departure (log)", "transaction", transform="log1p"),
+        Feature("PASSENGERS", N, "attempt", "passengers on the booking", "transaction"),
+        Feature("FARE_CLASS", C, "attempt", "fare class", "transaction"),
+        Feature("CHANNEL", C, "attempt", "web / app", "transaction"),
+        Feature("DEVICE", C, "attempt", "device", "transaction"),
+        Feature("BROWSER", C, "attempt", "browser", "transaction"),
+        Feature("HOUR_LOCAL", C, "derived", "hour of day in Mexico City (UTC-6)", "transaction"),
+        # user
+        Feature("IS_RETURNING_CUSTOMER", N, "attempt", "returning customer", "user"),
+        Feature("USER_RECENCY_DAYS", N, "attempt", "days since the user's last purchase (log)", "user", transform="log1p"),
+        Feature("USER_FREQUENCY", N, "attempt", "user's purchase count (log)", "user", transform="log1p"),
+        Feature("USER_MONETARY", N, "attempt", "user's spend (log)", "user", transform="log1p"),
+        Feature("FRAUD_RATE_COHORT", C, "attempt", "fraud-rate cohort of the user", "user"),
+        Feature("BROWSING_MINUTES", N, "attempt", "minutes browsing before paying (log)", "user", transform="log1p"),
+        # retry context
+        Feature("NUM_ATTEMPTS_ORDER", N, "attempt", "attempt number within the order", "retry"),
+        Feature("PREVIOUS_PROCESSOR", C, "attempt", "processor of the previous attempt (none on a first attempt)", "retry"),
+        Feature("PREVIOUS_ORDER_ERROR_CODE", C, "attempt", "decline code of the previous attempt", "retry"),
+        Feature("PREVIOUS_HARD_SOFT", C, "derived", "hard / soft class of the previous decline code", "retry"),
+        Feature("SEC_SINCE_PREVIOUS_ATTEMPT", N, "attempt", "seconds since the previous attempt (log)", "retry", transform="log1p"),
+        Feature("AVG_SEC_BETWEEN_PAYMENT_ATTEMPS", N, "attempt", "mean seconds between the order's attempts (log)", "retry", transform="log1p"),
+    ]
+    for p in catalog.PROCESSORS:
+        smoothed, outcomes = bin_columns(p)
+        feats.append(Feature(smoothed, N, "bin_history", f"BIN approval on {p} over 28 days before the attempt, "
+                             f"smoothed toward {p}'s approval (m={BIN_PRIOR_STRENGTH:g})", "card", True, p))
+        feats.append(Feature(outcomes, N, "bin_history", f"BIN outcomes on {p} over 28 days before the attempt (log)",
+                             "card", True, p, transform="log1p"))
+    for p in catalog.PROCESSORS:
+        for w in HEALTH_WINDOWS:
+            for metric in HEALTH_METRICS:
+                feats.append(Feature(
+                    health_column(p, w, metric), N, "health",
+                    f"{p} {metric.lower().replace('_', ' ')} over the {w.lower()} before the attempt's minute",
+                    "health", True, p, transform="log1p" if metric == "VOLUME" else "none"))
+    return tuple(feats)
+
+
+FEATURES: tuple[Feature, ...] = _build_features()
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
+HEALTH_COLUMNS: tuple[str, ...] = tuple(f.name for f in FEATURES if f.source == "health")
+BIN_COLUMNS: tuple[str, ...] = tuple(f.name for f in FEATURES if f.source == "bin_history")
+DERIVED_COLUMNS: tuple[str, ...] = tuple(f.name for f in FEATURES if f.source == "derived")
+# Columns of the training table besides the features.
+ID_COLUMNS: tuple[str, ...] = ("ATTEMPT_ID", "ORDER_ID", "CREATED_AT", "MINUTE_NUM")
+LOGGING_COLUMNS: tuple[str, ...] = ("PROCESSOR", "EXPERIMENT_ARM", "ALGORITHM_TYPE", "PROPENSITY", "CANDIDATES")
+LABEL = "APPROVED"
+TABLE_COLUMNS: tuple[str, ...] = ID_COLUMNS + LOGGING_COLUMNS + (LABEL,) + FEATURE_NAMES
+
+
+# ---------------------------------------------------------------- scalar helpers (pandas-free)
+def minute_number(at: datetime) -> int:
+    """Whole UTC minutes since the epoch (floor), for a naive UTC datetime."""
+    if at.tzinfo is not None:  # an aware time: convert to naive UTC
+        at = at.replace(tzinfo=None) - (at.utcoffset() or timedelta(0))
+    return (at - EPOCH) // timedelta(minutes=1)
+
+
+def outcome_kind(status: str | None, error_category: str | None) -> int | None:
+    """APPROVED / TIMEOUT / DECLINED index of an outcome, or None when it is not one (PROCESSING)."""
+    if status == "APPROVED":
+        return APPROVED
+    if status == "DECLINED":
+        return TIMEOUT if error_category == catalog.PROCESSOR_ERROR_CATEGORY else DECLINED
+    return None
+
+
+def health_values(approved: int, timeout: int, declined: int) -> tuple[float, float, float, float]:
+    """(approval rate, timeout rate, decline rate, volume) of a window's counts; rates NaN when empty."""
+    n = approved + timeout + declined
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0.0
+    return approved / n, timeout / n, declined / n, float(n)
+
+
+def prior_rate(proc_approved: int, proc_outcomes: int, all_approved: int, all_outcomes: int) -> float:
+    """The smoothing prior: the processor's approval, else all processors', else NaN."""
+    if proc_outcomes > 0:
+        return proc_approved / proc_outcomes
+    if all_outcomes > 0:
+        return all_approved / all_outcomes
+    return math.nan
+
+
+def smoothed_rate(approved: int, outcomes: int, prior: float, m: float = BIN_PRIOR_STRENGTH) -> float:
+    """(approvals + m * prior) / (outcomes + m): shrinks a thin BIN history toward the prior."""
+    return (approved + m * prior) / (outcomes + m)
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT
+
+
+def derive_row(payment: Mapping[str, Any]) -> dict[str, Any]:
+    """The derived features of one payment dict (pandas-free; the service calls this)."""
+    country = payment.get("CARD_COUNTRY")
+    created = payment.get("CREATED_AT")
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created)
+    code = payment.get("PREVIOUS_ORDER_ERROR_CODE")
+    err = None if _is_missing(code) else catalog.ERROR_CODES.get(str(code))
+    return {
+        "IS_DOMESTIC_CARD": math.nan if _is_missing(country) else float(country == catalog.HOME_COUNTRY),
+        "HOUR_LOCAL": None if _is_missing(created) else f"{(created.hour + LOCAL_UTC_OFFSET_HOURS) % 24:02d}",
+        "PREVIOUS_HARD_SOFT": None if err is None else err.hard_soft,
+    }
+
+
+def add_derived(frame: pd.DataFrame) -> pd.DataFrame:
+    """Vectorized derive_row over a frame (same definitions; a test proves parity)."""
+    out = frame
+    country = out["CARD_COUNTRY"]
+    out["IS_DOMESTIC_CARD"] = np.where(country.isna(), np.nan, (country == catalog.HOME_COUNTRY).astype(float))
+    hours = ((pd.to_datetime(out["CREATED_AT"]).dt.hour + LOCAL_UTC_OFFSET_HOURS) % 24).to_numpy()
+    out["HOUR_LOCAL"] = np.array([f"{h:02d}" for h in range(24)], dtype=object)[hours]
+    hard_soft = {c: e.hard_soft for c, e in catalog.ERROR_CODES.items()}
+    out["PREVIOUS_HARD_SOFT"] = out["PREVIOUS_ORDER_ERROR_CODE"].map(hard_soft)
+    return out
+
+
+# ---------------------------------------------------------------- training table
+def _as_datetime(value: date | datetime | str) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(f"{value!r} is not a date; give YYYY-MM-DD or an ISO timestamp") from None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None)
+    return datetime(value.year, value.month, value.day)
+
+
+def _query(conn: Any, name: str, params: dict[str, Any]) -> pd.DataFrame:
+    from smartrouter import warehouse
+
+    return warehouse.query_frame(name, params, conn=conn)
+
+
+def _sql_params(start: datetime, end: datetime) -> dict[str, Any]:
+    history_start = start - timedelta(minutes=BIN_HISTORY_MINUTES)
+    return {
+        "merchant": catalog.MERCHANT,
+        "start": start.isoformat(sep=" "),
+        "end": end.isoformat(sep=" "),
+        "history_start": history_start.isoformat(sep=" "),
+        "timeout_category": catalog.PROCESSOR_ERROR_CATEGORY,
+        "w_15m": HEALTH_WINDOWS["15M"],
+        "w_1h": HEALTH_WINDOWS["1H"],
+        "w_24h": HEALTH_WINDOWS["24H"],
+        "w_prior": BIN_HISTORY_MINUTES,
+        "w_bin": BIN_HISTORY_MINUTES,
+    }
+
+
+def _health_wide(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pivot the health query's long counts to wide feature columns (+ the prior counts per minute)."""
+    minutes = np.sort(long["MINUTE_NUM"].unique()) if len(long) else np.array([], dtype=np.int64)
+    wide = pd.DataFrame({"MINUTE_NUM": minutes.astype(np.int64)})
+    prior = pd.DataFrame({"MINUTE_NUM": minutes.astype(np.int64)})
+    idx = {p: g.set_index("MINUTE_NUM").reindex(minutes) for p, g in long.groupby("PROCESSOR")}
+    zeros = np.zeros(len(minutes))
+    all_a = zeros.copy()
+    all_n = zeros.copy()
+    for p, g in idx.items():
+        all_a = all_a + g["A_PRIOR"].fillna(0).to_numpy(float)
+        all_n = all_n + g["N_PRIOR"].fillna(0).to_numpy(float)
+    prior["ALL_A"], prior["ALL_N"] = all_a, all_n
+    for p in catalog.PROCESSORS:
+        g = idx.get(p)
+        for w in HEALTH_WINDOWS:
+            if g is None:
+                a = t = d = zeros
+            else:
+                a, t, d = (g[f"{k}_{w}"].fillna(0).to_numpy(float) for k in ("A", "T", "D"))
+            n = a + t + d
+            with np.errstate(invalid="ignore", divide="ignore"):
+                wide[health_column(p, w, "APPROVAL_RATE")] = np.where(n > 0, a / n, np.nan)
+                wide[health_column(p, w, "TIMEOUT_RATE")] = np.where(n > 0, t / n, np.nan)
+                wide[health_column(p, w, "DECLINE_RATE")] = np.where(n > 0, d / n, np.nan)
+            wide[health_column(p, w, "VOLUME")] = n
+        prior[f"A_{p}"] = zeros if g is None else g["A_PRIOR"].fillna(0).to_numpy(float)
+        prior[f"N_{p}"] = zeros if g is None else g["N_PRIOR"].fillna(0).to_numpy(float)
+    return wide, prior
+
+
+def _bin_features(base: pd.DataFrame, bin_long: pd.DataFrame, prior: pd.DataFrame) -> pd.DataFrame:
+    """BIN x processor smoothed approval + outcome counts for every row of ``base``."""
+    keys = base[["CARD_BIN", "MINUTE_NUM"]].copy()
+    pri = keys[["MINUTE_NUM"]].merge(prior, on="MINUTE_NUM", how="left")
+    out = pd.DataFrame(index=base.index)
+    for p in catalog.PROCESSORS:
+        sub = bin_long[bin_long["PROCESSOR"] == p][["CARD_BIN", "MINUTE_NUM", "BIN_APPROVED", "BIN_OUTCOMES"]]
+        m = keys.merge(sub, on=["CARD_BIN", "MINUTE_NUM"], how="left")
+        a = m["BIN_APPROVED"].fillna(0).to_numpy(float)
+        n = m["BIN_OUTCOMES"].fillna(0).to_numpy(float)
+        pa, pn = pri[f"A_{p}"].fillna(0).to_numpy(float), pri[f"N_{p}"].fillna(0).to_numpy(float)
+        aa, an = pri["ALL_A"].fillna(0).to_numpy(float), pri["ALL_N"].fillna(0).to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pr = np.where(pn > 0, pa / pn, np.where(an > 0, aa / an, np.nan))
+        smoothed, outcomes = bin_columns(p)
+        out[smoothed] = (a + BIN_PRIOR_STRENGTH * pr) / (n + BIN_PRIOR_STRENGTH)
+        out[outcomes] = n
+    return out
+
+
+@dataclass
+class TableInfo:
+    """What a build read and dropped (recorded by the features notebook)."""
+
+    start: datetime
+    end: datetime
+    rows: int
+    processing_excluded: int
+    sampled_from: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def build_training_table(
+    conn_or_settings: Any,
+    start: date | datetime | str,
+    end: date | datetime | str,
+    *,
+    max_rows: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per labelled attempt created in [start, end): ids, logging info, APPROVED, every feature.
+
+    Health and BIN histories look back before ``start`` (warm-up). PROCESSING attempts are
+    dropped and counted; ``frame.attrs["info"]`` holds a TableInfo. ``max_rows`` keeps a seeded
+    uniform sample (time order preserved) after the features are computed.
+    """
+    from smartrouter import checks, warehouse
+    from smartrouter.config import Settings
+
+    t0 = time.perf_counter()
+    start_dt, end_dt = _as_datetime(start), _as_datetime(end)
+    if end_dt <= start_dt:
+        raise ConfigError(f"feature window is empty: start {start_dt} is not before end {end_dt}; pass start < end")
+    if max_rows is not None and max_rows <= 0:
+        raise ConfigError(f"max_rows={max_rows} must be positive (or None for every row)")
+    params = _sql_params(start_dt, end_dt)
+    timings: dict[str, float] = {}
+
+    def run(conn: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        tq = time.perf_counter()
+        base = _query(conn, "features_base", params)
+        timings["sql_base"] = time.perf_counter() - tq
+        tq = time.perf_counter()
+        health = _query(conn, "features_health", params)
+        timings["sql_health"] = time.perf_counter() - tq
+        tq = time.perf_counter()
+        bins = _query(conn, "features_bin_history", params)
+        timings["sql_bin_history"] = time.perf_counter() - tq
+        return base, health, bins
+
+    if isinstance(conn_or_settings, Settings) or conn_or_settings is None:
+        with warehouse.connect(conn_or_settings) as conn:
+            base, health, bins = run(conn)
+    else:
+        base, health, bins = run(conn_or_settings)
+
+    tq = time.perf_counter()
+    base, n_processing = checks.labelled(base)
+    base = base.reset_index(drop=True)
+    base["MINUTE_NUM"] = base["MINUTE_NUM"].astype(np.int64)
+    base["CREATED_AT"] = pd.to_datetime(base["CREATED_AT"])
+    base["APPROVED"] = base["APPROVED"].astype(np.int8)
+    sampled_from = len(base)
+    if max_rows is not None and len(base) > max_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(len(base), size=max_rows, replace=False))
+        base = base.iloc[keep].reset_index(drop=True)
+    health["MINUTE_NUM"] = health["MINUTE_NUM"].astype(np.int64)
+    bins["MINUTE_NUM"] = bins["MINUTE_NUM"].astype(np.int64)
+    health_wide, prior = _health_wide(health)
+    add_derived(base)
+    frame = base.merge(health_wide, on="MINUTE_NUM", how="left")
+    frame = pd.concat([frame, _bin_features(frame, bins, prior)], axis=1)
+    for col in HEALTH_COLUMNS:  # minutes without any processor outcome in the history at all
+        if col.endswith("_VOLUME"):
+            frame[col] = frame[col].fillna(0.0)
+    for col in ("AVS_CHECKED", "IS_RETURNING_CUSTOMER"):
+        frame[col] = frame[col].astype(float)
+    frame = frame[list(TABLE_COLUMNS)]
+    timings["reshape"] = time.perf_counter() - tq
+    info = TableInfo(start_dt, end_dt, len(frame), int(n_processing), sampled_from,
+                     time.perf_counter() - t0, timings)
+    frame.attrs["info"] = info
+    return frame
+
+
+# ---------------------------------------------------------------- split
+def split_boundaries(end: date | datetime | str, valid_days: int, test_days: int) -> dict[str, str]:
+    """ISO boundaries of the time split ending at ``end`` (exclusive): train < valid_start <= valid < test_start <= test."""
+    if valid_days < 0 or test_days <= 0:
+        raise ConfigError(f"valid_days={valid_days}, test_days={test_days}: need valid_days >= 0 and test_days > 0")
+    end_dt = _as_datetime(end)
+    test_start = end_dt - timedelta(days=test_days)
+    valid_start = test_start - timedelta(days=valid_days)
+    return {"valid_start": valid_start.isoformat(), "test_start": test_start.isoformat(), "end": end_dt.isoformat()}
+
+
+def time_split(frame: pd.DataFrame, valid_days: int, test_days: int, end: date | datetime | str | None = None) -> pd.DataFrame:
+    """Adds SPLIT in {train, valid, test} by CREATED_AT: the test window is the latest ``test_days``.
+
+    ``end`` defaults to the midnight after the newest attempt. Boundaries go to ``frame.attrs["split"]``.
+    """
+    if frame.empty:
+        raise ConfigError("cannot split an empty feature table; widen the window or build the world")
+    created = pd.to_datetime(frame["CREATED_AT"])
+    if end is None:
+        newest = created.max()
+        end = (newest.normalize() + pd.Timedelta(days=1)).to_pydatetime()
+    bounds = split_boundaries(end, valid_days, test_days)
+    test_start, valid_start = pd.Timestamp(bounds["test_start"]), pd.Timestamp(bounds["valid_start"])
+    split = np.where(created >= test_start, "test", np.where(created >= valid_start, "valid", "train"))
+    out = frame.copy()
+    out["SPLIT"] = split
+    counts = out["SPLIT"].value_counts()
+    if counts.get("train", 0) == 0:
+        raise ConfigError(
+            f"time split leaves no training rows (valid_days={valid_days}, test_days={test_days} over data from "
+            f"{created.min()} to {created.max()}); shorten the validation/test windows or widen the lookback")
+    bounds.update({f"rows_{k}": int(counts.get(k, 0)) for k in ("train", "valid", "test")})
+    out.attrs["split"] = bounds
+    return out
+
+
+def write_table(frame: pd.DataFrame, path: Any) -> None:
+    """Write the feature table to parquet atomically (temp file, then os.replace)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    plain = frame.copy(deep=False)
+    plain.attrs = {}  # build info objects are not parquet metadata
+    try:
+        plain.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_table(path: Any) -> pd.DataFrame:
+    """Read a feature table written by write_table; a missing file -> ConfigError naming it."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; run the features stage (notebooks/02_features.ipynb) first")
+    return pd.read_parquet(path)
+
+
+# ---------------------------------------------------------------- feature quality
+def feature_quality(frame: pd.DataFrame, features: Iterable[Feature] = FEATURES) -> pd.DataFrame:
+    """Per feature: kind, null share, range / cardinality, and association with APPROVED.
+
+    Numeric: Pearson correlation with the label. Categorical: correlation of the label with its
+    category's approval rate (an in-sample association, for ranking only).
+    """
+    y = frame[LABEL].astype(float)
+    rows = []
+    for f in features:
+        col = frame[f.name]
+        row: dict[str, Any] = {"feature": f.name, "kind": f.kind, "group": f.group, "null_share": float(col.isna().mean())}
+        if f.kind == "numeric":
+            x = pd.to_numeric(col, errors="coerce").astype(float)
+            row.update(min=float(x.min()), max=float(x.max()), mean=float(x.mean()), n_unique=int(x.nunique()))
+            ok = x.notna()
+            row["corr_approved"] = float(np.corrcoef(x[ok], y[ok])[0, 1]) if ok.sum() > 2 and x[ok].std() > 0 else np.nan
+        else:
+            s = col.astype("object").where(col.notna(), "__NA__").astype(str)
+            rate = y.groupby(s).transform("mean")
+            row.update(min=np.nan, max=np.nan, mean=np.nan, n_unique=int(s.nunique()))
+            row["corr_approved"] = float(np.corrcoef(rate, y)[0, 1]) if rate.std() > 0 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("feature")
+
+
+# ---------------------------------------------------------------- reference implementation + leakage check
+def reference_features(history: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """Brute-force pandas recomputation of the health and BIN features of ``rows`` from ``history``.
+
+    Straight from the definition (filter outcomes created in [floor(t) - w, floor(t)) and count):
+    slow, for checking the SQL on a handful of rows. ``history`` needs PROCESSOR, CREATED_AT,
+    STATUS, ERROR_CATEGORY, CARD_BIN.
+    """
+    hist = history.copy()
+    hist["KIND"] = [outcome_kind(s, c) for s, c in zip(hist["STATUS"], hist["ERROR_CATEGORY"])]
+    hist = hist[hist["KIND"].notna()]
+    hist_min = np.array([minute_number(t.to_pydatetime()) for t in pd.to_datetime(hist["CREATED_AT"])], dtype=np.int64)
+    out = []
+    for _, r in rows.iterrows():
+        m = minute_number(pd.Timestamp(r["CREATED_AT"]).to_pydatetime())
+        vals: dict[str, Any] = {"ATTEMPT_ID": r["ATTEMPT_ID"]}
+        for p in catalog.PROCESSORS:
+            for w, minutes in HEALTH_WINDOWS.items():
+                sel = hist[(hist_min >= m - minutes) & (hist_min < m) & (hist["PROCESSOR"] == p).to_numpy()]
+                counts = [int((sel["KIND"] == k).sum()) for k in (APPROVED, TIMEOUT, DECLINED)]
+                for metric, v in zip(HEALTH_METRICS, health_values(*counts)):
+                    vals[health_column(p, w, metric)] = v
+        in_prior = (hist_min >= m - BIN_HISTORY_MINUTES) & (hist_min < m)
+        ph = hist[in_prior]
+        all_a, all_n = int((ph["KIND"] == APPROVED).sum()), len(ph)
+        for p in catalog.PROCESSORS:
+            pp = ph[ph["PROCESSOR"] == p]
+            prior = prior_rate(int((pp["KIND"] == APPROVED).sum()), len(pp), all_a, all_n)
+            bb = pp[pp["CARD_BIN"] == r["CARD_BIN"]]
+            smoothed, outcomes = bin_columns(p)
+            vals[smoothed] = smoothed_rate(int((bb["KIND"] == APPROVED).sum()), len(bb), prior)
+            vals[outcomes] = float(len(bb))
+        out.append(vals)
+    return pd.DataFrame(out)
+
+
+def compare_features(table: pd.DataFrame, reference: pd.DataFrame, columns: Iterable[str] | None = None) -> float:
+    """Largest absolute difference between two frames' feature values (rows matched by ATTEMPT_ID; NaN == NaN)."""
+    cols = list(columns or [c for c in reference.columns if c != "ATTEMPT_ID"])
+    a = table.set_index("ATTEMPT_ID").loc[reference["ATTEMPT_ID"], cols].to_numpy(float)
+    b = reference.set_index("ATTEMPT_ID")[cols].to_numpy(float)
+    if not np.array_equal(np.isnan(a), np.isnan(b)):
+        return math.inf
+    both = ~np.isnan(a)
+    return float(np.max(np.abs(a[both] - b[both]), initial=0.0))
+
+
+def leakage_check(conn_or_settings: Any, table: pd.DataFrame, *, n_rows: int = 30, seed: int = 0) -> dict[str, Any]:
+    """Recomputes a sample of rows' time-windowed features by brute force from outcomes created
+    strictly before each row, and compares with the table (any future or own outcome in the
+    table's values would show up as a difference). Returns {"rows", "max_abs_diff", "passed"}.
+    """
+    sample = table.sample(n=min(n_rows, len(table)), random_state=seed)
+    lo = pd.to_datetime(sample["CREATED_AT"]).min().to_pydatetime() - timedelta(minutes=BIN_HISTORY_MINUTES + 1)
+    hi = pd.to_datetime(sample["CREATED_AT"]).max().to_pydatetime() + timedelta(minutes=1)
+    history = outcome_history(conn_or_settings, lo, hi)
+    ref = reference_features(history, sample)
+    diff = compare_features(sample, ref)
+    return {"rows": len(sample), "max_abs_diff": diff, "passed": bool(diff <= 1e-9)}
+
+
+def outcome_history(conn_or_settings: Any, since: date | datetime | str, until: date | datetime | str) -> pd.DataFrame:
+    """Outcomes created in [since, until) in time order: what an OnlineFeatureState is seeded from."""
+    from smartrouter import warehouse
+    from smartrouter.config import Settings
+
+    params = {"merchant": catalog.MERCHANT, "since": _as_datetime(since).isoformat(sep=" "),
+              "until": _as_datetime(until).isoformat(sep=" ")}
+    if isinstance(conn_or_settings, Settings) or conn_or_settings is None:
+        with warehouse.connect(conn_or_settings) as conn:
+            return _query(conn, "features_online_history", params)
+    return _query(conn_or_settings, "features_online_history", params)
+
+
+# ---------------------------------------------------------------- online state (serving)
+class WindowedCounts:
+    """Outcome counts per minute over a sliding window [m - window, m), bounded memory.
+
+    Entries are [minute, c0, c1, ...] in minute order with running totals; history older than
+    the newest seen minute minus (window + slack) is dropped.
+    """
+
+    __slots__ = ("window", "width", "entries", "totals", "newest", "dropped_before")
+
+    def __init__(self, window: int, width: int) -> None:
+        self.window = window
+        self.width = width
+        self.entries: deque[list[int]] = deque()
+        self.totals = [0] * width
+        self.newest = -(2**62)
+        self.dropped_before = -(2**62)  # entries with minute < this are gone
+
+    def add(self, minute: int, kind: int, *extra: int) -> None:
+        """Count one outcome of ``kind`` (an index < width) at ``minute``; ``extra`` indices count too."""
+        if minute < self.dropped_before:
+            return  # older than anything a query may still ask for
+        entries = self.entries
+        if entries and entries[-1][0] == minute:
+            e = entries[-1]
+        elif not entries or entries[-1][0] < minute:
+            e = [minute] + [0] * self.width
+            entries.append(e)
+        else:  # out-of-order outcome: rare, keep minute order
+            keys = [x[0] for x in entries]
+            i = bisect.bisect_left(keys, minute)
+            if i < len(entries) and entries[i][0] == minute:
+                e = entries[i]
+            else:
+                e = [minute] + [0] * self.width
+                entries.insert(i, e)
+        for k in (kind, *extra):
+            e[k + 1] += 1
+            self.totals[k] += 1
+        self._advance(minute)
+
+    def _advance(self, minute: int) -> None:
+        if minute > self.newest:
+            self.newest = minute
+        cut = self.newest - self.window - ONLINE_SLACK_MINUTES
+        if cut > self.dropped_before:
+            self.dropped_before = cut
+            entries, totals = self.entries, self.totals
+            while entries and entries[0][0] < cut:
+                e = entries.popleft()
+                for k in range(self.width):
+                    totals[k] -= e[k + 1]
+
+    def counts(self, minute: int) -> list[int]:
+        """Counts over [minute - window, minute)."""
+        lo = minute - self.window
+        if lo < self.dropped_before:
+            raise ValueError(
+                f"history before minute {self.dropped_before} was dropped; query times may lag the newest "
+                f"outcome by at most {ONLINE_SLACK_MINUTES} minutes")
+        self._advance(minute)
+        res = list(self.totals)
+        for e in self.entries:  # left excess: at most the slack's worth of minutes
+            if e[0] >= lo:
+                break
+            for k in range(self.width):
+                res[k] -= e[k + 1]
+        for e in reversed(self.entries):  # right excess: outcomes at or after the query minute
+            if e[0] < minute:
+                break
+            for k in range(self.width):
+                res[k] -= e[k + 1]
+        return res
+
+
+class OnlineFeatureState:
+    """Processor health and BIN x processor history maintained from outcomes, for serving.
+
+    Same windows, outcome kinds and smoothing as the training table (a test replays a world and
+    compares). Memory is bounded by 28 days of per-minute counts per (BIN, processor) in use.
+    """
+
+    def __init__(self, processors: Iterable[str] = catalog.PROCESSORS) -> None:
+        self.processors = tuple(processors)
+        self._health: dict[str, dict[str, WindowedCounts]] = {}
+        self._prior: dict[str, WindowedCounts] = {}
+        self._bins: dict[tuple[str, str], WindowedCounts] = {}
+        self.observed = 0
+        for p in self.processors:
+            self._ensure(p)
+
+    def _ensure(self, processor: str) -> None:
+        if processor not in self._health:
+            self._health[processor] = {w: WindowedCounts(m, 3) for w, m in HEALTH_WINDOWS.items()}
+            self._prior[processor] = WindowedCounts(BIN_HISTORY_MINUTES, 2)
+
+    def observe(self, processor: str, created_at: datetime, status: str, error_category: str | None = None,
+                bin: str | None = None) -> None:
+        """Record one attempt's outcome (created at ``created_at``); PROCESSING is ignored."""
+        kind = outcome_kind(status, error_category)
+        if kind is None:
+            return
+        minute = minute_number(created_at)
+        self._ensure(processor)
+        for wc in self._health[processor].values():
+            wc.add(minute, kind)
+        # prior and BIN counters hold [outcomes, approved]
+        extra = (1,) if kind == APPROVED else ()
+        self._prior[processor].add(minute, 0, *extra)
+        if bin is not None:
+            key = (str(bin), processor)
+            wc = self._bins.get(key)
+            if wc is None:
+                wc = self._bins[key] = WindowedCounts(BIN_HISTORY_MINUTES, 2)
+            wc.add(minute, 0, *extra)
+        self.observed += 1
+
+    def health_features(self, at: datetime) -> dict[str, float]:
+        """Health columns (names as in the training table) as of ``at``: outcomes strictly before its minute."""
+        minute = minute_number(at)
+        out: dict[str, float] = {}
+        for p in catalog.PROCESSORS:
+            windows = self._health.get(p)
+            for w in HEALTH_WINDOWS:
+                counts = windows[w].counts(minute) if windows else [0, 0, 0]
+                for metric, v in zip(HEALTH_METRICS, health_values(*counts)):
+                    out[health_column(p, w, metric)] = v
+        return out
+
+    def bin_features(self, bin: str, at: datetime) -> dict[str, float]:
+        """BIN x processor columns (names as in the training table) as of ``at``."""
+        minute = minute_number(at)
+        prior_counts = {p: wc.counts(minute) for p, wc in self._prior.items()}
+        all_a = sum(c[1] for c in prior_counts.values())
+        all_n = sum(c[0] for c in prior_counts.values())
+        out: dict[str, float] = {}
+        for p in catalog.PROCESSORS:
+            c = prior_counts.get(p, [0, 0])
+            prior = prior_rate(c[1], c[0], all_a, all_n)
+            wc = self._bins.get((str(bin), p))
+            b = wc.counts(minute) if wc is not None else [0, 0]
+            smoothed, outcomes = bin_columns(p)
+            out[smoothed] = smoothed_rate(b[1], b[0], prior)
+            out[outcomes] = float(b[0])
+        return out
+
+    def features(self, bin: str, at: datetime) -> dict[str, float]:
+        """All time-windowed columns for one payment."""
+        out = self.health_features(at)
+        out.update(self.bin_features(bin, at))
+        return out
+
+    @classmethod
+    def from_history(cls, frame: pd.DataFrame) -> "OnlineFeatureState":
+        """Seed from past attempts (PROCESSOR, CREATED_AT, STATUS, ERROR_CATEGORY, CARD_BIN), e.g. the last 28 days."""
+        missing = {"PROCESSOR", "CREATED_AT", "STATUS", "ERROR_CATEGORY", "CARD_BIN"} - set(frame.columns)
+        if missing:
+            raise ConfigError(f"history frame lacks columns {sorted(missing)}; select them from the attempts view")
+        state = cls()
+        ordered = frame.sort_values("CREATED_AT", kind="stable")
+        created = [t.to_pydatetime() for t in pd.to_datetime(ordered["CREATED_AT"])]
+        cats = ordered["ERROR_CATEGORY"].astype(object).where(ordered["ERROR_CATEGORY"].notna(), None)
+        for p, t, s, c, b in zip(ordered["PROCESSOR"], created, ordered["STATUS"], cats, ordered["CARD_BIN"]):
+            state.observe(p, t, s, c, b)
+        return state

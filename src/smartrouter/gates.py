@@ -1,0 +1,356 @@
+"""Quality gates: promote only a model that beats the champion on honest counterfactual evidence.
+
+``run_gates`` judges a run's evaluation (``smartrouter.evaluation.RunEvaluation``) with the
+thresholds in ``gates.toml`` and returns a ``GateReport``: the run's champion family, one
+``GateResult`` line per gate (pass/fail, value, threshold, reason) and the decision. Gates:
+
+- **min_data**: enough labelled training rows overall and per processor (processors the model
+  flags ``uncertain`` are exempt and listed), enough first attempts in the test window;
+- **auc**: every head with enough test data has ROC-AUC >= the threshold;
+- **regression**: not worse than the promoted champion beyond a tolerance, both scored on the
+  same test window (paired bootstrap of the policy-value difference; overall AUC);
+- **stability**: no time fold where the candidate trails the static rules beyond a margin, a tight
+  enough policy-value interval, prediction distribution vs the champion (PSI);
+- **completeness**: every processor has a head, every artifact present, loadable, checksums match;
+- **slices**: no major slice loses more than a margin of policy value vs the static rules;
+- **simpler_is_not_better**: the champion family beats logistic regression and the success-rate router.
+
+The first run with no champion promotes when the absolute gates pass (regression passes with
+"no champion").
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from smartrouter import catalog
+from smartrouter.errors import ArtifactError, ConfigError
+from smartrouter.evaluation import (
+    SUCCESS_RATE,
+    STATIC_RULES,
+    RunEvaluation,
+    estimate_policies,
+    lift_by_group,
+    psi,
+    slice_labels,
+    SLICE_COLUMNS,
+    time_folds,
+)
+from smartrouter.models import metrics as M
+from smartrouter.policies import greedy_policy
+
+CONFIG_PATH = Path(__file__).resolve().parent / "gates.toml"
+GATES: tuple[str, ...] = ("min_data", "auc", "regression", "stability", "completeness", "slices", "simpler_is_not_better")
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Gate thresholds from gates.toml (or ``path``), with optional ``{section: {key: value}}`` overrides."""
+    path = Path(path) if path else CONFIG_PATH
+    try:
+        cfg = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"gate config {path} does not exist; restore src/smartrouter/gates.toml") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"gate config {path} is not valid TOML ({exc}); fix the file") from None
+    for section, values in (overrides or {}).items():
+        if section not in cfg:
+            raise ConfigError(f"gate override section {section!r} is unknown; use one of {', '.join(cfg)}")
+        for key, value in values.items():
+            if key not in cfg[section]:
+                raise ConfigError(f"gate override {section}.{key} is unknown; keys: {', '.join(cfg[section])}")
+            cfg[section][key] = value
+    return cfg
+
+
+@dataclass
+class GateResult:
+    """One gate's verdict: a result line."""
+
+    gate: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        v = "-" if self.value is None else f"{self.value:.4g}"
+        t = "-" if self.threshold is None else f"{self.threshold:.4g}"
+        return f"{'PASS' if self.passed else 'FAIL'}  {self.gate:<22} value={v:<9} threshold={t:<9} {self.reason}"
+
+
+@dataclass
+class GateReport:
+    """The verdict of a run: champion family, result lines, decision and readable reasons."""
+
+    champion_family: str
+    results: list[GateResult]
+    family_checks: dict[str, list[GateResult]]
+    champion_version: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def decision(self) -> str:
+        return "promoted" if self.passed else "rejected"
+
+    @property
+    def reasons(self) -> list[str]:
+        failed = [f"{r.gate}: {r.reason}" for r in self.results if not r.passed]
+        if failed:
+            return failed
+        base = f"all {len(self.results)} gates passed for {self.champion_family}"
+        return [base + (f" (compared with champion {self.champion_version})" if self.champion_version else " (no champion yet)")]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{k: v for k, v in asdict(r).items() if k != "details"} for r in self.results])
+
+    def to_json(self, model_version: str | None = None) -> dict[str, Any]:
+        """gate.json: decision, model_version, champion_family, reasons, gates (+ per-family checks)."""
+        from smartrouter.notebook_tools import plain
+
+        return plain({
+            "decision": self.decision,
+            "model_version": model_version,
+            "champion_family": self.champion_family,
+            "champion_compared": self.champion_version,
+            "reasons": self.reasons,
+            "gates": [asdict(r) for r in self.results],
+            "families": {f: [asdict(r) for r in rs] for f, rs in self.family_checks.items()},
+        })
+
+
+@dataclass
+class Champion:
+    """The promoted model scored on the candidate's test window (all attempts, same row order)."""
+
+    version: str
+    family: str | None
+    probs: np.ndarray | None  # (len(test), P); None when it could not be loaded
+    load_error: str | None = None
+
+
+# ---------------------------------------------------------------- completeness
+def check_completeness(serving_dir: str | Path, max_load_seconds: float = 2.0) -> list[str]:
+    """Problems with a serving folder (empty list = complete): loadable, checksums, one head per processor."""
+    from smartrouter.models.serving import load_serving_model
+
+    t0 = time.perf_counter()
+    try:
+        model = load_serving_model(serving_dir)
+    except ArtifactError as exc:
+        return [str(exc)]
+    seconds = time.perf_counter() - t0
+    problems = []
+    if list(model.processors) != list(catalog.PROCESSORS):
+        problems.append(f"heads {model.processors} do not cover catalog.PROCESSORS {list(catalog.PROCESSORS)}")
+    if len(getattr(model, "calibrators", [])) != len(catalog.PROCESSORS):
+        problems.append("not every processor head has a calibrator")
+    if seconds > max_load_seconds:
+        problems.append(f"serving form took {seconds:.2f} s to load (limit {max_load_seconds} s)")
+    return problems
+
+
+def score_with(model: Any, frame: pd.DataFrame) -> np.ndarray:
+    """(n, P) calibrated probabilities of a ServingModel on a frame (its own encoder)."""
+    return np.asarray(model.score_matrix(model.encoder.transform(frame)), dtype=np.float64)
+
+
+# ---------------------------------------------------------------- gates
+def _auc_checks(ev: RunEvaluation, family: str, cfg: dict[str, Any]) -> GateResult:
+    c = cfg["auc"]
+    heads = ev.heads[family].set_index("processor").drop(index="ALL")
+    judged = heads[(heads["n"] >= c["min_test_rows"]) & (heads["positives"] >= c["min_class_rows"])
+                   & (heads["n"] - heads["positives"] >= c["min_class_rows"])]
+    skipped = sorted(set(heads.index) - set(judged.index))
+    if judged.empty:
+        return GateResult("auc", False, None, c["min_auc"], "no head has enough test data to judge its AUC",
+                          {"skipped": skipped})
+    worst = judged["auc"].idxmin()
+    value = float(judged["auc"].min())
+    low = [f"{p} {judged.loc[p, 'auc']:.3f}" for p in judged.index if judged.loc[p, "auc"] < c["min_auc"]]
+    note = f" (not judged, too little test data: {', '.join(skipped)})" if skipped else ""
+    if low:
+        return GateResult("auc", False, value, c["min_auc"], f"heads below AUC {c['min_auc']}: {', '.join(low)}{note}",
+                          {"auc": judged["auc"].to_dict(), "skipped": skipped})
+    return GateResult("auc", True, value, c["min_auc"], f"every judged head has AUC >= {c['min_auc']} (lowest {worst} {value:.3f}){note}",
+                      {"auc": judged["auc"].to_dict(), "skipped": skipped})
+
+
+def _completeness(family: str, serving_dir: str | Path | None, cfg: dict[str, Any]) -> GateResult:
+    if serving_dir is None:
+        return GateResult("completeness", False, None, None, f"{family}: no serving folder was exported")
+    problems = check_completeness(serving_dir, cfg["completeness"]["max_load_seconds"])
+    if problems:
+        return GateResult("completeness", False, float(len(problems)), 0.0, f"{family}: " + "; ".join(problems),
+                          {"problems": problems})
+    return GateResult("completeness", True, 0.0, 0.0,
+                      f"{family}: every processor has a head; artifacts present, loadable, checksums match")
+
+
+def _min_data(ev: RunEvaluation, train_counts: Mapping[str, int], uncertain: Mapping[str, bool], cfg: dict[str, Any]) -> GateResult:
+    c = cfg["min_data"]
+    total = int(sum(train_counts.values()))
+    short = [p for p in catalog.PROCESSORS if train_counts.get(p, 0) < c["min_rows_per_processor"]]
+    exempt = [p for p in short if uncertain.get(p)]
+    failing = [f"{p} ({train_counts.get(p, 0)} rows)" for p in short if not uncertain.get(p)]
+    details = {"train_rows": dict(train_counts), "exempt_uncertain": exempt, "eval_rows": ev.values.n_rows}
+    value = float(min((train_counts.get(p, 0) for p in catalog.PROCESSORS if p not in exempt), default=0))
+    problems = []
+    if total < c["min_train_rows"]:
+        problems.append(f"{total} labelled training rows < {c['min_train_rows']}")
+    if failing:
+        problems.append(f"too few training rows for {', '.join(failing)} (min {c['min_rows_per_processor']}) and the model does not flag them uncertain")
+    if ev.values.n_rows < c["min_eval_rows"]:
+        problems.append(f"{ev.values.n_rows} first attempts in the test window < {c['min_eval_rows']}")
+    note = f"; served with a prior (uncertain): {', '.join(exempt)}" if exempt else ""
+    if problems:
+        return GateResult("min_data", False, value, float(c["min_rows_per_processor"]), "; ".join(problems) + note, details)
+    return GateResult("min_data", True, value, float(c["min_rows_per_processor"]),
+                      f"{total} training rows, >= {c['min_rows_per_processor']} for every established processor{note}", details)
+
+
+def pick_champion(ev: RunEvaluation, eligible: list[str], cfg: dict[str, Any]) -> str:
+    """The run's champion family: highest estimated policy value, a simpler family winning near-ties."""
+    est = cfg["policy_value"]["estimator"]
+    pool = eligible or list(ev.families)
+    order = cfg["champion"]["simplicity_order"]
+    rank = {f: (order.index(f) if f in order else len(order)) for f in pool}
+    values = {f: ev.values.estimate(ev.family_policy(f), est) for f in pool}
+    best = max(pool, key=lambda f: values[f])
+    margin = cfg["champion"]["prefer_simpler_margin"]
+    simpler = [f for f in pool if rank[f] < rank[best] and values[f] >= values[best] - margin]
+    return min(simpler, key=lambda f: rank[f]) if simpler else best
+
+
+def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dirs: Mapping[str, str | Path | None],
+              uncertain: Mapping[str, Mapping[str, bool]] | None = None, champion: Champion | None = None,
+              config: dict[str, Any] | None = None, test: pd.DataFrame | None = None) -> GateReport:
+    """Judge a run: pick its champion family and apply every gate (see module docstring).
+
+    ``train_counts``: labelled training rows per processor; ``serving_dirs``: family -> exported
+    serving folder; ``uncertain``: family -> processor -> flagged uncertain by the model;
+    ``champion``: the promoted model scored on the same test window (None on the first run);
+    ``test``: the test frame the evaluation was computed on (for PSI on all attempts; optional).
+    """
+    cfg = config or load_config()
+    est = cfg["policy_value"]["estimator"]
+    uncertain = uncertain or {}
+    fam_checks: dict[str, list[GateResult]] = {}
+    for fam in ev.families:
+        fam_checks[fam] = [_auc_checks(ev, fam, cfg), _completeness(fam, serving_dirs.get(fam), cfg)]
+    ok = [f for f, rs in fam_checks.items() if all(r.passed for r in rs)]
+    champ = pick_champion(ev, ok, cfg)
+    pol = ev.family_policy(champ)
+    results: list[GateResult] = [_min_data(ev, train_counts, uncertain.get(champ, {}), cfg)]
+    results.extend(fam_checks[champ][:1])
+
+    # ---- regression vs the promoted champion, same window, paired
+    c = cfg["regression"]
+    first_idx = ev.first_index
+    if champion is None:
+        results.append(GateResult("regression", True, None, -c["max_value_drop"], "no promoted champion yet: first model, absolute gates only"))
+    elif champion.probs is None:
+        results.append(GateResult("regression", True, None, -c["max_value_drop"],
+                                  f"promoted champion {champion.version} could not be loaded ({champion.load_error}); judged on absolute gates only"))
+    else:
+        cp = np.asarray(champion.probs, dtype=np.float64)
+        cpol = greedy_policy(cp[first_idx], ev.first_mask)
+        pv = estimate_policies(ev.logged, {"candidate": ev.policies[pol], "champion": cpol},
+                               {"candidate": ev.q_hat[pol], "champion": cp[first_idx]},
+                               n_boot=cfg["policy_value"]["bootstrap"], seed=cfg["policy_value"]["seed"])
+        lift = pv.lift("candidate", "champion", est)
+        y = ev.test["APPROVED"].to_numpy(dtype=np.float64)
+        rows = np.arange(len(y))
+        cand_auc = float(ev.heads[champ].set_index("processor").loc["ALL", "auc"])
+        champ_auc = M.auc(y, cp[rows, ev.test_action])
+        problems = []
+        if lift["lift"] < -c["max_value_drop"]:
+            problems.append(f"policy value {100 * lift['lift']:+.2f} pp vs champion {champion.version} "
+                            f"(95% CI {100 * lift['ci_low']:+.2f}..{100 * lift['ci_high']:+.2f}), tolerance -{100 * c['max_value_drop']:.2f} pp")
+        if cand_auc < champ_auc - c["max_auc_drop"]:
+            problems.append(f"overall AUC {cand_auc:.3f} vs champion's {champ_auc:.3f} (tolerance {c['max_auc_drop']})")
+        details = {"value_lift": lift, "auc": cand_auc, "champion_auc": champ_auc, "champion_family": champion.family}
+        if problems:
+            results.append(GateResult("regression", False, lift["lift"], -c["max_value_drop"], "; ".join(problems), details))
+        else:
+            results.append(GateResult("regression", True, lift["lift"], -c["max_value_drop"],
+                                      f"{100 * lift['lift']:+.2f} pp policy value and AUC {cand_auc:.3f} vs champion "
+                                      f"{champion.version} ({champ_auc:.3f}) on the same window", details))
+
+    # ---- stability: time folds, interval width, PSI vs champion
+    c = cfg["stability"]
+    folds = lift_by_group(ev.logged, ev.policies[pol], ev.policies[STATIC_RULES], ev.q_hat[pol],
+                          time_folds(ev.first, c["time_folds"]), estimator=est, n_boot=100, seed=cfg["policy_value"]["seed"])
+    worst_fold = float(folds["lift"].min())
+    row = ev.values.table.set_index(["policy", "estimator"]).loc[(pol, est)]
+    width = float(row["ci_high"] - row["ci_low"])
+    problems = []
+    if worst_fold < -c["max_fold_loss"]:
+        problems.append(f"trails static rules by {-100 * worst_fold:.2f} pp in a time fold (limit {100 * c['max_fold_loss']:.1f} pp)")
+    if width > c["max_interval_width"]:
+        problems.append(f"policy-value interval {100 * width:.2f} pp wide (limit {100 * c['max_interval_width']:.1f} pp)")
+    psi_value = None
+    if champion is not None and champion.probs is not None:
+        mask = ev.test_mask
+        psi_value = psi(np.asarray(champion.probs)[mask], ev.family_probs[champ][mask])
+        if psi_value > c["max_psi"]:
+            problems.append(f"prediction distribution shifted vs champion (PSI {psi_value:.3f} > {c['max_psi']})")
+    details = {"folds": folds.to_dict(orient="records"), "interval_width": width, "psi": psi_value}
+    reason = "; ".join(problems) if problems else (
+        f"lift over rules in every time fold >= {100 * worst_fold:+.2f} pp; interval {100 * width:.2f} pp"
+        + (f"; PSI vs champion {psi_value:.3f}" if psi_value is not None else ""))
+    results.append(GateResult("stability", not problems, worst_fold, -c["max_fold_loss"], reason, details))
+
+    results.append(fam_checks[champ][1])
+
+    # ---- slices: no major slice loses vs static rules (with evidence)
+    c = cfg["slices"]
+    losers, worst, table = [], None, []
+    for name in SLICE_COLUMNS:
+        res = lift_by_group(ev.logged, ev.policies[pol], ev.policies[STATIC_RULES], ev.q_hat[pol],
+                            slice_labels(ev.first, name), estimator=est, n_boot=100, seed=cfg["policy_value"]["seed"],
+                            min_rows=c["min_slice_rows"])
+        res.insert(0, "slice", name)
+        table.append(res)
+        major = res[~res["small"]]
+        for _, r in major.iterrows():
+            if worst is None or r["lift"] < worst:
+                worst = float(r["lift"])
+            if r["lift"] < -c["max_slice_loss"] and r["ci_high"] < 0:
+                losers.append(f"{name}={r['group']} {100 * r['lift']:+.2f} pp (CI {100 * r['ci_low']:+.2f}..{100 * r['ci_high']:+.2f}, n={r['n']})")
+    details = {"slices": pd.concat(table, ignore_index=True).to_dict(orient="records") if table else []}
+    if losers:
+        results.append(GateResult("slices", False, worst, -c["max_slice_loss"],
+                                  f"major slices lose vs static rules: {'; '.join(losers)}", details))
+    else:
+        results.append(GateResult("slices", True, worst, -c["max_slice_loss"],
+                                  f"no major slice (>= {c['min_slice_rows']} rows) loses more than {100 * c['max_slice_loss']:.1f} pp vs static rules"
+                                  + (f" (worst {100 * worst:+.2f} pp)" if worst is not None else ""), details))
+
+    # ---- simpler is not better
+    c = cfg["simpler"]
+    v = ev.values.estimate(pol, est)
+    rivals = {SUCCESS_RATE: ev.values.estimate(SUCCESS_RATE, est)}
+    if champ != "logistic" and "logistic" in ev.families:
+        rivals["model:logistic"] = ev.values.estimate("model:logistic", est)
+    margin = min(v - r for r in rivals.values())
+    beaten = [f"{k} {100 * r:.2f}%" for k, r in rivals.items() if v - r <= c["min_margin_over_router"]]
+    rival_txt = ", ".join(f"{k} {100 * r:.2f}%" for k, r in rivals.items())
+    if beaten:
+        results.append(GateResult("simpler_is_not_better", False, margin, c["min_margin_over_router"],
+                                  f"{champ} ({100 * v:.2f}%) does not beat {', '.join(beaten)} on {est} policy value", {"rivals": rivals}))
+    else:
+        results.append(GateResult("simpler_is_not_better", True, margin, c["min_margin_over_router"],
+                                  f"{champ} ({100 * v:.2f}%) beats {rival_txt} on {est} policy value", {"rivals": rivals}))
+    return GateReport(champion_family=champ, results=results, family_checks=fam_checks,
+                      champion_version=champion.version if champion else None)

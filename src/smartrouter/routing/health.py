@@ -1,0 +1,192 @@
+"""Per-processor rolling health from outcomes: UP -> DEGRADED -> DOWN -> RECOVERING -> UP.
+
+Only the processor's own failures count (timeouts, processor errors); an issuer decline means
+the processor answered, so it counts as a healthy response. The state is decided on the last
+``recent_outcomes`` outcomes inside a ``window_seconds`` window, so a busy processor is caught
+within a handful of failures and a quiet one is not judged on stale outcomes.
+
+A DOWN processor gets no traffic except probes (a small share chosen by the policy); the first
+successful probe moves it to RECOVERING, and ``recovery_successes`` consecutive successes bring
+it back UP (a failure on the way sends it back DOWN). Every state change is logged and passed
+to ``on_transition`` (the service counts them in its metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from smartrouter import catalog
+from smartrouter.routing.config import HealthConfig
+
+log = logging.getLogger("smartrouter.routing.health")
+
+UP, DEGRADED, DOWN, RECOVERING = "UP", "DEGRADED", "DOWN", "RECOVERING"
+STATES: tuple[str, ...] = (UP, DEGRADED, DOWN, RECOVERING)
+
+# outcome kinds
+SUCCESS = "approved"
+DECLINE = "declined"  # issuer said no: the processor is healthy
+FAILURE = "failure"  # timeout or processor error: the processor is not
+
+
+def outcome_kind(status: str, error_code: str | None = None, error_category: str | None = None) -> str:
+    """Map an outcome (APPROVED / DECLINED + code / TIMEOUT / ERROR) to success, decline or failure."""
+    status = status.upper()
+    if status == "APPROVED":
+        return SUCCESS
+    if status in ("TIMEOUT", "ERROR"):
+        return FAILURE
+    if error_category is None and error_code is not None and error_code in catalog.ERROR_CODES:
+        error_category = catalog.ERROR_CODES[error_code].category
+    if error_category == catalog.PROCESSOR_ERROR_CATEGORY:
+        return FAILURE
+    return DECLINE
+
+
+def clock_label(ts: float) -> str:
+    """HH:MM in UTC, the form reasons use ("ELAVON down since 14:02")."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%H:%M")
+
+
+@dataclass
+class _Proc:
+    state: str = UP
+    since: float = 0.0
+    events: deque = field(default_factory=deque)  # (ts, failed: bool), newest right
+    consecutive_ok: int = 0
+    outcomes: int = 0
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class Transition:
+    processor: str
+    old: str
+    new: str
+    at: float
+    reason: str
+
+
+class HealthTracker:
+    """Rolling health per processor; thread-safe; times are epoch seconds (event time)."""
+
+    def __init__(
+        self,
+        config: HealthConfig,
+        processors: tuple[str, ...] = catalog.PROCESSORS,
+        on_transition: Callable[[Transition], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._procs: dict[str, _Proc] = {p: _Proc() for p in processors}
+        self._lock = threading.Lock()
+        self._on_transition = on_transition
+        self.transitions: deque[Transition] = deque(maxlen=200)
+
+    # ------------------------------------------------------------------ reads
+    def state(self, processor: str) -> str:
+        """Current state of one processor (UP for an unknown one)."""
+        p = self._procs.get(processor)
+        return p.state if p is not None else UP
+
+    def since(self, processor: str) -> float:
+        return self._procs[processor].since
+
+    def is_down(self, processor: str) -> bool:
+        p = self._procs.get(processor)
+        return p is not None and p.state == DOWN
+
+    def any_down(self) -> bool:
+        return any(p.state == DOWN for p in self._procs.values())
+
+    def describe(self, processor: str) -> str:
+        """Words for a reason line, e.g. 'ELAVON down since 14:02'."""
+        p = self._procs[processor]
+        return f"{processor} {p.state.lower()} since {clock_label(p.since)}"
+
+    def snapshot(self, at: float | None = None) -> dict[str, dict]:
+        """Each processor's state, since and recent rates (for /v1/processors/health)."""
+        at = time.time() if at is None else at
+        out: dict[str, dict] = {}
+        with self._lock:
+            for name, p in self._procs.items():
+                self._trim(p, at)
+                n = len(p.events)
+                fails = sum(1 for _, f in p.events if f)
+                recent = list(p.events)[-self.config.recent_outcomes :]
+                r_fail = sum(1 for _, f in recent if f)
+                out[name] = {
+                    "state": p.state,
+                    "since": p.since,
+                    "window_outcomes": n,
+                    "window_failure_rate": (fails / n) if n else None,
+                    "recent_failure_rate": (r_fail / len(recent)) if recent else None,
+                    "consecutive_successes": p.consecutive_ok,
+                    "outcomes_total": p.outcomes,
+                    "failures_total": p.failures,
+                }
+        return out
+
+    # ------------------------------------------------------------------ writes
+    def observe(self, processor: str, kind: str, at: float | None = None) -> Transition | None:
+        """Record one outcome (kind from `outcome_kind`); returns the state change it caused, if any."""
+        at = time.time() if at is None else at
+        failed = kind == FAILURE
+        with self._lock:
+            p = self._procs.get(processor)
+            if p is None:
+                return None
+            p.outcomes += 1
+            p.failures += failed
+            p.events.append((at, failed))
+            self._trim(p, at)
+            p.consecutive_ok = 0 if failed else p.consecutive_ok + 1
+            change = self._next_state(p, failed)
+            if change is None:
+                return None
+            new, reason = change
+            tr = Transition(processor, p.state, new, at, reason)
+            p.state, p.since = new, at
+            if new in (UP, RECOVERING):
+                # Judge the recovered processor on what happens from now on, not on the outage.
+                p.events.clear()
+                if new == RECOVERING:
+                    p.events.append((at, False))
+        self.transitions.append(tr)
+        log.warning("processor %s: %s -> %s at %s (%s)", processor, tr.old, tr.new, clock_label(at), reason)
+        if self._on_transition is not None:
+            self._on_transition(tr)
+        return tr
+
+    def _trim(self, p: _Proc, at: float) -> None:
+        horizon = at - self.config.window_seconds
+        ev = p.events
+        while ev and ev[0][0] < horizon:
+            ev.popleft()
+
+    def _next_state(self, p: _Proc, failed: bool) -> tuple[str, str] | None:
+        c = self.config
+        if p.state == DOWN:
+            return (RECOVERING, "probe succeeded") if not failed else None
+        if p.state == RECOVERING:
+            if failed:
+                return DOWN, "failed while recovering"
+            if p.consecutive_ok >= c.recovery_successes:
+                return UP, f"{p.consecutive_ok} consecutive successes"
+            return None
+        recent = list(p.events)[-c.recent_outcomes :]
+        n = len(recent)
+        fails = sum(1 for _, f in recent if f)
+        rate = fails / n if n else 0.0
+        if fails >= c.down_min_failures and rate >= c.down_failure_rate:
+            return DOWN, f"{fails} of last {n} outcomes failed"
+        if p.state == UP and fails >= c.degraded_min_failures and rate >= c.degraded_failure_rate:
+            return DEGRADED, f"{fails} of last {n} outcomes failed"
+        if p.state == DEGRADED and rate < c.recovered_failure_rate and n >= min(c.recent_outcomes, 10):
+            return UP, f"failure rate {rate:.0%} over last {n} outcomes"
+        return None

@@ -1,0 +1,425 @@
+"""The routing decision for one payment, in plain Python (the service is a thin edge over it).
+
+Order of precedence, each step explained in the decision's ``reasons``:
+
+1. eligibility (hard rules): `catalog.eligible_processors` (Amex -> AMEX only, currency
+   support), processors disabled in routing.toml, the caller's candidate list;
+2. BIN overrides from routing.toml (source ``hard_rule``);
+3. the experiment arm: control is routed by the merchant's static rules, treatment by the
+   model's calibrated scores; with no model, or a model not confident enough (its best
+   eligible processor below ``min_confidence``), the static rules decide (``rules`` /
+   ``fallback``);
+4. failover: DOWN processors are skipped for the next best (``failover``), except for a small
+   probe share that tests recovery (``exploration``);
+5. exploration: Thompson sampling may replace the model's choice, capped at a share of
+   traffic (``exploration``), and every choice carries its propensity.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from smartrouter import catalog
+from smartrouter.errors import SmartrouterError
+from smartrouter.routing import health as H
+from smartrouter.routing.bandit import ThompsonBandit
+from smartrouter.routing.config import RoutingConfig
+from smartrouter.routing.experiment import CONTROL, TREATMENT, Experiment
+from smartrouter.routing.health import HealthTracker, Transition
+from smartrouter.routing.model_holder import ModelHolder
+
+log = logging.getLogger("smartrouter.routing.policy")
+
+SOURCES: tuple[str, ...] = ("model", "rules", "hard_rule", "failover", "exploration", "fallback")
+_RULES_CACHE_SECONDS = 60.0
+_RECENT_DECISIONS = 100_000
+
+
+class NoEligibleProcessor(SmartrouterError):
+    """No processor may take this payment (hard rules, disabled processors, candidates)."""
+
+
+@dataclass
+class Decision:
+    """What the router decided for one payment, and why."""
+
+    request_id: str
+    chosen: str
+    source: str
+    ranked: list[tuple[str, float | None]]
+    reasons: list[str]
+    model_version: str | None
+    arm: str
+    propensity: float
+    eligible: list[str]
+    shadow_choice: str | None = None
+    fallback_reason: str | None = None
+    contributions: list[tuple[str, float]] | None = None
+    latency_ms: float = 0.0
+    at: float = 0.0
+    segment: tuple = ()
+    scores: dict[str, float] | None = field(default=None, repr=False)
+
+    def record(self, payment: dict) -> dict[str, Any]:
+        """The decision-log record (what the next training run reads)."""
+        # built by hand: dataclasses.asdict deep-copies and costs more than the decision itself
+        rec = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        rec["kind"] = "decision"
+        rec["payment"] = {k: v for k, v in payment.items() if not isinstance(v, datetime)}
+        rec["created_at"] = datetime.fromtimestamp(self.at, tz=timezone.utc).replace(tzinfo=None).isoformat()
+        return rec
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Decision) if f.name != "contributions")
+
+
+def rules_from_sources(settings=None, snapshot: list[dict] | None = None) -> tuple[Any, str]:
+    """The static-rules engine and where its rows came from, never raising.
+
+    Warehouse view first (the merchant's live rules), then a snapshot saved with the model,
+    then the world's default rules shipped with the package; ("none", None) if all fail.
+    """
+    try:
+        from smartrouter.rules import RulesEngine
+    except ImportError as exc:
+        log.error("static rules unavailable: %s", exc)
+        return None, f"none (smartrouter.rules not importable: {exc})"
+    errors: list[str] = []
+    if settings is not None:
+        try:
+            from smartrouter import warehouse
+
+            frame = warehouse.query_frame("SELECT * FROM " + catalog.RULES_VIEW, settings=settings)
+            if len(frame):
+                return RulesEngine.from_warehouse_rows(frame, merchant=catalog.MERCHANT), "warehouse"
+            errors.append("warehouse rules view is empty")
+        except Exception as exc:  # noqa: BLE001 - never fail to start because of it
+            errors.append(f"warehouse: {exc}")
+    if snapshot:
+        try:
+            return RulesEngine(snapshot), "model snapshot"
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"snapshot: {exc}")
+    try:
+        from smartrouter.world import World, WorldParams
+
+        return RulesEngine(World(WorldParams()).rules_frame()), "package default (world rules)"
+    except Exception as exc:  # noqa: BLE001
+        errors.append(f"package default: {exc}")
+    log.error("no static rules: %s", "; ".join(errors))
+    return None, "none (" + "; ".join(errors) + ")"
+
+
+class Router:
+    """Decides and learns: `decide(payment)` and `observe_outcome(...)`; thread-safe enough for one process."""
+
+    def __init__(
+        self,
+        config: RoutingConfig,
+        rules: Any = None,
+        holder: ModelHolder | None = None,
+        *,
+        features: Any = None,
+        fallback_router: Any = None,
+        on_transition: Callable[[Transition], None] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.config = config
+        self.rules = rules
+        self.holder = holder
+        self.features = features
+        self.fallback_router = fallback_router
+        self.health = HealthTracker(config.health, on_transition=on_transition)
+        self.bandit = ThompsonBandit(config.exploration, seed=seed)
+        self.experiment = Experiment(config.experiment)
+        self._rng = random.Random(config.exploration.seed if seed is None else seed)
+        self._np_rng = np.random.default_rng(config.exploration.seed if seed is None else seed)
+        self._active = tuple(p for p in catalog.PROCESSORS if p not in set(config.policy.disabled_processors))
+        self._rules_cache: dict[tuple, tuple[float, list[str]]] = {}
+        self._recent: OrderedDict[str, tuple[tuple, str | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ helpers
+    def _rules_ranked(self, currency: str, brand: str, card_type: str, eligible: list[str], at: float) -> list[str]:
+        key = (currency, brand, card_type, tuple(eligible))
+        hit = self._rules_cache.get(key)
+        if hit is not None and at - hit[0] < _RULES_CACHE_SECONDS and at >= hit[0]:
+            return hit[1]
+        ranked: list[str] = []
+        if self.rules is not None:
+            try:
+                when = datetime.fromtimestamp(at, tz=timezone.utc).replace(tzinfo=None)
+                ranked = [p for p in self.rules.ranked(currency, brand, card_type, at=when, candidates=eligible) if p in eligible]
+            except Exception:  # noqa: BLE001 - a broken rules table must not fail a payment
+                log.exception("static rules failed for %s %s %s", currency, brand, card_type)
+                ranked = []
+        self._rules_cache[key] = (at, ranked)
+        return ranked
+
+    def _enrich(self, payment: dict, at: float) -> dict:
+        """The payment plus online features (processor health, BIN history) as of ``at``."""
+        if self.features is None:
+            return payment
+        enriched = dict(payment)
+        when = datetime.fromtimestamp(at, tz=timezone.utc).replace(tzinfo=None)
+        try:
+            enriched.update(self.features.health_features(when))
+            if payment.get("CARD_BIN"):
+                enriched.update(self.features.bin_features(payment["CARD_BIN"], when))
+        except Exception:  # noqa: BLE001 - the model handles missing features like NaN
+            log.exception("online features failed")
+        return enriched
+
+    # ------------------------------------------------------------------ the decision
+    def decide(
+        self,
+        payment: dict,
+        *,
+        candidates: Iterable[str] | None = None,
+        explain: bool = False,
+        at: float | None = None,
+        request_id: str | None = None,
+    ) -> Decision:
+        """Rank the eligible processors for one payment (dict of upper-case attempt columns)."""
+        t0 = time.perf_counter()
+        at = time.time() if at is None else at
+        cfg = self.config
+        currency, brand, card_type = payment["CURRENCY"], payment["CARD_BRAND"], payment.get("CARD_TYPE")
+        reasons: list[str] = []
+
+        # 1. eligibility
+        eligible = catalog.eligible_processors(brand, currency, self._active)
+        hard = False
+        if brand == catalog.AMEX_BRAND:
+            reasons.append("AMEX card: AMEX only")
+            hard = True
+        elif currency not in catalog.PROCESSOR_CURRENCIES.get("MIT", frozenset({currency})):
+            no_cur = [p for p in self._active if currency not in catalog.PROCESSOR_CURRENCIES[p]]
+            if no_cur:
+                reasons.append(f"{', '.join(no_cur)} {'does' if len(no_cur) == 1 else 'do'} not take {currency}")
+        disabled = [p for p in catalog.eligible_processors(brand, currency) if p not in self._active]
+        if disabled:
+            reasons.append(f"{', '.join(disabled)} disabled by config")
+        if candidates is not None:
+            wanted = set(candidates)
+            dropped = [p for p in eligible if p not in wanted]
+            eligible = [p for p in eligible if p in wanted]
+            if dropped:
+                reasons.append(f"{', '.join(dropped)} not among the requested candidates")
+        if not eligible:
+            raise NoEligibleProcessor(
+                f"no processor may take a {brand} card in {currency} with these candidates "
+                f"(active: {', '.join(self._active)}); send other candidates or enable a processor in routing.toml"
+            )
+
+        # 2. BIN overrides
+        override = cfg.bin_overrides.get(str(payment.get("CARD_BIN") or ""))
+        if override:
+            ov = [p for p in override if p in eligible]
+            if ov:
+                eligible = ov
+                hard = True
+                reasons.append(f"BIN {payment['CARD_BIN']} override: {', '.join(ov)}")
+
+        # 3. arm and scores
+        key = self.experiment.key_of(payment)
+        arm = self.experiment.assign(key)
+        shadow = self.experiment.shadow
+        loaded = self.holder.current if self.holder is not None else None
+        scores: dict[str, float] | None = None
+        enriched = payment
+        fallback_reason: str | None = None
+        if loaded is not None:
+            enriched = self._enrich(payment, at)
+            try:
+                scores = loaded.model.score(enriched)
+            except Exception:  # noqa: BLE001 - the rules route it instead
+                log.exception("model %s failed to score; using static rules", loaded.version)
+                scores = None
+                fallback_reason = "model_error"
+        rules_rank = self._rules_ranked(currency, brand, card_type, eligible, at)
+        no_rule = not rules_rank
+        rules_order = rules_rank + [p for p in eligible if p not in rules_rank]
+        if no_rule and scores is None and len(eligible) > 1:
+            rules_order = self._fallback_order(payment, eligible)
+
+        model_order: list[str] | None = None
+        if scores is not None:
+            model_order = sorted(eligible, key=lambda p: -scores.get(p, 0.0))
+            flags = getattr(loaded.model, "uncertain", None) or ()
+            # H5's serving form flags every processor ({name: bool}); a plain collection lists the uncertain ones
+            uncertain = {p for p, f in flags.items() if f} if isinstance(flags, dict) else set(flags)
+            if cfg.policy.skip_uncertain and uncertain:
+                sure = [p for p in model_order if p not in uncertain]
+                if sure:
+                    model_order = sure + [p for p in model_order if p in uncertain]
+
+        if hard or len(eligible) == 1:
+            order, source = eligible if override else (model_order or rules_order), "hard_rule"
+            if not hard:
+                reasons.append(f"only {eligible[0]} is eligible")
+        elif arm == CONTROL or shadow or model_order is None:
+            order, source = rules_order, "rules"
+            if no_rule:
+                source, fallback_reason = "fallback", fallback_reason or "no_rule"
+                reasons.append(f"no static rule for {currency} {brand} {card_type}: fallback order")
+            elif model_order is None and arm == TREATMENT and not shadow:
+                if fallback_reason == "model_error":
+                    source = "fallback"
+                    reasons.append("model failed to score: static rules")
+                else:
+                    reasons.append("no promoted model: static rules")
+            else:
+                reasons.append(f"{'shadow mode' if shadow else 'control arm'}: static rules")
+        else:
+            healthy_first = next((p for p in model_order if not self.health.is_down(p)), model_order[0])
+            best_p = scores.get(healthy_first, 0.0)
+            if best_p < cfg.policy.min_confidence:
+                order, source, fallback_reason = rules_order, "fallback", "not_confident"
+                reasons.append(
+                    f"model not confident (best {healthy_first} p={best_p:.2f} < {cfg.policy.min_confidence:.2f}): static rules"
+                )
+            else:
+                order, source = model_order, "model"
+                reasons.append(f"model {loaded.version}: {healthy_first} p={best_p:.2f}")
+
+        # 4. failover around DOWN processors (and probes that test their recovery)
+        down = [p for p in order if self.health.is_down(p)]
+        acting = [p for p in order if p not in down] if down else order
+        propensity = 1.0
+        if not acting:
+            chosen = order[0]
+            source, fallback_reason = "fallback", "all_down"
+            reasons.append(f"every eligible processor is down ({', '.join(self.health.describe(p) for p in down)}): sending to {chosen}")
+        else:
+            chosen = acting[0]
+            if chosen != order[0]:
+                reasons.append(f"{self.health.describe(order[0])}: next best {chosen}")
+                if source != "hard_rule":
+                    source = "failover"
+            for p in down:
+                if p != order[0]:
+                    reasons.append(self.health.describe(p))
+            share = cfg.health.probe_share
+            if down and share > 0:
+                if self._rng.random() < share:
+                    chosen = down[0]
+                    source, propensity = "exploration", share
+                    reasons.append(f"probe: {self.health.describe(chosen)}, testing recovery")
+                else:
+                    propensity = 1.0 - share
+
+        # 5. exploration (treatment arm, model decisions only), always counted for the cap
+        segment = self.bandit.segment_of(payment)
+        may_explore = source == "model" and len(acting) > 1
+        bc = self.bandit.decide(segment, acting, chosen, allow=may_explore)
+        if bc.explored and bc.chosen != chosen:
+            reasons.append(f"exploring: Thompson sampling picked {bc.chosen} instead of {chosen}")
+            chosen, source = bc.chosen, "exploration"
+        elif bc.explored:
+            source = "exploration"
+            reasons.append(f"exploring: Thompson sampling kept {chosen}")
+        propensity *= bc.propensity
+
+        top = [p for p in order if p != chosen]
+        ranked_names = ([chosen] + [p for p in top if p not in down] + [p for p in top if p in down])[: cfg.policy.top_k]
+        ranked = [(p, (round(float(scores[p]), 6) if scores is not None and p in scores else None)) for p in ranked_names]
+        shadow_choice = None
+        if shadow and model_order is not None:
+            shadow_choice = next((p for p in model_order if not self.health.is_down(p)), model_order[0])
+        contributions = None
+        if explain and loaded is not None and scores is not None and hasattr(loaded.model, "contributions"):
+            try:
+                contributions = [(str(n), float(v)) for n, v in loaded.model.contributions(enriched, chosen, 5)]
+            except Exception:  # noqa: BLE001 - an explanation is optional
+                log.exception("contributions failed")
+        request_id = request_id or os.urandom(16).hex()
+        with self._lock:
+            self._recent[request_id] = (segment, payment.get("CARD_BIN"))
+            if len(self._recent) > _RECENT_DECISIONS:
+                self._recent.popitem(last=False)
+        return Decision(
+            request_id=request_id,
+            chosen=chosen,
+            source=source,
+            ranked=ranked,
+            reasons=reasons,
+            model_version=loaded.version if loaded is not None else None,
+            arm=arm,
+            propensity=round(propensity, 6),
+            eligible=list(eligible),
+            shadow_choice=shadow_choice,
+            fallback_reason=fallback_reason,
+            contributions=contributions,
+            latency_ms=(time.perf_counter() - t0) * 1000.0,
+            at=at,
+            segment=segment,
+            scores=scores,
+        )
+
+    def _fallback_order(self, payment: dict, eligible: list[str]) -> list[str]:
+        """Order when no static rule matches: H6's success-rate router if given, else catalog order."""
+        if self.fallback_router is not None:
+            try:
+                segment = tuple(str(payment.get(c)) for c in ("CURRENCY", "CARD_BRAND", "CARD_TYPE"))
+                first = self.fallback_router.choose(segment, eligible, self._np_rng)
+                if isinstance(first, tuple):
+                    first = first[0]
+                if first in eligible:
+                    return [first] + [p for p in eligible if p != first]
+            except Exception:  # noqa: BLE001
+                log.exception("fallback router failed")
+        return list(eligible)
+
+    # ------------------------------------------------------------------ learning from outcomes
+    def observe_outcome(
+        self,
+        processor: str,
+        status: str,
+        *,
+        error_code: str | None = None,
+        at: float | None = None,
+        request_id: str | None = None,
+        segment: tuple | None = None,
+        card_bin: str | None = None,
+    ) -> str:
+        """Feed one attempt's outcome to health, bandit, online features and fallback router; returns its kind."""
+        at = time.time() if at is None else at
+        kind = H.outcome_kind(status, error_code)
+        self.health.observe(processor, kind, at)
+        if request_id is not None and segment is None:
+            with self._lock:
+                known = self._recent.get(request_id)
+            if known is not None:
+                segment, card_bin = known[0], card_bin or known[1]
+        if segment is not None:
+            self.bandit.observe(processor, segment, kind == H.SUCCESS)
+        if self.fallback_router is not None and segment is not None and hasattr(self.fallback_router, "observe"):
+            try:
+                srr_segment = tuple(str(v) for v in segment[:3])
+                self.fallback_router.observe(srr_segment, processor, kind == H.SUCCESS)
+            except Exception:  # noqa: BLE001
+                log.debug("fallback router observe failed", exc_info=True)
+        if self.features is not None:
+            when = datetime.fromtimestamp(at, tz=timezone.utc).replace(tzinfo=None)
+            if kind == H.FAILURE:
+                f_status, category = "DECLINED", catalog.PROCESSOR_ERROR_CATEGORY
+            else:
+                f_status = "APPROVED" if kind == H.SUCCESS else "DECLINED"
+                category = catalog.ERROR_CODES[error_code].category if error_code in catalog.ERROR_CODES else (
+                    None if kind == H.SUCCESS else "ISSUER_DECLINE")
+            try:
+                self.features.observe(processor, when, f_status, category, card_bin)
+            except Exception:  # noqa: BLE001
+                log.exception("online features observe failed")
+        return kind

@@ -1,0 +1,213 @@
+"""Evaluation: metrics, policies, off-policy estimators (unbiased on a synthetic log with known truth), truth check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smartrouter import catalog, evaluation as E, policies as POL
+from smartrouter.errors import ConfigError
+
+from eval_fakes import FakeOracle, FakeRules, model_probs, synthetic_log
+
+P = len(catalog.PROCESSORS)
+NON_AMEX = [p for p in catalog.PROCESSORS if p != "AMEX"]
+
+
+@pytest.fixture(scope="module")
+def log():
+    return synthetic_log()
+
+
+# ---------------------------------------------------------------- policies
+def test_candidate_mask_parses_json_and_falls_back_to_hard_rules():
+    f = pd.DataFrame({"CANDIDATES": ['["WORLDPAY", "ADYEN"]', None], "CARD_BRAND": ["VISA", "AMEX"],
+                      "CURRENCY": ["MXN", "USD"]})
+    m = POL.candidate_mask(f)
+    assert m[0].tolist() == [True, False, False, False, True]
+    assert m[1].tolist() == [False, False, False, True, False]  # Amex card -> AMEX only
+
+
+def test_greedy_never_picks_ineligible():
+    scores = np.array([[0.1, 0.9, 0.5, 0.99, 0.2]])
+    mask = np.array([[True, False, True, False, True]])
+    assert POL.greedy_choice(scores, mask).tolist() == [2]
+    assert POL.greedy_choice(scores, np.zeros_like(mask)).tolist() == [-1]
+
+
+def test_success_rate_router_learns_best_processor_and_explores():
+    router = POL.SuccessRateRouter(window=50, exploration=0.1)
+    seg = ("MXN", "VISA", "CREDIT")
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        router.observe(seg, "WORLDPAY", rng.random() < 0.6)
+        router.observe(seg, "MIT", rng.random() < 0.9)
+    probs = router.probabilities(seg, ["WORLDPAY", "MIT", "ELAVON"])
+    assert max(probs, key=probs.get) == "MIT"
+    assert probs["MIT"] == pytest.approx(0.9 + 0.1 / 3)
+    assert probs["ELAVON"] == pytest.approx(0.1 / 3)
+    assert sum(probs.values()) == pytest.approx(1.0)
+    counts = pd.Series([router.choose(seg, ["WORLDPAY", "MIT", "ELAVON"], rng)[0] for _ in range(3000)]).value_counts(normalize=True)
+    assert 0.9 < counts["MIT"] < 0.96 and counts["ELAVON"] > 0.02
+    # the window forgets: after MIT goes bad, WORLDPAY wins within one window
+    for _ in range(60):
+        router.observe(seg, "MIT", 0)
+    assert router.probabilities(seg, ["WORLDPAY", "MIT"])["WORLDPAY"] > 0.9
+    with pytest.raises(ConfigError, match="exploration"):
+        POL.SuccessRateRouter(exploration=1.5)
+
+
+def test_router_replay_returns_valid_distribution(log):
+    frame, truth, mask = log
+    sub = frame.iloc[:3000]
+    rep = POL.SuccessRateRouter().replay(sub, seed=1)
+    assert np.allclose(rep.probabilities.sum(1), 1.0)
+    assert (rep.probabilities[~mask[:3000]] == 0).all()
+    assert mask[:3000][np.arange(3000), rep.chosen].all()
+    assert np.allclose(rep.propensity, rep.probabilities[np.arange(3000), rep.chosen])
+    again = POL.SuccessRateRouter().replay(sub, seed=1)
+    assert (again.chosen == rep.chosen).all()
+
+
+# ---------------------------------------------------------------- model metrics
+def test_head_metrics_and_slices(log):
+    frame, truth, mask = log
+    good = model_probs(truth, 0.05)
+    heads = E.head_metrics(frame, good).set_index("processor")
+    assert heads.loc["ALL", "n"] == len(frame)
+    assert heads.loc["WORLDPAY", "n"] == (frame["PROCESSOR"] == "WORLDPAY").sum()
+    assert heads.loc["WORLDPAY", "auc"] > 0.6 and heads.loc["WORLDPAY", "ece"] < 0.03
+    assert heads.loc["AMEX", "n"] == 0  # no Amex cards in this log
+    h = heads.loc["ALL"]
+    assert h["tp"] + h["fp"] + h["tn"] + h["fn"] == len(frame)
+    sl = E.slice_metrics(frame, good, min_rows=5000)
+    assert set(sl["slice"]) == set(E.SLICE_COLUMNS)
+    country = sl[sl["slice"] == "card_country"].set_index("value")
+    assert country.loc["CO", "small"] and not country.loc["MX", "small"]
+    assert sl[sl["slice"] == "amount_band"]["n"].sum() == len(frame)
+    c = E.curves(frame, good)
+    assert set(c["WORLDPAY"]) == {"roc", "pr", "reliability"}
+
+
+def test_pr_auc_matches_sklearn():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(3000) < 0.7).astype(int)
+    p = np.round(np.clip(0.5 * y + rng.random(3000) * 0.6, 0, 1), 2)  # rounded: ties matter
+    assert E._pr_auc(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+
+
+def test_bad_matrix_shape_is_a_clear_error(log):
+    frame, truth, _ = log
+    with pytest.raises(ConfigError, match="expected"):
+        E.head_metrics(frame, truth[:, :3])
+
+
+# ---------------------------------------------------------------- off-policy estimators
+def test_pooled_estimators_unbiased_and_naive_biased(log):
+    frame, truth, mask = log
+    rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
+    q = model_probs(truth, 0.3)
+    policies = {"rules": POL.one_hot(rules_idx), "oracle": POL.greedy_policy(truth, mask),
+                "uniform": mask / mask.sum(1, keepdims=True), "model": POL.greedy_policy(q, mask)}
+    vals = E.estimate_policies(E.logged_data(frame, rules_idx, "pooled"), policies, q, n_boot=200, truth_matrix=truth)
+    t = vals.table.set_index(["policy", "estimator"])
+    for pol in policies:
+        for est in ("IPS", "SNIPS", "DR"):
+            row = t.loc[(pol, est)]
+            half = (row["ci_high"] - row["ci_low"]) / 2
+            # unbiased: within ~3 standard errors of the truth
+            assert abs(row["error"]) < 1.6 * half + 1e-3, (pol, est, row.to_dict())
+    # DR uses the model: far tighter than IPS for a policy that disagrees with the logger
+    dr, ips = t.loc[("oracle", "DR")], t.loc[("oracle", "IPS")]
+    assert (dr["ci_high"] - dr["ci_low"]) < (ips["ci_high"] - ips["ci_low"])
+    # naive propensities (1.0 on control rows) undervalue a policy that disagrees with the rules
+    naive = E.estimate_policies(E.logged_data(frame, rules_idx, "naive"), policies, q, n_boot=50, truth_matrix=truth)
+    nv = naive.table.set_index(["policy", "estimator"]).loc[("oracle", "IPS")]
+    assert abs(nv["error"]) > 0.05
+    # paired lift interval contains the true lift
+    lift = vals.lift("oracle", "rules", "DR")
+    assert lift["ci_low"] <= lift["true_lift"] <= lift["ci_high"]
+    assert vals.truth["oracle"] > vals.truth["rules"]
+
+
+def test_experiment_only_estimator_is_unbiased_but_wider(log):
+    frame, truth, mask = log
+    rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
+    pol = {"rules": POL.one_hot(rules_idx), "oracle": POL.greedy_policy(truth, mask)}
+    exp = E.estimate_policies(E.logged_data(frame, rules_idx, "experiment"), pol, truth, n_boot=200, truth_matrix=truth)
+    pooled = E.estimate_policies(E.logged_data(frame, rules_idx, "pooled"), pol, truth, n_boot=200, truth_matrix=truth)
+    e = exp.table.set_index(["policy", "estimator"]).loc[("rules", "SNIPS")]
+    p = pooled.table.set_index(["policy", "estimator"]).loc[("rules", "SNIPS")]
+    assert exp.n_rows < 0.2 * pooled.n_rows
+    assert e["covered"] or abs(e["error"]) < 0.02
+    assert (p["ci_high"] - p["ci_low"]) < 0.6 * (e["ci_high"] - e["ci_low"])
+
+
+def test_estimator_unbiased_over_repeated_logs():
+    """Mean error of SNIPS and DR over independent logs is ~0 (unbiasedness, not just one lucky draw)."""
+    errs = {"SNIPS": [], "DR": []}
+    for seed in range(6):
+        frame, truth, mask = synthetic_log(n=8000, seed=100 + seed)
+        rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
+        q = model_probs(truth, 0.5, seed=seed)
+        vals = E.estimate_policies(E.logged_data(frame, rules_idx), {"oracle": POL.greedy_policy(truth, mask)}, q,
+                                   n_boot=20, truth_matrix=truth)
+        for est in errs:
+            errs[est].append(vals.table.set_index("estimator").loc[est, "error"])
+    for est, e in errs.items():
+        assert abs(np.mean(e)) < 2.5 * np.std(e) / np.sqrt(len(e)) + 0.004, (est, e)
+
+
+def test_poisson_bootstrap_shapes_and_determinism():
+    rng = np.random.default_rng(0)
+    num = rng.random((2, 1000))
+    a = E.poisson_bootstrap(num, np.ones_like(num), n_boot=120, seed=5)
+    b = E.poisson_bootstrap(num, np.ones_like(num), n_boot=120, seed=5)
+    assert a.shape == (120, 2) and np.array_equal(a, b)
+    assert abs(a[:, 0].std() - num[0].std() / np.sqrt(1000)) < 0.004
+
+
+def test_lift_by_group_and_psi(log):
+    frame, truth, mask = log
+    rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
+    logged = E.logged_data(frame, rules_idx)
+    folds = E.time_folds(frame, 3)
+    assert sorted(set(folds)) == ["fold1", "fold2", "fold3"]
+    res = E.lift_by_group(logged, POL.greedy_policy(truth, mask), POL.one_hot(rules_idx), truth, folds, n_boot=50)
+    assert len(res) == 3 and (res["lift"] > 0).all()
+    x = np.random.default_rng(0).random(5000)
+    assert E.psi(x, x) < 1e-6
+    assert E.psi(x, x ** 3) > 0.25
+
+
+# ---------------------------------------------------------------- the whole evaluation + truth check
+def test_evaluate_run_truth_check(log):
+    frame, truth, mask = log
+    oracle = FakeOracle(frame, truth)
+    probs = {"logistic": model_probs(truth, 0.6, seed=1), "xgb": model_probs(truth, 0.2, seed=2)}
+    ev = E.evaluate_run(frame, probs, FakeRules(), oracle=oracle, n_boot=100, min_slice_rows=1000)
+    assert ev.reference_family == "xgb"  # lowest log loss
+    names = set(ev.values.table["policy"])
+    assert names == {"static_rules", "success_rate_router", "model:logistic", "model:xgb", "oracle"}
+    s = E.summarize(ev.values).set_index("policy")
+    assert s.loc["oracle", "true_value"] >= s.loc["model:xgb", "true_value"] >= s.loc["static_rules", "true_value"]
+    tc = E.truth_check(ev.values)
+    assert tc[tc["estimator"].isin(["SNIPS", "DR"])]["abs_error_pp"].max() < 2.0
+    assert set(ev.comparison["mode"]) == {"pooled", "experiment", "naive"}
+    js = ev.to_json()
+    json.dumps(js)
+    assert js["truth"]["available"] and js["policy_value"]["n_rows"] == len(frame)
+    assert {r["policy"] for r in js["policy_value"]["lift_vs_rules"]} >= {"oracle", "model:xgb"}
+
+
+def test_evaluate_run_without_oracle_has_no_truth(log):
+    frame, truth, _ = log
+    ev = E.evaluate_run(frame.iloc[:5000], {"logistic": model_probs(truth[:5000], 0.3)}, FakeRules(), n_boot=30)
+    assert ev.truth_matrix is None and "true_value" not in ev.values.table.columns
+    with pytest.raises(ConfigError, match="truth"):
+        E.truth_check(ev.values)
