@@ -150,3 +150,28 @@ def test_snowflake_unreachable_via_cli_is_fast_and_one_line(tmp_path):
     assert len(err) == 1, proc.stderr
     last = err[0]
     assert "cannot connect to Snowflake (connection 'default')" in last and "SMARTROUTER_WAREHOUSE=local" in last
+
+
+def test_ensure_rebuilds_a_corrupt_world(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SMARTROUTER_LOCAL_DIR", str(tmp_path))
+    (tmp_path / warehouse.DB_FILE).write_bytes(b"\0garbage" * 4096)
+    calls = []
+    monkeypatch.setattr("smartrouter.cli.world._build", lambda params, quiet: calls.append(params))
+    assert main(["world", "ensure", "--quiet"]) == 0
+    assert "corrupt" in capsys.readouterr().out
+    assert len(calls) == 1 and (calls[0].days, calls[0].per_day) == (84, 10_500)
+
+
+def test_real_world_passes_every_data_check(env):
+    from smartrouter import checks
+
+    frame = warehouse.query_frame(f"SELECT * FROM {catalog.FLAT_VIEW}")
+    end = pd.Timestamp("2024-04-01")
+    report = checks.check_attempts(frame, table=catalog.FLAT_VIEW, now=end + pd.Timedelta(hours=6))
+    assert report.ok, report.message()
+    labelled, excluded = checks.labelled(frame)
+    assert excluded == int((frame["STATUS"] == "PROCESSING").sum()) > 0
+    assert len(labelled) == len(frame) - excluded and set(labelled["APPROVED"].unique()) == {0, 1}
+    stale = checks.check_attempts(frame, table=catalog.FLAT_VIEW, now=end + pd.Timedelta(days=10))
+    with pytest.raises(Exception, match=r"ALL_VIEWS_FLAT: 1 data check\(s\) failed .*freshness\(CREATED_AT\): 1 offending"):
+        stale.require()

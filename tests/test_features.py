@@ -184,7 +184,7 @@ def test_online_state_seeded_from_history_and_bounded(world_env, table):
     # per-minute counters never hold more than window + slack minutes
     for windows in state._health.values():
         for w, wc in windows.items():
-            assert len(wc.entries) <= features.HEALTH_WINDOWS[w] + features.ONLINE_SLACK_MINUTES + 1
+            assert len(wc.entries) + len(wc.old) <= features.HEALTH_WINDOWS[w] + features.ONLINE_SLACK_MINUTES + 1
     # a query far before what was kept is refused rather than answered wrongly
     with pytest.raises(ValueError, match="dropped"):
         state.health_features(last - dt.timedelta(days=3))
@@ -197,6 +197,12 @@ def test_windowed_counts_boundaries():
     assert wc.counts(115) == [1, 1, 1]  # [100, 115): 115 itself excluded
     assert wc.counts(116) == [1, 1, 1]  # [101, 116): 100 out, 115 in
     assert wc.counts(120) == [2, 0, 1]  # [105, 120): 104 out, 115/116 in
+    assert wc.counts(116) == [1, 1, 1]  # a late query (within the slack) is still exact
+    wc.add(103, 2)  # a late outcome for a minute that already slid out
+    assert wc.counts(117) == [2, 1, 2] and wc.counts(121) == [2, 0, 1]
+    wc.add(100 + 24 * 60, 0)  # a day later: the old minutes are gone, and asking for them is refused
+    with pytest.raises(ValueError, match="dropped"):
+        wc.counts(120)
 
 
 def test_derived_features_match_vectorized(table):

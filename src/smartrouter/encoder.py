@@ -136,7 +136,9 @@ class FeatureEncoder:
             elif f.encoding == "hash":
                 spec.update(encoding="hash", buckets=int(hash_buckets))
             else:
-                values = col.astype(object).map(_category).value_counts()
+                values: dict[str, int] = {}
+                for v, n in col.value_counts(dropna=False).items():  # distinct values only
+                    values[_category(v)] = values.get(_category(v), 0) + int(n)
                 vocab = sorted((v for v, n in values.items() if n >= min_count), key=lambda v: (-values[v], v))
                 spec.update(encoding="onehot", vocabulary=[v for v in vocab if v != UNKNOWN])
             columns.append(spec)
@@ -172,6 +174,8 @@ class FeatureEncoder:
     # ------------------------------------------------------------ encode
     def transform(self, frame: Any) -> np.ndarray:
         """Vectorized encoding of a frame with the feature columns -> float32 (n, d)."""
+        import pandas as pd
+
         missing = [c["name"] for c in self.columns if c["name"] not in frame.columns]
         if missing:
             raise ArtifactError(f"frame lacks encoder input columns {missing[:5]}; build it with features.build_training_table")
@@ -188,13 +192,15 @@ class FeatureEncoder:
                 if c["missing_indicator"]:
                     out[:, off + 1] = miss
             else:
-                uniques, inverse = np.unique(col.astype(object).map(_category).to_numpy(str), return_inverse=True)
+                # factorize (hash-based) then map each distinct value once, with the same
+                # _category rule as encode_payment; None and NaN are both MISSING
+                codes, uniques = pd.factorize(col, use_na_sentinel=True)
                 if c["encoding"] == "hash":
-                    idx = np.array([_hash_bucket(u, c["buckets"]) for u in uniques], dtype=np.int64)
+                    index_of = lambda v: _hash_bucket(v, c["buckets"])  # noqa: E731
                 else:
-                    unk = len(c["vocabulary"])
-                    idx = np.array([lookup.get(u, unk) for u in uniques], dtype=np.int64)
-                out[rows, off + idx[inverse]] = 1.0
+                    index_of = lambda v: lookup.get(v, len(c["vocabulary"]))  # noqa: E731
+                idx = np.array([index_of(_category(u)) for u in uniques] + [index_of(MISSING)], dtype=np.int64)
+                out[rows, off + idx[codes]] = 1.0  # code -1 (missing) takes the last entry
         return out
 
     def encode_payment(self, payment: Mapping[str, Any]) -> np.ndarray:
@@ -203,7 +209,7 @@ class FeatureEncoder:
         Pandas-free, for the service. Missing keys count as missing values (like NaN in
         training); derived features (hour, domestic, hard/soft) are computed when absent.
         """
-        from smartrouter.features import DERIVED_COLUMNS, derive_row
+        from smartrouter.features import DERIVED_COLUMNS, derive_row  # cached after the first call
 
         if any(k not in payment for k in DERIVED_COLUMNS):
             payment = {**derive_row(payment), **payment}

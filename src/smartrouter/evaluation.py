@@ -687,3 +687,27 @@ def load_evaluation(path: Any) -> RunEvaluation:
         raise ConfigError(f"{path} does not exist; run the 04_evaluate stage of this run first")
     with open(path, "rb") as fh:
         return pickle.load(fh)
+
+
+def with_attempt_columns(frame: pd.DataFrame, settings: Any = None) -> pd.DataFrame:
+    """``frame`` with every attempt-view column taken from the warehouse's raw rows (joined on ATTEMPT_ID).
+
+    The oracle must see attempts exactly as the view holds them: the feature table lacks some raw
+    columns (ORDER_COUNTRY_CODE, USER_ID, ...) and stores booleans (AVS_CHECKED,
+    IS_RETURNING_CUSTOMER) as 0.0/1.0, which the oracle misread -- measured 2.5 pp too low a
+    truth on a small world before this join.
+    """
+    from smartrouter import warehouse
+
+    if frame.empty:
+        return frame
+    t = pd.to_datetime(frame["CREATED_AT"])
+    raw = warehouse.query_frame("evaluation_attempts", {"start": t.min().to_pydatetime(), "end": t.max().to_pydatetime()},
+                                settings=settings)
+    cols = [c for c in catalog.ATTEMPT_COLUMNS if c != "ATTEMPT_ID" and c in raw.columns]
+    extra = raw[["ATTEMPT_ID", *cols]].drop_duplicates("ATTEMPT_ID")
+    out = frame.drop(columns=[c for c in cols if c in frame.columns]).merge(extra, on="ATTEMPT_ID", how="left",
+                                                                           validate="one_to_one")
+    if len(out) != len(frame) or out["CREATED_AT"].isna().any():
+        raise ConfigError("some test attempts are missing from the attempt view; rebuild the features from the same warehouse")
+    return out[[*frame.columns, *[c for c in out.columns if c not in frame.columns]]]

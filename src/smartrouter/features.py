@@ -250,55 +250,69 @@ def _sql_params(start: datetime, end: datetime) -> dict[str, Any]:
     }
 
 
-def _health_wide(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Pivot the health query's long counts to wide feature columns (+ the prior counts per minute)."""
-    minutes = np.sort(long["MINUTE_NUM"].unique()) if len(long) else np.array([], dtype=np.int64)
-    wide = pd.DataFrame({"MINUTE_NUM": minutes.astype(np.int64)})
-    prior = pd.DataFrame({"MINUTE_NUM": minutes.astype(np.int64)})
-    idx = {p: g.set_index("MINUTE_NUM").reindex(minutes) for p, g in long.groupby("PROCESSOR")}
-    zeros = np.zeros(len(minutes))
-    all_a = zeros.copy()
-    all_n = zeros.copy()
-    for p, g in idx.items():
-        all_a = all_a + g["A_PRIOR"].fillna(0).to_numpy(float)
-        all_n = all_n + g["N_PRIOR"].fillna(0).to_numpy(float)
-    prior["ALL_A"], prior["ALL_N"] = all_a, all_n
-    for p in catalog.PROCESSORS:
-        g = idx.get(p)
+def _time_windowed_columns(base: pd.DataFrame, health: pd.DataFrame, bins: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Health and BIN columns for every row of ``base`` from the two queries' long counts.
+
+    Light reshaping only: rows are matched by integer positions (searchsorted), never by
+    repeated merges, so the wide frame is assembled once.
+    """
+    n = len(base)
+    row_min = base["MINUTE_NUM"].to_numpy(np.int64)
+    cols: dict[str, np.ndarray] = {}
+
+    def by_minute(frame: pd.DataFrame) -> np.ndarray:
+        """Row i of ``base`` -> row of ``frame`` (sorted by MINUTE_NUM) with the same minute, or -1."""
+        keys = frame["MINUTE_NUM"].to_numpy(np.int64)
+        pos = np.searchsorted(keys, row_min)
+        ok = pos < len(keys)
+        ok[ok] = keys[pos[ok]] == row_min[ok]
+        return np.where(ok, pos, -1)
+
+    def take(values: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        out = np.zeros(n)
+        hit = pos >= 0
+        out[hit] = values[pos[hit]]
+        return out
+
+    per_proc: dict[str, pd.DataFrame] = {p: g.sort_values("MINUTE_NUM") for p, g in health.groupby("PROCESSOR")}
+    prior_a: dict[str, np.ndarray] = {}
+    prior_n: dict[str, np.ndarray] = {}
+    all_a, all_n = np.zeros(n), np.zeros(n)
+    for p, g in per_proc.items():
+        pos = by_minute(g)
+        prior_a[p] = take(g["A_PRIOR"].to_numpy(float), pos)
+        prior_n[p] = take(g["N_PRIOR"].to_numpy(float), pos)
+        all_a, all_n = all_a + prior_a[p], all_n + prior_n[p]
+        if p not in catalog.PROCESSORS:
+            continue
         for w in HEALTH_WINDOWS:
-            if g is None:
-                a = t = d = zeros
-            else:
-                a, t, d = (g[f"{k}_{w}"].fillna(0).to_numpy(float) for k in ("A", "T", "D"))
-            n = a + t + d
+            a, t, d = (take(g[f"{k}_{w}"].to_numpy(float), pos) for k in ("A", "T", "D"))
+            total = a + t + d
             with np.errstate(invalid="ignore", divide="ignore"):
-                wide[health_column(p, w, "APPROVAL_RATE")] = np.where(n > 0, a / n, np.nan)
-                wide[health_column(p, w, "TIMEOUT_RATE")] = np.where(n > 0, t / n, np.nan)
-                wide[health_column(p, w, "DECLINE_RATE")] = np.where(n > 0, d / n, np.nan)
-            wide[health_column(p, w, "VOLUME")] = n
-        prior[f"A_{p}"] = zeros if g is None else g["A_PRIOR"].fillna(0).to_numpy(float)
-        prior[f"N_{p}"] = zeros if g is None else g["N_PRIOR"].fillna(0).to_numpy(float)
-    return wide, prior
+                cols[health_column(p, w, "APPROVAL_RATE")] = np.where(total > 0, a / total, np.nan)
+                cols[health_column(p, w, "TIMEOUT_RATE")] = np.where(total > 0, t / total, np.nan)
+                cols[health_column(p, w, "DECLINE_RATE")] = np.where(total > 0, d / total, np.nan)
+            cols[health_column(p, w, "VOLUME")] = total
+    for p in catalog.PROCESSORS:  # a processor with no outcomes at all in the history
+        for w in HEALTH_WINDOWS:
+            for metric in HEALTH_METRICS:
+                cols.setdefault(health_column(p, w, metric), np.zeros(n) if metric == "VOLUME" else np.full(n, np.nan))
 
-
-def _bin_features(base: pd.DataFrame, bin_long: pd.DataFrame, prior: pd.DataFrame) -> pd.DataFrame:
-    """BIN x processor smoothed approval + outcome counts for every row of ``base``."""
-    keys = base[["CARD_BIN", "MINUTE_NUM"]].copy()
-    pri = keys[["MINUTE_NUM"]].merge(prior, on="MINUTE_NUM", how="left")
-    out = pd.DataFrame(index=base.index)
+    # BIN history: one row per (BIN, minute, processor) with outcomes; match rows by a joint key
+    key = pd.MultiIndex.from_arrays([base["CARD_BIN"].astype(str).to_numpy(), row_min])
     for p in catalog.PROCESSORS:
-        sub = bin_long[bin_long["PROCESSOR"] == p][["CARD_BIN", "MINUTE_NUM", "BIN_APPROVED", "BIN_OUTCOMES"]]
-        m = keys.merge(sub, on=["CARD_BIN", "MINUTE_NUM"], how="left")
-        a = m["BIN_APPROVED"].fillna(0).to_numpy(float)
-        n = m["BIN_OUTCOMES"].fillna(0).to_numpy(float)
-        pa, pn = pri[f"A_{p}"].fillna(0).to_numpy(float), pri[f"N_{p}"].fillna(0).to_numpy(float)
-        aa, an = pri["ALL_A"].fillna(0).to_numpy(float), pri["ALL_N"].fillna(0).to_numpy(float)
+        sub = bins[bins["PROCESSOR"] == p]
+        idx = pd.MultiIndex.from_arrays([sub["CARD_BIN"].astype(str).to_numpy(), sub["MINUTE_NUM"].to_numpy(np.int64)])
+        pos = idx.get_indexer(key) if len(sub) else np.full(n, -1)
+        a = take(sub["BIN_APPROVED"].to_numpy(float), pos)
+        cnt = take(sub["BIN_OUTCOMES"].to_numpy(float), pos)
+        pa, pn = prior_a.get(p, np.zeros(n)), prior_n.get(p, np.zeros(n))
         with np.errstate(invalid="ignore", divide="ignore"):
-            pr = np.where(pn > 0, pa / pn, np.where(an > 0, aa / an, np.nan))
+            prior = np.where(pn > 0, pa / pn, np.where(all_n > 0, all_a / all_n, np.nan))
         smoothed, outcomes = bin_columns(p)
-        out[smoothed] = (a + BIN_PRIOR_STRENGTH * pr) / (n + BIN_PRIOR_STRENGTH)
-        out[outcomes] = n
-    return out
+        cols[smoothed] = (a + BIN_PRIOR_STRENGTH * prior) / (cnt + BIN_PRIOR_STRENGTH)
+        cols[outcomes] = cnt
+    return cols
 
 
 @dataclass
@@ -312,6 +326,7 @@ class TableInfo:
     sampled_from: int
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: float = 0.0  # process CPU (DuckDB threads included): a load-independent cost
 
 
 def build_training_table(
@@ -331,7 +346,7 @@ def build_training_table(
     from smartrouter import checks, warehouse
     from smartrouter.config import Settings
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     start_dt, end_dt = _as_datetime(start), _as_datetime(end)
     if end_dt <= start_dt:
         raise ConfigError(f"feature window is empty: start {start_dt} is not before end {end_dt}; pass start < end")
@@ -370,19 +385,15 @@ def build_training_table(
         base = base.iloc[keep].reset_index(drop=True)
     health["MINUTE_NUM"] = health["MINUTE_NUM"].astype(np.int64)
     bins["MINUTE_NUM"] = bins["MINUTE_NUM"].astype(np.int64)
-    health_wide, prior = _health_wide(health)
     add_derived(base)
-    frame = base.merge(health_wide, on="MINUTE_NUM", how="left")
-    frame = pd.concat([frame, _bin_features(frame, bins, prior)], axis=1)
-    for col in HEALTH_COLUMNS:  # minutes without any processor outcome in the history at all
-        if col.endswith("_VOLUME"):
-            frame[col] = frame[col].fillna(0.0)
     for col in ("AVS_CHECKED", "IS_RETURNING_CUSTOMER"):
-        frame[col] = frame[col].astype(float)
+        base[col] = base[col].astype(float)
+    windowed = pd.DataFrame(_time_windowed_columns(base, health, bins), index=base.index)
+    frame = pd.concat([base, windowed], axis=1)
     frame = frame[list(TABLE_COLUMNS)]
     timings["reshape"] = time.perf_counter() - tq
     info = TableInfo(start_dt, end_dt, len(frame), int(n_processing), sampled_from,
-                     time.perf_counter() - t0, timings)
+                     time.perf_counter() - t0, timings, time.process_time() - c0)
     frame.attrs["info"] = info
     return frame
 
@@ -555,75 +566,93 @@ def outcome_history(conn_or_settings: Any, since: date | datetime | str, until: 
 class WindowedCounts:
     """Outcome counts per minute over a sliding window [m - window, m), bounded memory.
 
-    Entries are [minute, c0, c1, ...] in minute order with running totals; history older than
-    the newest seen minute minus (window + slack) is dropped.
+    ``entries`` ([minute, c0, c1, ...], minute order) hold the minutes >= ``lo`` and are summed in
+    ``totals``; the window slides forward as queries and outcomes arrive, so a query at the
+    newest time costs O(1) amortized. Minutes that slid out stay ``ONLINE_SLACK_MINUTES`` longer
+    in ``old`` so a slightly late query is still exact; anything older is dropped.
     """
 
-    __slots__ = ("window", "width", "entries", "totals", "newest", "dropped_before")
+    __slots__ = ("window", "width", "entries", "totals", "old", "lo")
 
     def __init__(self, window: int, width: int) -> None:
         self.window = window
         self.width = width
         self.entries: deque[list[int]] = deque()
         self.totals = [0] * width
-        self.newest = -(2**62)
-        self.dropped_before = -(2**62)  # entries with minute < this are gone
+        self.old: deque[list[int]] = deque()
+        self.lo = -(2**62)
+
+    @staticmethod
+    def _entry(entries: deque[list[int]], minute: int, width: int) -> list[int]:
+        if entries and entries[-1][0] == minute:
+            return entries[-1]
+        if not entries or entries[-1][0] < minute:
+            e = [minute] + [0] * width
+            entries.append(e)
+            return e
+        keys = [x[0] for x in entries]  # out-of-order outcome: rare, keep minute order
+        i = bisect.bisect_left(keys, minute)
+        if i < len(entries) and entries[i][0] == minute:
+            return entries[i]
+        e = [minute] + [0] * width
+        entries.insert(i, e)
+        return e
 
     def add(self, minute: int, kind: int, *extra: int) -> None:
         """Count one outcome of ``kind`` (an index < width) at ``minute``; ``extra`` indices count too."""
-        if minute < self.dropped_before:
-            return  # older than anything a query may still ask for
-        entries = self.entries
-        if entries and entries[-1][0] == minute:
-            e = entries[-1]
-        elif not entries or entries[-1][0] < minute:
-            e = [minute] + [0] * self.width
-            entries.append(e)
-        else:  # out-of-order outcome: rare, keep minute order
-            keys = [x[0] for x in entries]
-            i = bisect.bisect_left(keys, minute)
-            if i < len(entries) and entries[i][0] == minute:
-                e = entries[i]
-            else:
-                e = [minute] + [0] * self.width
-                entries.insert(i, e)
+        if minute < self.lo:
+            if minute >= self.lo - ONLINE_SLACK_MINUTES:  # late outcome for a minute that slid out
+                e = self._entry(self.old, minute, self.width)
+                for k in (kind, *extra):
+                    e[k + 1] += 1
+            return
+        e = self._entry(self.entries, minute, self.width)
         for k in (kind, *extra):
             e[k + 1] += 1
             self.totals[k] += 1
-        self._advance(minute)
+        self._slide(minute - self.window)
 
-    def _advance(self, minute: int) -> None:
-        if minute > self.newest:
-            self.newest = minute
-        cut = self.newest - self.window - ONLINE_SLACK_MINUTES
-        if cut > self.dropped_before:
-            self.dropped_before = cut
-            entries, totals = self.entries, self.totals
-            while entries and entries[0][0] < cut:
-                e = entries.popleft()
-                for k in range(self.width):
-                    totals[k] -= e[k + 1]
+    def _slide(self, lo: int) -> None:
+        if lo <= self.lo:
+            return
+        entries, totals, old = self.entries, self.totals, self.old
+        while entries and entries[0][0] < lo:
+            e = entries.popleft()
+            for k in range(self.width):
+                totals[k] -= e[k + 1]
+            old.append(e)
+        self.lo = lo
+        cut = lo - ONLINE_SLACK_MINUTES
+        while old and old[0][0] < cut:
+            old.popleft()
 
     def counts(self, minute: int) -> list[int]:
         """Counts over [minute - window, minute)."""
         lo = minute - self.window
-        if lo < self.dropped_before:
+        if lo >= self.lo:
+            self._slide(lo)
+            res = list(self.totals)
+            for e in reversed(self.entries):  # outcomes at or after the query minute
+                if e[0] < minute:
+                    break
+                for k in range(self.width):
+                    res[k] -= e[k + 1]
+            return res
+        if lo < self.lo - ONLINE_SLACK_MINUTES:
             raise ValueError(
-                f"history before minute {self.dropped_before} was dropped; query times may lag the newest "
-                f"outcome by at most {ONLINE_SLACK_MINUTES} minutes")
-        self._advance(minute)
-        res = list(self.totals)
-        for e in self.entries:  # left excess: at most the slack's worth of minutes
-            if e[0] >= lo:
-                break
-            for k in range(self.width):
-                res[k] -= e[k + 1]
-        for e in reversed(self.entries):  # right excess: outcomes at or after the query minute
-            if e[0] < minute:
-                break
-            for k in range(self.width):
-                res[k] -= e[k + 1]
+                f"history before minute {self.lo - ONLINE_SLACK_MINUTES} was dropped; query times may lag the "
+                f"newest outcome by at most {ONLINE_SLACK_MINUTES} minutes")
+        res = [0] * self.width  # a late query: sum what is in its window from both deques
+        for e in (*self.old, *self.entries):
+            if lo <= e[0] < minute:
+                for k in range(self.width):
+                    res[k] += e[k + 1]
         return res
+
+
+_HEALTH_NAMES = tuple(
+    (p, w, tuple(health_column(p, w, m) for m in HEALTH_METRICS)) for p in catalog.PROCESSORS for w in HEALTH_WINDOWS
+)
 
 
 class OnlineFeatureState:
@@ -672,12 +701,10 @@ class OnlineFeatureState:
         """Health columns (names as in the training table) as of ``at``: outcomes strictly before its minute."""
         minute = minute_number(at)
         out: dict[str, float] = {}
-        for p in catalog.PROCESSORS:
+        for p, w, names in _HEALTH_NAMES:
             windows = self._health.get(p)
-            for w in HEALTH_WINDOWS:
-                counts = windows[w].counts(minute) if windows else [0, 0, 0]
-                for metric, v in zip(HEALTH_METRICS, health_values(*counts)):
-                    out[health_column(p, w, metric)] = v
+            counts = windows[w].counts(minute) if windows else [0, 0, 0]
+            out.update(zip(names, health_values(*counts)))
         return out
 
     def bin_features(self, bin: str, at: datetime) -> dict[str, float]:

@@ -27,7 +27,7 @@ from smartrouter.config import Settings, load_settings
 REPORT_INDEX = "index.html"
 # Metric names that make the best headline columns, in order of preference (substring match).
 HEADLINE_HINTS: tuple[str, ...] = ("approval", "uplift", "gain", "auc", "logloss", "brier", "attempts", "rows")
-MAX_TABLE_METRICS = 6
+MAX_TABLE_METRICS = 4
 MAX_TREND_PANELS = 12
 
 _CSS = """
@@ -78,6 +78,10 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def _dur(seconds: Any) -> str:
+    return "–" if seconds is None else f"{float(seconds):,.0f}"
 
 
 def _page(title: str, body: str) -> str:
@@ -189,7 +193,7 @@ def render_run_index(manifest: Mapping[str, Any], settings: Settings | None = No
         "<table>",
         f"<tr><th>started</th><td>{_e(manifest.get('started_at'))}</td></tr>",
         f"<tr><th>ended</th><td>{_e(manifest.get('ended_at'))}</td></tr>",
-        f"<tr><th>duration</th><td>{_e(_fmt(manifest.get('duration_s')))} s</td></tr>",
+        f"<tr><th>duration</th><td>{_e(_dur(manifest.get('duration_s')))} s</td></tr>",
         f"<tr><th>profile</th><td>{_e(manifest.get('profile'))}</td></tr>",
         f"<tr><th>data as of</th><td>{_e(manifest.get('as_of'))} (window {_e(window.get('start'))} to "
         f"{_e(window.get('end_exclusive'))}, exclusive)</td></tr>",
@@ -249,7 +253,8 @@ def headline_metrics(manifests: Sequence[Mapping[str, Any]], limit: int = MAX_TA
 
     def rank(key: tuple[str, str]) -> tuple[int, int, str, str]:
         hint = next((i for i, h in enumerate(HEADLINE_HINTS) if h in key[1].lower()), len(HEADLINE_HINTS))
-        return (hint, -seen[key], key[0], key[1])
+        # Shorter names are the more general numbers (approval_rate before approval_attempt_2).
+        return (hint, -seen[key], len(key[1]), key[0], key[1])
 
     return sorted(seen, key=rank)[:limit]
 
@@ -257,6 +262,13 @@ def headline_metrics(manifests: Sequence[Mapping[str, Any]], limit: int = MAX_TA
 def _metric(m: Mapping[str, Any], key: tuple[str, str]) -> Any:
     v = ((m.get("metrics") or {}).get(key[0]) or {}).get(key[1])
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _short_run_label(run_id: str) -> str:
+    """'20261123T162530Z' -> '11-23 16:25' (runs are days apart; the year is in the table)."""
+    if len(run_id) >= 13 and run_id[8] == "T":
+        return f"{run_id[4:6]}-{run_id[6:8]} {run_id[9:11]}:{run_id[11:13]}"
+    return run_id
 
 
 def trend_png(manifests: Sequence[Mapping[str, Any]], keys: Sequence[tuple[str, str]]) -> bytes | None:
@@ -272,7 +284,7 @@ def trend_png(manifests: Sequence[Mapping[str, Any]], keys: Sequence[tuple[str, 
     cols = min(3, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False)
-    labels = [str(m.get("run_id", ""))[:15] for m in manifests]
+    labels = [_short_run_label(str(m.get("run_id", ""))) for m in manifests]
     xs = list(range(len(manifests)))
     for ax, key in zip(axes.flat, keys):
         ys = [_metric(m, key) for m in manifests]
@@ -283,8 +295,7 @@ def trend_png(manifests: Sequence[Mapping[str, Any]], keys: Sequence[tuple[str, 
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=colors, s=18, zorder=3)
         ax.set_title(f"{key[1]}\n({key[0]})", fontsize=9)
         ax.set_xticks(xs if len(xs) <= 8 else xs[:: max(1, len(xs) // 8)])
-        ax.set_xticklabels([labels[i][:8] if len(xs) > 1 else labels[i] for i in ax.get_xticks().astype(int)],
-                           rotation=30, fontsize=7)
+        ax.set_xticklabels([labels[i] for i in ax.get_xticks().astype(int)], rotation=30, fontsize=7)
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
@@ -322,7 +333,7 @@ def render_all_runs_index(settings: Settings | None = None) -> Path:
                 if (settings.reports_dir / str(rid) / REPORT_INDEX).exists() else _e(rid))
         parts.append(
             f"<tr><td>{link}</td><td>{_status(m.get('status'))}</td><td>{_e(m.get('as_of'))}</td>"
-            f"<td>{_e(m.get('started_at'))}</td><td class=\"num\">{_e(_fmt(m.get('duration_s')) if m.get('duration_s') is not None else '–')}</td>"
+            f"<td>{_e(m.get('started_at'))}</td><td class=\"num\">{_e(_dur(m.get('duration_s')))}</td>"
             f"<td>{_e(m.get('model_version') or '–')}</td><td>{_e(gate.get('decision') or '–')}</td>"
             + "".join(f"<td class=\"num\">{_e(_fmt(v) if (v := _metric(m, k)) is not None else '–')}</td>" for k in cols)
             + f"<td class=\"error\">{_e(m.get('failed_stage') or '')}</td></tr>")

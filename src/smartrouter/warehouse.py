@@ -49,6 +49,9 @@ BUILD_LOCK = ".build.lock"
 # Snowflake logins retry until this many seconds; a wrong account must fail fast, not hang.
 DEFAULT_LOGIN_TIMEOUT_S = 30
 DEFAULT_BATCH_ROWS = 200_000
+# World builds: days loaded per transaction, and DuckDB's memory cap while loading.
+DAYS_PER_COMMIT = 7
+BUILD_MEMORY_LIMIT = "256MB"
 
 # Plain SNOWFLAKE_* variables the connector does not read by itself (it only reads
 # connections.toml and SNOWFLAKE_CONNECTIONS_<NAME>_<KEY>); when SNOWFLAKE_ACCOUNT is set we pass
@@ -487,6 +490,8 @@ def write_world(world: World, settings: Settings | None = None, progress: bool =
         rows, days = _build_db(world, tmp_dir, progress=progress, tqdm=tqdm)
         conn = _open_local(tmp_dir / DB_FILE, read_only=True)
         with conn:
+            # hashing reads every table: cap the block cache so memory does not grow with the span
+            conn.raw._duck_conn.execute(f"SET memory_limit = '{BUILD_MEMORY_LIMIT}'")
             fingerprint = _fingerprint(conn.raw._duck_conn)
         seconds = time.perf_counter() - t0
         params = world.params.to_dict()
@@ -542,8 +547,16 @@ def _build_db(world: World, tmp_dir: Path, *, progress: bool, tqdm: Any) -> tupl
             total=getattr(world.params, "days", None), desc="world", unit="day", file=sys.stderr,
             disable=not progress, leave=True,
         )  # fmt: skip
+        # Load a week per transaction: DuckDB then writes row groups straight into the file
+        # instead of logging every day separately, and uncommitted data stays bounded; the
+        # memory limit bounds its block cache, so a build's memory does not grow with the span.
+        duck.execute(f"SET memory_limit = '{BUILD_MEMORY_LIMIT}'")
+        duck.execute("BEGIN TRANSACTION")
         with bar:
-            for chunk in world.iter_days():
+            for chunk in _prefetched(world.iter_days()):
+                if days and days % DAYS_PER_COMMIT == 0:
+                    duck.execute("COMMIT")
+                    duck.execute("BEGIN TRANSACTION")
                 rows[catalog.ATTEMPTS_VIEW] += _insert(duck, catalog.ATTEMPTS_VIEW, chunk.attempts, catalog.ATTEMPT_COLUMNS)
                 rows[catalog.ROUTING_LOG_VIEW] += _insert(
                     duck, catalog.ROUTING_LOG_VIEW, chunk.routing_log, catalog.ROUTING_LOG_COLUMNS
@@ -551,9 +564,57 @@ def _build_db(world: World, tmp_dir: Path, *, progress: bool, tqdm: Any) -> tupl
                 days += 1
                 bar.set_postfix(attempts=f"{rows[catalog.ATTEMPTS_VIEW]:,}", refresh=False)
                 bar.update(1)
+        duck.execute("COMMIT")
         cur.execute(_flat_view_sql())
         duck.execute("CHECKPOINT")
     return rows, days
+
+
+def _prefetched(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Generate the next days in a background thread while the caller loads the current one.
+
+    Generation (numpy) and loading (DuckDB) each leave the other core free much of the time, so
+    overlapping them shortens a build on a 2-core machine; at most ``depth`` days wait in memory.
+    Each day is generated independently of the others, so the tables stay deterministic.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="world-generator", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                q.get_nowait()
+            thread.join(timeout=0.05)
 
 
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
@@ -607,6 +668,7 @@ def load_world_params(settings: Settings | None = None, *, verify: bool = False)
         ) from None
     if verify:
         with connect(s) as conn:
+            conn.raw._duck_conn.execute(f"SET memory_limit = '{BUILD_MEMORY_LIMIT}'")
             now = _fingerprint(conn.raw._duck_conn)
         if now != info.get("fingerprint"):
             raise WarehouseError(

@@ -125,6 +125,15 @@ def cmd_ensure(args: argparse.Namespace) -> int:
         return 0
     path = warehouse.db_path(settings)
     if path.exists():
+        try:
+            with warehouse.connect(settings):
+                pass
+        except WarehouseError as exc:
+            if "corrupt" not in str(exc):  # locked or in use: not ours to replace
+                raise
+            print(f"{exc}\nrebuilding the default world")
+            _build(params_from_args(args), args.quiet)
+            return 0
         age = warehouse.world_age_hours(settings) or 0.0
         try:
             info = warehouse.load_world_info(settings)

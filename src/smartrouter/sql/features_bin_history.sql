@@ -1,7 +1,9 @@
--- BIN x processor approval history, point in time: for every (BIN, minute) of a target attempt
+-- BIN x processor approval history, point in time: for every (BIN, minute m) of a target attempt
 -- and every processor that has seen the BIN, the approvals and outcomes of that BIN on that
 -- processor over [m - w, m) in whole minutes: strictly before the attempt's minute, so a training
 -- row never sees its own outcome. Python smooths it toward the processor prior.
+-- How: running totals per (BIN, processor) read at marker rows at m and m - w (see
+-- features_health.sql); window count = total(m) - total(m - w).
 WITH outcomes AS (
     SELECT
         CARD_BIN,
@@ -23,32 +25,37 @@ targets AS (
       AND CREATED_AT >= %(start)s::TIMESTAMP_NTZ
       AND CREATED_AT < %(end)s::TIMESTAMP_NTZ
 ),
-markers AS (
-    SELECT t.CARD_BIN, k.PROCESSOR, t.MINUTE_NUM, 0 AS N_APPROVED, 0 AS N_OUTCOMES, 1 AS IS_TARGET
+lags AS (
+    SELECT 0 AS LAG_MIN
+    UNION ALL SELECT %(w_bin)s
+),
+stream AS (
+    SELECT CARD_BIN, PROCESSOR, MINUTE_NUM, NULL AS TARGET_MINUTE, NULL AS LAG_MIN, 1 AS IS_OUTCOME,
+           N_APPROVED, N_OUTCOMES
+    FROM outcomes
+    UNION ALL
+    SELECT t.CARD_BIN, k.PROCESSOR, t.MINUTE_NUM - l.LAG_MIN, t.MINUTE_NUM, l.LAG_MIN, 0, 0, 0
     FROM targets AS t
     JOIN (SELECT DISTINCT CARD_BIN, PROCESSOR FROM outcomes) AS k
         ON k.CARD_BIN = t.CARD_BIN
+    CROSS JOIN lags AS l
 ),
-stream AS (
-    SELECT CARD_BIN, PROCESSOR, MINUTE_NUM, N_APPROVED, N_OUTCOMES, 0 AS IS_TARGET FROM outcomes
-    UNION ALL
-    SELECT CARD_BIN, PROCESSOR, MINUTE_NUM, N_APPROVED, N_OUTCOMES, IS_TARGET FROM markers
-),
-windowed AS (
+running AS (
     SELECT
-        CARD_BIN,
-        PROCESSOR,
-        MINUTE_NUM,
-        IS_TARGET,
-        SUM(N_APPROVED) OVER (PARTITION BY CARD_BIN, PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_bin)s PRECEDING AND 1 PRECEDING) AS BIN_APPROVED,
-        SUM(N_OUTCOMES) OVER (PARTITION BY CARD_BIN, PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_bin)s PRECEDING AND 1 PRECEDING) AS BIN_OUTCOMES
+        CARD_BIN, PROCESSOR, TARGET_MINUTE, LAG_MIN, IS_OUTCOME,
+        SUM(N_APPROVED) OVER (PARTITION BY CARD_BIN, PROCESSOR ORDER BY MINUTE_NUM, IS_OUTCOME
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS C_A,
+        SUM(N_OUTCOMES) OVER (PARTITION BY CARD_BIN, PROCESSOR ORDER BY MINUTE_NUM, IS_OUTCOME
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS C_N
     FROM stream
 )
 SELECT
     CARD_BIN,
-    MINUTE_NUM,
+    TARGET_MINUTE AS MINUTE_NUM,
     PROCESSOR,
-    COALESCE(BIN_APPROVED, 0) AS BIN_APPROVED,
-    COALESCE(BIN_OUTCOMES, 0) AS BIN_OUTCOMES
-FROM windowed
-WHERE IS_TARGET = 1 AND COALESCE(BIN_OUTCOMES, 0) > 0
+    SUM(IFF(LAG_MIN = 0, C_A, 0)) - SUM(IFF(LAG_MIN = %(w_bin)s, C_A, 0)) AS BIN_APPROVED,
+    SUM(IFF(LAG_MIN = 0, C_N, 0)) - SUM(IFF(LAG_MIN = %(w_bin)s, C_N, 0)) AS BIN_OUTCOMES
+FROM running
+WHERE IS_OUTCOME = 0
+GROUP BY 1, 2, 3
+HAVING SUM(IFF(LAG_MIN = 0, C_N, 0)) - SUM(IFF(LAG_MIN = %(w_bin)s, C_N, 0)) > 0

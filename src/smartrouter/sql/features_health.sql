@@ -1,9 +1,14 @@
--- Processor health, point in time: for every minute in which a target attempt was created and
+-- Processor health, point in time: for every minute m in which a target attempt was created and
 -- every processor, the outcome counts over the windows [m - w, m) in whole minutes, i.e. only
 -- outcomes created STRICTLY BEFORE the attempt's minute (never the attempt itself or later).
 -- Outcome kinds (features.outcome_kind is the same rule in Python): APPROVED; TIMEOUT = a
 -- decline with ERROR_CATEGORY = PROCESSOR_ERROR (timeouts and processor errors); DECLINED = any
 -- other decline. PROCESSING rows are not outcomes. Long output; Python pivots to wide.
+--
+-- How: one running total per processor over per-minute outcome counts, read at zero-count
+-- marker rows placed at m and at m - w (a marker sorts before the outcomes of its own minute, so
+-- it reads "everything before this minute"); window count = total(m) - total(m - w). One sort
+-- and a streaming sum: much cheaper than RANGE frames, and plain Snowflake SQL.
 WITH outcomes AS (
     SELECT
         PROCESSOR,
@@ -25,43 +30,50 @@ target_minutes AS (
       AND CREATED_AT >= %(start)s::TIMESTAMP_NTZ
       AND CREATED_AT < %(end)s::TIMESTAMP_NTZ
 ),
--- one zero-count marker row per (target minute, processor): the window is evaluated there
-markers AS (
-    SELECT p.PROCESSOR, t.MINUTE_NUM, 0 AS N_APPROVED, 0 AS N_TIMEOUT, 0 AS N_DECLINED, 1 AS IS_TARGET
-    FROM target_minutes AS t
-    CROSS JOIN (SELECT DISTINCT PROCESSOR FROM outcomes) AS p
+lags AS (
+    SELECT 0 AS LAG_MIN
+    UNION ALL SELECT %(w_15m)s
+    UNION ALL SELECT %(w_1h)s
+    UNION ALL SELECT %(w_24h)s
+    UNION ALL SELECT %(w_prior)s
 ),
 stream AS (
-    SELECT PROCESSOR, MINUTE_NUM, N_APPROVED, N_TIMEOUT, N_DECLINED, 0 AS IS_TARGET FROM outcomes
+    SELECT PROCESSOR, MINUTE_NUM, NULL AS TARGET_MINUTE, NULL AS LAG_MIN, 1 AS IS_OUTCOME,
+           N_APPROVED, N_TIMEOUT, N_DECLINED
+    FROM outcomes
     UNION ALL
-    SELECT PROCESSOR, MINUTE_NUM, N_APPROVED, N_TIMEOUT, N_DECLINED, IS_TARGET FROM markers
+    SELECT p.PROCESSOR, t.MINUTE_NUM - l.LAG_MIN, t.MINUTE_NUM, l.LAG_MIN, 0, 0, 0, 0
+    FROM target_minutes AS t
+    CROSS JOIN (SELECT DISTINCT PROCESSOR FROM outcomes) AS p
+    CROSS JOIN lags AS l
 ),
-windowed AS (
+running AS (
     SELECT
-        PROCESSOR,
-        MINUTE_NUM,
-        IS_TARGET,
-        SUM(N_APPROVED) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_15m)s PRECEDING AND 1 PRECEDING) AS A_15M,
-        SUM(N_TIMEOUT) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_15m)s PRECEDING AND 1 PRECEDING) AS T_15M,
-        SUM(N_DECLINED) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_15m)s PRECEDING AND 1 PRECEDING) AS D_15M,
-        SUM(N_APPROVED) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_1h)s PRECEDING AND 1 PRECEDING) AS A_1H,
-        SUM(N_TIMEOUT) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_1h)s PRECEDING AND 1 PRECEDING) AS T_1H,
-        SUM(N_DECLINED) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_1h)s PRECEDING AND 1 PRECEDING) AS D_1H,
-        SUM(N_APPROVED) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_24h)s PRECEDING AND 1 PRECEDING) AS A_24H,
-        SUM(N_TIMEOUT) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_24h)s PRECEDING AND 1 PRECEDING) AS T_24H,
-        SUM(N_DECLINED) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_24h)s PRECEDING AND 1 PRECEDING) AS D_24H,
-        -- the processor's own approval over the BIN-history window: the smoothing prior
-        SUM(N_APPROVED) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_prior)s PRECEDING AND 1 PRECEDING) AS A_PRIOR,
-        SUM(N_APPROVED + N_TIMEOUT + N_DECLINED) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM RANGE BETWEEN %(w_prior)s PRECEDING AND 1 PRECEDING) AS N_PRIOR
+        PROCESSOR, TARGET_MINUTE, LAG_MIN, IS_OUTCOME,
+        SUM(N_APPROVED) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM, IS_OUTCOME
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS C_A,
+        SUM(N_TIMEOUT) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM, IS_OUTCOME
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS C_T,
+        SUM(N_DECLINED) OVER (PARTITION BY PROCESSOR ORDER BY MINUTE_NUM, IS_OUTCOME
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS C_D
     FROM stream
 )
 SELECT
-    MINUTE_NUM,
+    TARGET_MINUTE AS MINUTE_NUM,
     PROCESSOR,
-    COALESCE(A_15M, 0) AS A_15M, COALESCE(T_15M, 0) AS T_15M, COALESCE(D_15M, 0) AS D_15M,
-    COALESCE(A_1H, 0) AS A_1H, COALESCE(T_1H, 0) AS T_1H, COALESCE(D_1H, 0) AS D_1H,
-    COALESCE(A_24H, 0) AS A_24H, COALESCE(T_24H, 0) AS T_24H, COALESCE(D_24H, 0) AS D_24H,
-    COALESCE(A_PRIOR, 0) AS A_PRIOR, COALESCE(N_PRIOR, 0) AS N_PRIOR
-FROM windowed
-WHERE IS_TARGET = 1
-ORDER BY MINUTE_NUM, PROCESSOR
+    SUM(IFF(LAG_MIN = 0, C_A, 0)) - SUM(IFF(LAG_MIN = %(w_15m)s, C_A, 0)) AS A_15M,
+    SUM(IFF(LAG_MIN = 0, C_T, 0)) - SUM(IFF(LAG_MIN = %(w_15m)s, C_T, 0)) AS T_15M,
+    SUM(IFF(LAG_MIN = 0, C_D, 0)) - SUM(IFF(LAG_MIN = %(w_15m)s, C_D, 0)) AS D_15M,
+    SUM(IFF(LAG_MIN = 0, C_A, 0)) - SUM(IFF(LAG_MIN = %(w_1h)s, C_A, 0)) AS A_1H,
+    SUM(IFF(LAG_MIN = 0, C_T, 0)) - SUM(IFF(LAG_MIN = %(w_1h)s, C_T, 0)) AS T_1H,
+    SUM(IFF(LAG_MIN = 0, C_D, 0)) - SUM(IFF(LAG_MIN = %(w_1h)s, C_D, 0)) AS D_1H,
+    SUM(IFF(LAG_MIN = 0, C_A, 0)) - SUM(IFF(LAG_MIN = %(w_24h)s, C_A, 0)) AS A_24H,
+    SUM(IFF(LAG_MIN = 0, C_T, 0)) - SUM(IFF(LAG_MIN = %(w_24h)s, C_T, 0)) AS T_24H,
+    SUM(IFF(LAG_MIN = 0, C_D, 0)) - SUM(IFF(LAG_MIN = %(w_24h)s, C_D, 0)) AS D_24H,
+    -- the processor's own approval over the BIN-history window: the smoothing prior
+    SUM(IFF(LAG_MIN = 0, C_A, 0)) - SUM(IFF(LAG_MIN = %(w_prior)s, C_A, 0)) AS A_PRIOR,
+    SUM(IFF(LAG_MIN = 0, C_A + C_T + C_D, 0)) - SUM(IFF(LAG_MIN = %(w_prior)s, C_A + C_T + C_D, 0)) AS N_PRIOR
+FROM running
+WHERE IS_OUTCOME = 0
+GROUP BY 1, 2
+ORDER BY 1, 2

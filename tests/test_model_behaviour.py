@@ -1,0 +1,120 @@
+"""Model behaviour on a small world (real features and encoder): bad BINs, Amex, timeouts, parity.
+
+One module fixture builds a small world, its feature table, and trains the three families with
+small budgets; the tests then ask the serving forms behavioural questions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from smartrouter import catalog, features, warehouse
+from smartrouter.config import load_settings
+from smartrouter.models.serving import load_serving_model
+from smartrouter.models.train import train_all
+from smartrouter.world import World, WorldParams
+
+pytestmark = pytest.mark.slow
+DAYS, PER_DAY = 14, 1500
+PARAMS = {"xgb": {"n_estimators": 120}, "dnn": {"epochs": 8}, "logistic": {"C": 0.2, "max_iter": 300}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SMARTROUTER_LOCAL_DIR", str(tmp_path_factory.mktemp("warehouse")))
+    mp.setenv("SMARTROUTER_WAREHOUSE", "local")
+    settings = load_settings()
+    world = World(WorldParams.small(days=DAYS, per_day=PER_DAY))
+    warehouse.write_world(world, settings, progress=False)
+    table = features.build_training_table(settings, world.start + dt.timedelta(days=1), world.end)
+    table = features.time_split(table, valid_days=2, test_days=2)
+    out = tmp_path_factory.mktemp("models")
+    res = train_all(table, params=PARAMS, out_dir=out)
+    serving = {f: load_serving_model(out / f) for f in PARAMS}
+    bad_bins = set(world.bins.bin[world.bins.bad].astype(str))
+    yield {"table": table, "results": res, "serving": serving, "bad_bins": bad_bins, "out": out}
+    mp.undo()
+
+
+def test_train_all_reports_every_family_and_writes_artifacts(trained):
+    res = trained["results"]
+    assert set(res["families"]) == set(PARAMS)
+    assert (trained["out"] / "train_results.json").is_file()
+    for fam, r in res["families"].items():
+        assert len(r["test"]) == len(catalog.PROCESSORS)
+        assert r["artifact_bytes"] > 0 and r["train_seconds"] > 0
+        # the small world still carries signal: the big head ranks approvals above declines
+        assert {h["processor"]: h for h in r["test"]}["WORLDPAY"]["auc"] > 0.6, fam
+    assert len(res["families"]["dnn"]["history"]["val_loss"]) >= 1
+
+
+@pytest.mark.parametrize("family", list(PARAMS))
+def test_bad_bin_ranks_the_bad_processor_last(trained, family):
+    t = trained["table"]
+    rows = t[t["CARD_BIN"].astype(str).isin(trained["bad_bins"]) & t["SPLIT"].isin(["valid", "test"])]
+    assert len(rows) >= 20, "the small world should route some bad-BIN cards"
+    sm = trained["serving"][family]
+    last = [sm.rank(p)[-1][0] == "WORLDPAY" for p in rows.to_dict("records")]  # WORLD.md: bad on WORLDPAY
+    assert np.mean(last) >= 0.9
+
+
+@pytest.mark.parametrize("family", list(PARAMS))
+def test_amex_card_is_only_ever_ranked_onto_amex(trained, family):
+    t = trained["table"]
+    sm = trained["serving"][family]
+    amex = t[t["CARD_BRAND"] == catalog.AMEX_BRAND].head(50).to_dict("records")
+    assert amex
+    for p in amex:
+        assert [proc for proc, _ in sm.rank(p, candidates=list(catalog.PROCESSORS))] == [catalog.AMEX_PROCESSOR]
+    visa = t[t["CARD_BRAND"] == "VISA"].head(50).to_dict("records")
+    assert all(catalog.AMEX_PROCESSOR not in [proc for proc, _ in sm.rank(p)] for p in visa)
+
+
+def _timeout_effects(sm, rows):
+    """Score change of processor p when p's known 15m/1h/24h timeout rates rise by 0.3 (clipped at 1).
+
+    Unknown rates (no traffic in the window) are left alone: unknown -> 0.3 also flips the
+    missing-value indicator, which is not "raising the rate".
+    """
+    effects = []
+    for p in rows:
+        before = sm.score(p)
+        for proc in catalog.PROCESSORS:
+            hi = dict(p)
+            cols = [features.health_column(proc, win, "TIMEOUT_RATE") for win in features.HEALTH_WINDOWS]
+            if any(p.get(c) is None or not np.isfinite(float(p[c])) for c in cols):
+                continue
+            for col in cols:
+                hi[col] = min(1.0, float(p[col]) + 0.3)
+            effects.append(sm.score(hi)[proc] - before[proc])
+    return np.array(effects)
+
+
+def test_raising_timeouts_never_raises_the_xgb_score(trained):
+    rows = trained["table"].sample(60, random_state=0).to_dict("records")
+    eff = _timeout_effects(trained["serving"]["xgb"], rows)
+    assert eff.max() <= 1e-9  # monotone constraint: guaranteed, not learned
+    assert eff.mean() < 0
+
+
+@pytest.mark.xfail(reason="finding: LR/DNN do not learn a monotone timeout effect from a small world; XGB enforces it", strict=False)
+@pytest.mark.parametrize("family", ["logistic", "dnn"])
+def test_raising_timeouts_lowers_lr_and_dnn_scores_on_average(trained, family):
+    rows = trained["table"].sample(60, random_state=0).to_dict("records")
+    eff = _timeout_effects(trained["serving"][family], rows)
+    assert eff.mean() < 0 and (eff > 1e-9).mean() < 0.1
+
+
+@pytest.mark.parametrize("family", list(PARAMS))
+def test_payment_dicts_score_like_the_encoded_frame(trained, family):
+    t = trained["table"]
+    test = t[t["SPLIT"] == "test"].head(200)
+    model = trained["results"]["models"][family]
+    sm = trained["serving"][family]
+    frame_p = model.predict_proba(sm.encoder.transform(test))
+    dict_p = np.array([[sm.score(p)[q] for q in catalog.PROCESSORS] for p in test.to_dict("records")])
+    assert np.abs(frame_p - dict_p).max() < 1e-4  # encode_payment vs transform float rounding only

@@ -1,0 +1,133 @@
+"""Approval models on synthetic arrays: metrics, calibration, masking, uncertain heads, weighting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from smartrouter import catalog
+from smartrouter.errors import ConfigError, DataCheckError
+from smartrouter.models import calibration, data, make_model, metrics
+
+P = len(catalog.PROCESSORS)
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return data.synthetic(6000, d=12, seed=3)
+
+
+# ------------------------------------------------------------------ metrics
+def test_auc_matches_pairwise_definition_with_ties():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p = np.round(rng.random(300), 1)  # many ties
+    pos, neg = p[y == 1], p[y == 0]
+    brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    assert metrics.auc(y, p) == pytest.approx(brute, abs=1e-12)
+    assert np.isnan(metrics.auc(np.ones(5), np.random.random(5)))
+
+
+def test_ece_is_equal_mass_and_zero_when_calibrated_in_every_bin():
+    p = np.repeat(np.linspace(0.05, 0.95, 15), 100)
+    y = np.concatenate([np.r_[np.ones(int(round(q * 100))), np.zeros(100 - int(round(q * 100)))] for q in np.linspace(0.05, 0.95, 15)])
+    assert metrics.ece(y, p) < 0.006
+    assert metrics.ece(np.zeros(1000), np.full(1000, 0.3)) == pytest.approx(0.3)
+    assert metrics.brier(np.zeros(4), np.full(4, 0.5)) == pytest.approx(0.25)
+    assert metrics.logloss(np.ones(3), np.full(3, np.e ** -1)) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ calibration
+def test_calibration_fixes_a_miscalibrated_score_and_serialises():
+    rng = np.random.default_rng(1)
+    true = rng.uniform(0.3, 0.99, 40000)
+    y = (rng.random(40000) < true).astype(float)
+    raw = true**3  # systematically too low
+    cal = calibration.fit_calibrator(raw, y)
+    assert cal["method"] != "identity"
+    spec = json.loads(json.dumps(cal))  # plain JSON
+    assert calibration.validate_spec(spec) is None
+    fixed = calibration.apply(spec, raw)
+    assert metrics.ece(y, fixed) < 0.02 < metrics.ece(y, raw)
+    for q in (0.0, 0.01, 0.37, 0.5, 0.999, 1.0):  # the per-payment path agrees with the vectorised one
+        assert calibration.apply_scalar(spec, q) == pytest.approx(float(calibration.apply(spec, np.array([q]))[0]), abs=1e-12)
+
+
+def test_calibration_with_too_little_data_is_identity():
+    assert calibration.fit_calibrator(np.array([0.5, 0.6]), np.array([1.0, 0.0]))["method"] == "identity"
+    assert calibration.validate_spec({"method": "isotonic", "x": [0.2, 0.1], "y": [0.1, 0.2]})
+    assert calibration.validate_spec({"method": "magic"})
+
+
+# ------------------------------------------------------------------ data
+def test_importance_weights_clip_and_self_normalise_per_processor():
+    proc = np.array([0, 0, 0, 1, 1])
+    w = data.importance_weights(np.array([1.0, 0.5, 0.001, 1.0, np.nan]), proc)
+    assert w[:3].mean() == pytest.approx(1.0) and w[3:].mean() == pytest.approx(1.0)
+    assert w[2] / w[0] == pytest.approx(data.WEIGHT_CLIP)  # 1/0.001 clipped
+    assert w[3] == w[4]  # a missing propensity counts as 1
+
+
+def test_per_processor_groups_ignore_brand_and_message_type_values():
+    names = ["CARD_BRAND=AMEX", "CARD_BRAND=VISA", "MCI_MSI_TYPE=MIT", "MCI_MSI_TYPE=CIT"]
+    names += [f"HEALTH_{p}_1H_TIMEOUT_RATE" for p in catalog.PROCESSORS] + ["HEALTH_MIT_1H_VOLUME"]
+    groups = data.per_processor_groups(names)
+    assert list(groups) == ["HEALTH_{P}_1H_TIMEOUT_RATE"]
+    assert groups["HEALTH_{P}_1H_TIMEOUT_RATE"] == [4, 5, 6, 7, 8]
+
+
+def test_model_data_rejects_inconsistent_arrays():
+    with pytest.raises(DataCheckError, match="rows"):
+        data.ModelData(np.zeros((3, 2), np.float32), np.zeros(2, np.int64), np.zeros(3), np.ones(3), np.array(["train"] * 3))
+    with pytest.raises(DataCheckError, match="processor_idx"):
+        data.ModelData(np.zeros((1, 2), np.float32), np.array([P]), np.zeros(1), np.ones(1), np.array(["train"]))
+
+
+def test_unknown_family_or_parameter_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown model family"):
+        make_model("forest")
+    with pytest.raises(ConfigError, match="no parameter"):
+        make_model("logistic", depth=3)
+
+
+# ------------------------------------------------------------------ families
+FAST = {"logistic": {}, "xgb": {"n_estimators": 60, "nthread": 2}, "dnn": {"epochs": 6, "hidden": (32,), "batch_size": 256}}
+
+
+@pytest.mark.parametrize("family", ["logistic", "xgb", "dnn"])
+def test_family_scores_every_processor_and_flags_the_late_joiner(synth, family):
+    tr, va, te = synth.part("train"), synth.part("valid"), synth.part("test")
+    m = make_model(family, min_rows=500, **FAST[family]).fit(tr, va)
+    prob = m.predict_proba(te.X)
+    assert prob.shape == (len(te), P) and np.all((prob >= 0) & (prob <= 1))
+    # ADYEN has ~100 train rows: uncertain, shrunk toward the global prediction; the big heads are not
+    assert m.uncertain["ADYEN"] and not m.uncertain["WORLDPAY"]
+    assert 0 < m.blend[catalog.PROCESSOR_INDEX["ADYEN"]] < 1 and m.blend[0] == 1.0
+    ev = {r["processor"]: r for r in m.evaluate(te)}
+    assert ev["WORLDPAY"]["auc"] > 0.75  # the synthetic signal is strong
+    assert len(m.global_importance(tr)) >= tr.n_features
+
+
+def test_dnn_masked_loss_trains_only_the_logged_head():
+    """Processor 1's rows are all approved, everyone else's declined: only masking can separate the heads."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    proc = rng.integers(0, 3, n)
+    y = (proc == 1).astype(np.float32)
+    split = np.array(["train"] * 3000 + ["valid"] * 1000, dtype=object)
+    d = data.ModelData(X, proc, y, np.ones(n, np.float32), split, [f"f{i}" for i in range(4)])
+    m = make_model("dnn", epochs=8, hidden=(8,), dropout=0.0, batch_size=128, learning_rate=1e-2, min_rows=10, min_class=0)
+    m.fit(d.part("train"), d.part("valid"))
+    raw = m.predict_raw(X[:200])
+    assert raw[:, 1].mean() > 0.9 and raw[:, 0].mean() < 0.1 and raw[:, 2].mean() < 0.1
+
+
+def test_importance_weighting_changes_weights_not_shapes(synth):
+    w = data.importance_weights(synth.propensity, synth.processor_idx)
+    assert w.max() > 1.5  # experiment-arm rows (propensity 0.25) weigh more
+    d2 = data.ModelData(synth.X, synth.processor_idx, synth.y, w, synth.split, synth.feature_names)
+    m = make_model("logistic").fit(d2.part("train"), d2.part("valid"))
+    assert m.predict_proba(synth.X[:10]).shape == (10, P)

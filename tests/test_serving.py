@@ -1,0 +1,167 @@
+"""Serving forms: parity with the trained models, verified loading, no TensorFlow at request time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from smartrouter import catalog
+from smartrouter.errors import ArtifactError
+from smartrouter.models import base, data, make_model
+from smartrouter.models.serving import load_serving_model
+
+P = len(catalog.PROCESSORS)
+PARAMS = {"logistic": {}, "xgb": {"n_estimators": 60, "nthread": 2}, "dnn": {"epochs": 3, "hidden": (32, 16)}}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Each family trained on synthetic data and exported: {family: (model, folder, ModelData)}."""
+    d = data.synthetic(14_000, d=16, seed=5)
+    enc = data.PassthroughEncoder(d.feature_names)
+    root = tmp_path_factory.mktemp("serving")
+    out = {}
+    for fam, params in PARAMS.items():
+        m = make_model(fam, min_rows=500, **params).fit(d.part("train"), d.part("valid"))
+        out[fam] = (m, m.export(root / fam, enc.to_spec()), d)
+    return out
+
+
+@pytest.mark.parametrize("family", list(PARAMS))
+def test_serving_form_reproduces_the_trained_model_on_10000_rows(exported, family):
+    model, folder, d = exported[family]
+    sm = load_serving_model(folder)
+    X = d.X[:10_000]
+    assert np.abs(sm.score_matrix(X) - model.predict_proba(X)).max() < 1e-5
+    # the per-payment path (encode -> raw -> calibrate, no batching) agrees as well
+    for i in (0, 17, 4242):
+        pay = dict(zip(d.feature_names, map(float, X[i])))
+        got = sm.score(pay)
+        assert list(got) == list(catalog.PROCESSORS)
+        assert np.allclose([got[p] for p in catalog.PROCESSORS], model.predict_proba(X[i : i + 1])[0], atol=1e-5)
+    assert sm.family == family and sm.processors == list(catalog.PROCESSORS)
+    assert sm.uncertain["ADYEN"] is True and sm.feature_names == d.feature_names
+
+
+@pytest.mark.parametrize("family", list(PARAMS))
+def test_load_is_fast_and_contributions_name_features(exported, family):
+    _, folder, d = exported[family]
+    load_serving_model(folder)  # warm imports
+    t0 = time.perf_counter()
+    sm = load_serving_model(folder)
+    assert time.perf_counter() - t0 < 0.5
+    pay = dict(zip(d.feature_names, map(float, d.X[3])))
+    top = sm.contributions(pay, "MIT", top_k=4)
+    assert len(top) == 4 and all(isinstance(n, str) and np.isfinite(v) for n, v in top)
+    assert abs(top[0][1]) >= abs(top[-1][1])
+
+
+def test_xgb_contributions_are_shap_values_that_sum_to_the_margin(exported):
+    model, folder, d = exported["xgb"]
+    sm = load_serving_model(folder)
+    pay = dict(zip(d.feature_names, map(float, d.X[9])))
+    every = sm.contributions(pay, "WORLDPAY", top_k=10_000)
+    contrib = model.contributions(d.X[9:10], "WORLDPAY")[0]
+    raw = model._head_proba(d.X[9:10])[0, 0]
+    assert sum(v for _, v in every) + contrib[-1] == pytest.approx(np.log(raw / (1 - raw)), abs=1e-4)
+
+
+def test_rank_applies_hard_eligibility(exported):
+    _, folder, d = exported["logistic"]
+    sm = load_serving_model(folder)
+    pay = dict(zip(d.feature_names, map(float, d.X[0])))
+    amex = sm.rank({**pay, "CARD_BRAND": "AMEX", "CURRENCY": "MXN"}, candidates=list(catalog.PROCESSORS))
+    assert [p for p, _ in amex] == ["AMEX"]
+    usd = sm.rank({**pay, "CARD_BRAND": "VISA", "CURRENCY": "USD"})
+    assert {p for p, _ in usd} == set(catalog.eligible_processors("VISA", "USD"))
+    assert [s for _, s in usd] == sorted((s for _, s in usd), reverse=True)
+    assert sm.rank({**pay, "CARD_BRAND": "VISA", "CURRENCY": "MXN"}, candidates=["AMEX"]) == []
+
+
+def test_serving_needs_no_tensorflow(exported):
+    _, folder, d = exported["dnn"]
+    code = (
+        "import sys, json\n"
+        "from smartrouter.models.serving import load_serving_model\n"
+        f"m = load_serving_model({str(folder)!r})\n"
+        f"m.score(dict(zip({d.feature_names!r}, [0.1] * {len(d.feature_names)})))\n"
+        "print(json.dumps(sorted(k for k in ('tensorflow', 'keras', 'sklearn') if k in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+# ------------------------------------------------------------------ broken artifacts
+def _copy(exported, family, tmp_path):
+    dst = tmp_path / family
+    shutil.copytree(exported[family][1], dst)
+    return dst
+
+
+def _rehash(folder):
+    sums = {f.name: base.sha256_file(f) for f in sorted(folder.iterdir()) if f.name != base.CHECKSUM_FILE}
+    (folder / base.CHECKSUM_FILE).write_text(json.dumps(sums))
+
+
+@pytest.mark.parametrize("family,victim", [("logistic", "weights.npz"), ("dnn", "encoder.json"), ("xgb", "booster.ubj"), ("xgb", "checksums.json")])
+def test_missing_file_is_named(exported, tmp_path, family, victim):
+    folder = _copy(exported, family, tmp_path)
+    (folder / victim).unlink()
+    with pytest.raises(ArtifactError, match=victim.replace(".", r"\.")):
+        load_serving_model(folder)
+
+
+def test_edited_file_fails_its_checksum(exported, tmp_path):
+    folder = _copy(exported, "dnn", tmp_path)
+    with open(folder / "weights.npz", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ArtifactError, match=r"weights\.npz does not match its checksum"):
+        load_serving_model(folder)
+
+
+def test_wrong_weight_shape_is_named_even_with_valid_checksums(exported, tmp_path):
+    folder = _copy(exported, "logistic", tmp_path)
+    z = dict(np.load(folder / "weights.npz"))
+    z["W"] = z["W"][:, :-1]
+    with open(folder / "weights.npz", "wb") as fh:
+        np.savez(fh, **z)
+    _rehash(folder)
+    with pytest.raises(ArtifactError, match=r"weights\.npz: W has shape"):
+        load_serving_model(folder)
+
+
+def test_dnn_output_width_must_match_processors(exported, tmp_path):
+    folder = _copy(exported, "dnn", tmp_path)
+    z = dict(np.load(folder / "weights.npz"))
+    last = max(int(k[1:]) for k in z if k.startswith("W"))
+    z[f"W{last}"], z[f"b{last}"] = z[f"W{last}"][:, :3], z[f"b{last}"][:3]
+    with open(folder / "weights.npz", "wb") as fh:
+        np.savez(fh, **z)
+    _rehash(folder)
+    with pytest.raises(ArtifactError, match=r"weights\.npz"):
+        load_serving_model(folder)
+
+
+def test_encoder_from_another_model_is_refused(exported, tmp_path):
+    folder = _copy(exported, "xgb", tmp_path)
+    names = exported["xgb"][2].feature_names
+    (folder / "encoder.json").write_text(base.canonical_json(data.PassthroughEncoder(names[:-1]).to_spec()))
+    _rehash(folder)
+    with pytest.raises(ArtifactError, match=r"encoder\.json is not the encoder this model was trained with"):
+        load_serving_model(folder)
+
+
+def test_export_replaces_atomically_and_leaves_no_temp(exported, tmp_path):
+    model, _, d = exported["logistic"]
+    enc = data.PassthroughEncoder(d.feature_names).to_spec()
+    target = model.export(tmp_path / "m", enc)
+    model.export(target, enc)  # over an existing folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sorted(p.name for p in target.iterdir()) == ["checksums.json", "encoder.json", "model.json", "weights.npz"]
+    load_serving_model(target)
