@@ -18,7 +18,7 @@ PROFILE ?= default
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run test test-fast lab world serve bench bench-world bench-serve clean
+.PHONY: help setup run test test-fast lab world serve bench bench-world bench-features bench-serve clean
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,7 +62,10 @@ bench-serve: setup ## HTTP load test of the routing service (wrk) + in-process d
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/bench_serve.py
 
-bench: bench-world bench-serve ## every benchmark
+bench-features: setup ## default-world feature build time + encoder latency
+	$(BIN)/python bench/bench_features.py
+
+bench: bench-world bench-features bench-serve ## every benchmark
 
 clean: ## remove the virtualenv, local world, runs, reports and registry
 	rm -rf $(VENV) data runs/[0-9]* reports/[0-9]* reports/index.html models .pytest_cache

@@ -76,10 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     target = Path(tempfile.mkdtemp(prefix="bench-world-")) if scratch else args.target
     settings = load_settings({**os.environ, "SMARTROUTER_LOCAL_DIR": str(target), "SMARTROUTER_WAREHOUSE": "local"})
     try:
+        load_before = os.getloadavg()[0]
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         world = World(params)
         summary = warehouse.write_world(world, settings, progress=True)
         gen_s = time.perf_counter() - t0
+        gen_cpu = time.process_time() - cpu0  # all threads of this process: independent of other load
+        load_after = os.getloadavg()[0]
         peak_mb = peak_rss_mb()
 
         with warehouse.connect(settings) as conn:
@@ -100,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ADYEN first      {adyen} (week {adyen_week})")
         print(f"Amex violations  {int(o['AMEX_RULE_VIOLATIONS'])}")
         print(f"PROCESSING       {int(o['PROCESSING']):,}")
-        print(f"generation       {gen_s:.1f} s (incl. loading into the warehouse)")
+        print(
+            f"generation       {gen_s:.1f} s wall, {gen_cpu:.1f} s CPU (incl. loading into the warehouse; "
+            f"machine load {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} cores)"
+        )
         print(f"peak memory      {peak_mb:,.0f} MB")
         print(
             f"headroom         oracle {h['oracle']:.2%} vs rules {h['rules']:.2%} = {h['gap_pp']:.2f} pp "

@@ -239,7 +239,7 @@ def test_whole_chain_on_small_world(settings, monkeypatch: pytest.MonkeyPatch) -
     settings = load_settings()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        summary = warehouse.write_world(World(WorldParams.small(days=7, per_day=1500)), settings, progress=False)
+        summary = warehouse.write_world(World(WorldParams.small(per_day=1000)), settings, progress=False)
     as_of = (dt.date.fromisoformat(summary.end[:10]) + dt.timedelta(days=1)).isoformat()
     result = run_pipeline(settings, profile="quick", as_of=as_of, echo=print)
     m = json.loads((result.run_dir / "manifest.json").read_text())
@@ -260,7 +260,7 @@ def test_whole_chain_on_small_world(settings, monkeypatch: pytest.MonkeyPatch) -
     # headline numbers read back from the executed notebook with scrapbook
     scraps = sb.read_notebook(str(result.run_dir / "01_extract_eda.ipynb")).scraps
     attempts = scraps["attempts"].data
-    assert abs(attempts - 7 * 1500) / (7 * 1500) < 0.1 and attempts == summary.attempts
+    assert abs(attempts - 14 * 1000) / (14 * 1000) < 0.1 and attempts == summary.attempts
     assert 0.7 <= scraps["approval_rate"].data <= 0.9
     assert scraps["checks_passed"].data is True
     assert scraps["data_fingerprint"].data["hash"] == fp["hash"]

@@ -91,6 +91,16 @@ def test_oracle_reads_rows_as_returned_by_the_warehouse(world, attempts):
     )
 
 
+def test_oracle_reads_flags_stored_as_floats(world, attempts):
+    # feature tables carry boolean flags as 0.0/1.0; the truth must not change with the storage type
+    sample = attempts.sample(500, random_state=1).reset_index(drop=True)
+    as_float = sample.copy()
+    for col in ("AVS_CHECKED", "IS_RETURNING_CUSTOMER"):
+        as_float[col] = as_float[col].astype(float)
+    oracle = world.oracle()
+    np.testing.assert_allclose(oracle.probability_matrix(as_float), oracle.probability_matrix(sample), rtol=1e-12)
+
+
 def test_processor_by_segment_differences(world, first, truth_first):
     oracle = world.oracle()
     assert oracle.segment_dependence(first) >= 0.20

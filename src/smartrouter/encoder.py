@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import math
+import operator
 import zlib
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -88,11 +89,14 @@ class FeatureEncoder:
         self._lookups: list[dict[str, int]] = [
             {v: i for i, v in enumerate(c["vocabulary"])} if c.get("encoding") == "onehot" else {} for c in self.columns
         ]
+        # per-payment plan: numeric columns with log1p first (a slice, not a mask, selects them)
         num = [(c, off) for c, off in zip(self.columns, self._offsets) if c["kind"] == "numeric"]
+        num.sort(key=lambda co: co[0]["transform"] != "log1p")
         self._num_names = [c["name"] for c, _ in num]
+        self._num_get = operator.itemgetter(*self._num_names) if len(num) > 1 else None
         self._num_offsets = np.array([off for _, off in num], dtype=np.int64)
         self._num_ind_offsets = [off + 1 if c["missing_indicator"] else -1 for c, off in num]
-        self._num_log = np.array([c["transform"] == "log1p" for c, _ in num], dtype=bool)
+        self._num_log = sum(c["transform"] == "log1p" for c, _ in num)
         self._num_mean = np.array([c["mean"] for c, _ in num], dtype=np.float64)
         self._num_std = np.array([c["std"] for c, _ in num], dtype=np.float64)
         # (name, offset, vocabulary lookup or None for hashing, unknown index or bucket count)
@@ -215,25 +219,29 @@ class FeatureEncoder:
             payment = {**derive_row(payment), **payment}
         get = payment.get
         # numeric block: the same numpy operations as transform(), on one row
-        raw = [get(n) for n in self._num_names]
+        try:
+            raw = self._num_get(payment) if self._num_get is not None else [get(n) for n in self._num_names]
+        except KeyError:  # some keys absent: they count as missing
+            raw = [get(n) for n in self._num_names]
         try:
             x = np.array(raw, dtype=np.float64)  # None -> NaN, bool -> 0/1
         except (TypeError, ValueError):
             x = np.array([_number(v) for v in raw], dtype=np.float64)
-        if self._num_log.any():
-            x[self._num_log] = np.log1p(np.maximum(x[self._num_log], 0.0))
+        k = self._num_log
+        if k:
+            x[:k] = np.log1p(np.maximum(x[:k], 0.0))
         miss = np.isnan(x)
         out = np.zeros(self.dim, dtype=np.float32)
-        out[self._num_offsets] = (np.where(miss, self._num_mean, x) - self._num_mean) / self._num_std
-        ones = [i for i, m in zip(self._num_ind_offsets, miss) if m and i >= 0]
+        if miss.any():  # missing -> the training mean (as transform's np.where does)
+            np.copyto(x, self._num_mean, where=miss)
+            for i, m in zip(self._num_ind_offsets, miss.tolist()):
+                if m and i >= 0:
+                    out[i] = 1.0
+        out[self._num_offsets] = (x - self._num_mean) / self._num_std
         for name, off, lookup, unk in self._cat_plan:
             v = get(name)
             key = v if type(v) is str else _category(v)
-            if lookup is None:
-                ones.append(off + _hash_bucket(key, unk))
-            else:
-                ones.append(off + lookup.get(key, unk))
-        out[ones] = 1.0
+            out[off + (_hash_bucket(key, unk) if lookup is None else lookup.get(key, unk))] = 1.0
         return out
 
     # ------------------------------------------------------------ spec

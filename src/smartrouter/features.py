@@ -12,7 +12,6 @@ stale. Outcome kinds: APPROVED; TIMEOUT = a decline whose ERROR_CATEGORY is PROC
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import time
 from collections import deque
@@ -186,7 +185,10 @@ def smoothed_rate(approved: int, outcomes: int, prior: float, m: float = BIN_PRI
 
 
 def _is_missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT
+    try:
+        return v is None or bool(v != v)  # NaN and NaT are not equal to themselves
+    except (TypeError, ValueError):
+        return False
 
 
 def derive_row(payment: Mapping[str, Any]) -> dict[str, Any]:

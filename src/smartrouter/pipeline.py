@@ -501,6 +501,7 @@ def run_pipeline(
         report_dir = settings.reports_dir / run_id
         failed: str | None = None
         error: str | None = None
+        interrupted: KeyboardInterrupt | None = None
         for entry, stage in zip(manifest["stages"], chosen):
             out_nb = run_dir / f"{stage.name}.ipynb"
             t0 = utcnow()
@@ -517,6 +518,8 @@ def run_pipeline(
                     _execute(stage, out_nb, stage_params[stage.name], settings, float(runner["cell_timeout_s"]))
             except Exception as exc:  # status comes from the exception, whatever its type
                 exc_info = exc
+            except KeyboardInterrupt as exc:  # record the run as failed, then let the interrupt through
+                exc_info = interrupted = exc
             finally:
                 if previous_stage_env is None:
                     os.environ.pop(STAGE_ENV, None)
@@ -525,7 +528,7 @@ def run_pipeline(
             t1 = utcnow()
             entry.update(ended_at=_iso(t1), duration_s=round(time.monotonic() - clock, 2))
             if exc_info is not None:
-                error = describe_error(exc_info)
+                error = describe_error(exc_info) if not interrupted else "interrupted (Ctrl-C or SIGINT)"
                 if watchdog.fired:
                     error = f"stage exceeded its {runner['stage_timeout_s']} s timeout ({error})"
                 entry.update(status="failed", error=error)
@@ -569,6 +572,8 @@ def run_pipeline(
         say(f"  run folder: {run_dir}")
         if index is not None:
             say(f"  report:     {index}")
+        if interrupted is not None:
+            raise interrupted
         return RunResult(run_id=run_id, run_dir=run_dir, status=manifest["status"], manifest=manifest,
                          report_index=index, failed_stage=failed, error=error)
 

@@ -201,6 +201,9 @@ class Oracle:
                 return np.zeros(n, dtype=np.int64)
             if true is None and f[col].dtype == bool:
                 return f[col].to_numpy(np.int64)
+            if true is None and pd.api.types.is_numeric_dtype(f[col]):
+                # feature tables carry flags as 0.0/1.0 floats; "1.0" must not read as false
+                return (pd.to_numeric(f[col], errors="coerce").fillna(0.0).to_numpy(float) > 0.5).astype(np.int64)
             return text(col).isin([true] if true is not None else ["TRUE", "1", "T", "YES"]).to_numpy(np.int64)
 
         def number(col: str, default: float) -> np.ndarray:
