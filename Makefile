@@ -18,7 +18,7 @@ PROFILE ?= default
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run test test-fast lab world serve bench bench-world bench-features bench-serve clean
+.PHONY: help setup run test test-fast lab world serve bench bench-world bench-features bench-models bench-serve clean
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,7 +65,10 @@ bench-serve: setup ## HTTP load test of the routing service (wrk) + in-process d
 bench-features: setup ## default-world feature build time + encoder latency
 	$(BIN)/python bench/bench_features.py
 
-bench: bench-world bench-features bench-serve ## every benchmark
+bench-models: setup ## model training time per family, serving latency p50/p99, load time
+	$(BIN)/python bench/bench_models.py
+
+bench: bench-world bench-features bench-models bench-serve ## every benchmark
 
 clean: ## remove the virtualenv, local world, runs, reports and registry
 	rm -rf $(VENV) data runs/[0-9]* reports/[0-9]* reports/index.html models .pytest_cache

@@ -19,7 +19,7 @@ from smartrouter import pipeline
 from smartrouter.cli import main
 from smartrouter.config import REPO_ROOT, load_settings
 from smartrouter.errors import ConfigError
-from smartrouter.pipeline import RunLock, RunLocked, Stage, run_pipeline
+from smartrouter.pipeline import RunLock, Stage, run_pipeline
 
 NB = REPO_ROOT / "tests" / "notebooks"
 DRILL, DRILL_GATE = NB / "drill.ipynb", NB / "drill_gate.ipynb"
@@ -240,7 +240,8 @@ def test_whole_chain_on_small_world(settings, monkeypatch: pytest.MonkeyPatch) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         summary = warehouse.write_world(World(WorldParams.small(per_day=1000)), settings, progress=False)
-    as_of = (dt.date.fromisoformat(summary.end[:10]) + dt.timedelta(days=1)).isoformat()
+    # the quick profile looks back 14 days: as of the day after the world's 14th day, it reads every row
+    as_of = (dt.date.fromisoformat(summary.start[:10]) + dt.timedelta(days=14)).isoformat()
     result = run_pipeline(settings, profile="quick", as_of=as_of, echo=print)
     m = json.loads((result.run_dir / "manifest.json").read_text())
     assert result.ok, f"failed at {result.failed_stage}: {result.error}"

@@ -29,7 +29,7 @@ import time
 import tomllib
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -459,12 +459,13 @@ def run_pipeline(
         lock.set_holder(run_id, _iso(started))
         from smartrouter import lineage, reports
 
+        # inject: what papermill passes (profile + run_dir/as_of); stage_params: that merged over the
+        # notebook's own defaults, for the record (defaults that are expressions stay as their text).
+        inject: dict[str, dict[str, Any]] = {}
         stage_params: dict[str, dict[str, Any]] = {}
         for stage in chosen:
-            merged = notebook_defaults(stage.notebook)
-            merged.update(params.get(stage.name, {}))
-            merged.update({"run_dir": str(run_dir), "as_of": as_of_date.isoformat()})
-            stage_params[stage.name] = merged
+            inject[stage.name] = {**params.get(stage.name, {}), "run_dir": str(run_dir), "as_of": as_of_date.isoformat()}
+            stage_params[stage.name] = {**notebook_defaults(stage.notebook), **inject[stage.name]}
         manifest: dict[str, Any] = {
             "run_id": run_id,
             "status": "running",
@@ -515,7 +516,7 @@ def run_pipeline(
             os.environ[STAGE_ENV] = stage.name  # the kernel inherits it (record() without a context)
             try:
                 with watchdog:
-                    _execute(stage, out_nb, stage_params[stage.name], settings, float(runner["cell_timeout_s"]))
+                    _execute(stage, out_nb, inject[stage.name], settings, float(runner["cell_timeout_s"]))
             except Exception as exc:  # status comes from the exception, whatever its type
                 exc_info = exc
             except KeyboardInterrupt as exc:  # record the run as failed, then let the interrupt through
