@@ -14,11 +14,14 @@ PER_DAY ?= 10500
 SEED    ?= 42
 END     ?=
 PROFILE ?= default
+# run parameters for `make run`
+RUN_PROFILE ?= default
+AS_OF   ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run test test-fast lab world serve bench bench-world bench-features bench-models bench-serve clean
+.PHONY: help setup run test test-fast lab world serve bench bench-world bench-features bench-models bench-serve bench-run clean
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,11 +39,12 @@ $(KERNEL): $(STAMP)
 
 setup: $(STAMP) $(KERNEL) ## create .venv, install the package, register the Jupyter kernel
 
-run: setup ## the daily job: build the local world if missing, then run the pipeline
+run: setup ## the daily job: build the local world if missing, then run every stage (RUN_PROFILE=quick|default|prod AS_OF=YYYY-MM-DD)
 	$(BIN)/smartrouter world ensure
-	$(BIN)/smartrouter world summary
+	$(BIN)/smartrouter run --profile $(RUN_PROFILE) $(if $(AS_OF),--as-of $(AS_OF),)
 
-test: setup ## run the whole test suite (sets everything up first)
+test: setup ## run the whole test suite (sets everything up first, Chromium included)
+	bash tests/ensure_chromium.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: setup ## unit tests only (skips slow whole-chain and load tests)
@@ -68,7 +72,10 @@ bench-features: setup ## default-world feature build time + encoder latency
 bench-models: setup ## model training time per family, serving latency p50/p99, load time
 	$(BIN)/python bench/bench_models.py
 
-bench: bench-world bench-features bench-models bench-serve ## every benchmark
+bench-run: setup ## the whole daily run on the default world vs the 10-minute budget
+	$(BIN)/python bench/bench_run.py
+
+bench: bench-world bench-features bench-models bench-serve bench-run ## every benchmark
 
 clean: ## remove the virtualenv, local world, runs, reports and registry
 	rm -rf $(VENV) data runs/[0-9]* reports/[0-9]* reports/index.html models .pytest_cache
