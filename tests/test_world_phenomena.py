@@ -76,6 +76,22 @@ def test_oracle_is_exact_for_the_logged_traffic(world, attempts):
             assert abs(p[rows].mean() - _approval(attempts.loc[rows])) < 0.025, proc
 
 
+def test_oracle_resolved_only_matches_labelled_approval(world, attempts):
+    """Labels drop PROCESSING rows; resolved_only is the truth those labels estimate (tighter than 1 pp)."""
+    labelled = attempts[attempts["STATUS"] != "PROCESSING"].reset_index(drop=True)
+    procs = labelled["PROCESSOR"].to_numpy()
+    oracle = world.oracle()
+    resolved = oracle.approval_probability(labelled, procs, resolved_only=True)
+    observed = float((labelled["STATUS"] == "APPROVED").mean())
+    se = float(np.sqrt(observed * (1 - observed) / len(labelled)))
+    assert abs(resolved.mean() - observed) < 3.5 * se
+    # on processors that can leave attempts PROCESSING, the plain probability is lower by that share
+    wp = procs == "WORLDPAY"
+    plain = oracle.approval_probability(labelled[wp], "WORLDPAY")
+    np.testing.assert_allclose(plain, resolved[wp] * (1 - 0.01), rtol=0.02)
+    assert (plain < resolved[wp]).all()
+
+
 def test_oracle_reads_rows_as_returned_by_the_warehouse(world, attempts):
     sample = attempts.sample(500, random_state=0).reset_index(drop=True)
     as_text = sample.copy()

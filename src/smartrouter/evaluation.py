@@ -559,7 +559,9 @@ def evaluate_run(test: pd.DataFrame, family_probs: Mapping[str, np.ndarray], rul
         q_hat[f"model:{f}"] = m[fidx]
     truth = None
     if oracle is not None:
-        truth = np.asarray(oracle.probability_matrix(first), dtype=np.float64)
+        # labels exclude PROCESSING rows, so the estimators measure approval among resolved attempts:
+        # compare them with the same quantity, not with P(APPROVED) over all attempts
+        truth = np.asarray(oracle.probability_matrix(first, resolved_only=True), dtype=np.float64)
         policies[ORACLE] = greedy_policy(truth, mask)
         q_hat[ORACLE] = probs[reference][fidx]
     logged = logged_data(first, r_idx, mode=mode, mask=mask)

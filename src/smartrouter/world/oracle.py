@@ -276,11 +276,17 @@ class Oracle:
                 ok |= rows & np.isin(proc, allowed)
         return ok & (enc.t_sec >= self._eff.active_from_sec[proc])
 
-    def probabilities(self, enc: Encoded, proc: np.ndarray, msg: np.ndarray, include_outages: bool = True) -> np.ndarray:
-        """P(APPROVED) for encoded rows (0 where ineligible); the generator samples from the same terms."""
+    def probabilities(self, enc: Encoded, proc: np.ndarray, msg: np.ndarray, include_outages: bool = True,
+                      resolved_only: bool = False) -> np.ndarray:
+        """P(APPROVED) for encoded rows (0 where ineligible); the generator samples from the same terms.
+
+        ``resolved_only``: P(APPROVED | the attempt did not stay PROCESSING) — the quantity that labels
+        (which exclude PROCESSING rows) and the off-policy estimates built on them measure.
+        """
         outages = self._outages if include_outages else None
         p_issuer = sigmoid(issuer_logit(self._eff, enc, proc, msg, self.span_sec, outages))
-        p = (1.0 - error_share(self._eff, proc, enc.t_sec, outages)) * (1.0 - self._eff.processing[proc]) * p_issuer
+        stuck = 0.0 if resolved_only else self._eff.processing[proc]
+        p = (1.0 - error_share(self._eff, proc, enc.t_sec, outages)) * (1.0 - stuck) * p_issuer
         return np.where(self.eligible(enc, proc), p, 0.0)
 
     def approval_probability(
@@ -290,6 +296,7 @@ class Oracle:
         message_type: str | Sequence[str] | None = None,
         at: pd.Series | np.ndarray | None = None,
         include_outages: bool = True,
+        resolved_only: bool = False,
     ) -> np.ndarray:
         """TRUE P(status APPROVED) if each row were sent to ``processor`` with ``message_type``
         (default: the row's MCI_MSI_TYPE) at ``at`` (default: its CREATED_AT); 0.0 where ineligible."""
@@ -297,10 +304,11 @@ class Oracle:
         if n == 0:
             return np.zeros(0)
         enc = self.encode(attempts, at)
-        return self.probabilities(enc, self._proc_codes(processor, n), self._msg_codes(message_type, attempts, n), include_outages)
+        return self.probabilities(enc, self._proc_codes(processor, n), self._msg_codes(message_type, attempts, n),
+                                  include_outages, resolved_only)
 
     def probability_matrix(self, attempts: pd.DataFrame, message_type: str | Sequence[str] | None = None,
-                           include_outages: bool = True) -> np.ndarray:
+                           include_outages: bool = True, resolved_only: bool = False) -> np.ndarray:
         """(n, len(catalog.PROCESSORS)) true approval probabilities, 0 where ineligible."""
         n = len(attempts)
         out = np.zeros((n, P))
@@ -309,7 +317,7 @@ class Oracle:
         enc = self.encode(attempts)
         msg = self._msg_codes(message_type, attempts, n)
         for j in range(P):
-            out[:, j] = self.probabilities(enc, np.full(n, j), msg, include_outages)
+            out[:, j] = self.probabilities(enc, np.full(n, j), msg, include_outages, resolved_only)
         return out
 
     def best_processor(self, attempts: pd.DataFrame, include_outages: bool = True) -> np.ndarray:
