@@ -93,14 +93,18 @@ def test_amex_card_is_only_ever_ranked_onto_amex(trained, family):
     assert all(catalog.AMEX_PROCESSOR not in [proc for proc, _ in sm.rank(p)] for p in visa)
 
 
-def _timeout_effects(sm, rows):
-    """Score change of processor p when p's recent windows fill with timeouts.
+EXTRA_TIMEOUTS = 20  # a burst of timeouts in the last minutes: what the first minutes of an outage look like
 
-    The three rates of a window are shares of the same outcomes, so "more timeouts" means the
-    timeout share rises (t -> t + 0.3(1 - t)) while approvals and issuer declines shrink in
-    proportion, exactly what observing extra timeouts does to the online health state.
-    Unknown windows (no traffic) are left alone: that would flip the missing-value indicator.
+
+def _timeout_effects(sm, rows):
+    """Score change of processor p after p's recent windows receive EXTRA_TIMEOUTS more timeouts.
+
+    The rates of a window are shares of the same outcomes, so the burst is applied as the online
+    state would see it: volume n -> n + k, timeout share (t·n + k)/(n + k), approvals and issuer
+    declines diluted by n/(n + k) — in every window (15 min, 1 h, 24 h) that contains the burst.
+    Windows with no traffic are left alone (that would flip the missing-value indicator).
     """
+    k = float(EXTRA_TIMEOUTS)
     effects = []
     for p in rows:
         before = sm.score(p)
@@ -108,16 +112,17 @@ def _timeout_effects(sm, rows):
             hi = dict(p)
             known = True
             for win in features.HEALTH_WINDOWS:
-                cols = {m: features.health_column(proc, win, m) for m in ("APPROVAL_RATE", "TIMEOUT_RATE", "DECLINE_RATE")}
-                if any(p.get(c) is None or not np.isfinite(float(p[c])) for c in cols.values()):
+                col = {m: features.health_column(proc, win, m)
+                       for m in ("APPROVAL_RATE", "TIMEOUT_RATE", "DECLINE_RATE", "VOLUME")}
+                vals = {m: p.get(c) for m, c in col.items()}
+                if any(v is None or not np.isfinite(float(v)) for v in vals.values()) or float(vals["VOLUME"]) <= 0:
                     known = False
                     break
-                t = float(p[cols["TIMEOUT_RATE"]])
-                t_new = t + 0.3 * (1.0 - t)
-                keep = (1.0 - t_new) / (1.0 - t) if t < 1.0 else 0.0
-                hi[cols["TIMEOUT_RATE"]] = t_new
-                hi[cols["APPROVAL_RATE"]] = float(p[cols["APPROVAL_RATE"]]) * keep
-                hi[cols["DECLINE_RATE"]] = float(p[cols["DECLINE_RATE"]]) * keep
+                n = float(vals["VOLUME"])
+                hi[col["VOLUME"]] = n + k
+                hi[col["TIMEOUT_RATE"]] = (float(vals["TIMEOUT_RATE"]) * n + k) / (n + k)
+                hi[col["APPROVAL_RATE"]] = float(vals["APPROVAL_RATE"]) * n / (n + k)
+                hi[col["DECLINE_RATE"]] = float(vals["DECLINE_RATE"]) * n / (n + k)
             if known:
                 effects.append(sm.score(hi)[proc] - before[proc])
     return np.array(effects)

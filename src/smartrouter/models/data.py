@@ -1,0 +1,261 @@
+"""The model-facing dataset: encoded X, the logged processor, the label, weights and the split.
+
+Every model family trains on ``ModelData`` arrays, never on a frame: the contract is
+(X float32 (n, d), processor_idx int (n,), y (n,), weight (n,)), with the processor index from
+``catalog.PROCESSOR_INDEX``. The processor is not a column of X; models output one probability
+per processor.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from smartrouter import catalog
+from smartrouter.errors import DataCheckError
+
+P = len(catalog.PROCESSORS)
+SPLITS = ("train", "valid", "test")
+# 1/propensity is clipped here before self-normalisation: a 1 % propensity must not make one
+# attempt weigh as much as a hundred.
+WEIGHT_CLIP = 20.0
+
+
+@dataclass
+class ModelData:
+    """Arrays one model family trains or is evaluated on (one row per labelled attempt)."""
+
+    X: np.ndarray  # float32 (n, d)
+    processor_idx: np.ndarray  # int64 (n,), index into catalog.PROCESSORS
+    y: np.ndarray  # float32 (n,), 1 = approved
+    weight: np.ndarray  # float32 (n,), 1 unless importance weighting is on
+    split: np.ndarray  # object (n,), train / valid / test
+    feature_names: list[str] = field(default_factory=list)
+    propensity: np.ndarray | None = None  # float64 (n,), logged propensity of the chosen processor
+    experiment: np.ndarray | None = None  # bool (n,), row was routed by the randomized experiment arm
+    eligible: np.ndarray | None = None  # bool (n, P), processors the router could have chosen
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        for name in ("X", "processor_idx", "weight", "split"):
+            if len(getattr(self, name)) != n:
+                raise DataCheckError(f"ModelData.{name} has {len(getattr(self, name))} rows, y has {n}; build all arrays from one frame")
+        if self.X.ndim != 2:
+            raise DataCheckError(f"ModelData.X must be 2-D (n, d), got shape {self.X.shape}")
+        if n and (self.processor_idx.min() < 0 or self.processor_idx.max() >= P):
+            raise DataCheckError(f"processor_idx outside 0..{P - 1}; use catalog.PROCESSOR_INDEX")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    def subset(self, mask: np.ndarray) -> "ModelData":
+        """Rows where ``mask`` is true (a boolean mask or an index array)."""
+        opt = lambda a: None if a is None else a[mask]  # noqa: E731
+        return replace(
+            self,
+            X=self.X[mask],
+            processor_idx=self.processor_idx[mask],
+            y=self.y[mask],
+            weight=self.weight[mask],
+            split=self.split[mask],
+            propensity=opt(self.propensity),
+            experiment=opt(self.experiment),
+            eligible=opt(self.eligible),
+        )
+
+    def part(self, name: str) -> "ModelData":
+        """The rows of one split (train / valid / test)."""
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        return self.subset(self.split == name)
+
+    def head_counts(self) -> np.ndarray:
+        """Rows per processor head, shape (P,)."""
+        return np.bincount(self.processor_idx, minlength=P)
+
+    def head_positives(self) -> np.ndarray:
+        """Approved rows per processor head, shape (P,)."""
+        return np.bincount(self.processor_idx, weights=self.y, minlength=P)
+
+
+def importance_weights(propensity: np.ndarray, processor_idx: np.ndarray, clip: float = WEIGHT_CLIP) -> np.ndarray:
+    """w = 1/propensity clipped to [1, clip], self-normalised to mean 1 within each processor's rows.
+
+    Normalising per processor keeps each head's effective sample size and loss scale; only the
+    balance between its segments changes (rarely-routed segments weigh more).
+    """
+    prop = np.asarray(propensity, dtype=np.float64)
+    prop = np.where(np.isfinite(prop) & (prop > 0), prop, 1.0)
+    w = np.clip(1.0 / prop, 1.0, clip)
+    out = np.empty_like(w)
+    for p in range(P):
+        m = processor_idx == p
+        if m.any():
+            out[m] = w[m] / w[m].mean()
+    return out.astype(np.float32)
+
+
+def _parse_candidates(value: Any) -> list[str] | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    try:
+        return [str(v) for v in value]
+    except TypeError:
+        return None
+
+
+def eligibility_matrix(frame: Any) -> np.ndarray:
+    """(n, P) bool: hard-rule eligibility (catalog.eligible_processors) ∩ logged CANDIDATES when present."""
+    n = len(frame)
+    out = np.zeros((n, P), dtype=bool)
+    brands = frame["CARD_BRAND"].astype(str).to_numpy() if "CARD_BRAND" in frame else np.array(["VISA"] * n)
+    curr = frame["CURRENCY"].astype(str).to_numpy() if "CURRENCY" in frame else np.array(["MXN"] * n)
+    cands = frame["CANDIDATES"].to_numpy() if "CANDIDATES" in frame else [None] * n
+    cache: dict[tuple[str, str], list[int]] = {}
+    for i in range(n):
+        key = (brands[i], curr[i])
+        if key not in cache:
+            cache[key] = [catalog.PROCESSOR_INDEX[p] for p in catalog.eligible_processors(*key)]
+        idx = cache[key]
+        c = _parse_candidates(cands[i])
+        if c is not None:
+            idx = [j for j in idx if catalog.PROCESSORS[j] in c]
+        out[i, idx] = True
+    return out
+
+
+def from_frame(frame: Any, encoder: Any, *, importance_weighting: bool = False, clip: float = WEIGHT_CLIP) -> ModelData:
+    """Build ModelData from a training table (H4's layout) and a fitted FeatureEncoder."""
+    missing = [c for c in ("PROCESSOR", "APPROVED", "SPLIT") if c not in frame.columns]
+    if missing:
+        raise DataCheckError(f"training table lacks column(s) {missing}; build it with features.build_training_table + time_split")
+    unknown = sorted(set(frame["PROCESSOR"].astype(str)) - set(catalog.PROCESSORS))
+    if unknown:
+        raise DataCheckError(f"training table has processors {unknown} not in catalog.PROCESSORS; add them to the catalog")
+    proc = frame["PROCESSOR"].astype(str).map(catalog.PROCESSOR_INDEX).to_numpy(dtype=np.int64)
+    y = frame["APPROVED"].to_numpy(dtype=np.float32)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise DataCheckError("APPROVED must be 0/1 (PROCESSING rows excluded); use checks.labelled on the frame first")
+    prop = frame["PROPENSITY"].to_numpy(dtype=np.float64) if "PROPENSITY" in frame else None
+    weight = (
+        importance_weights(prop, proc, clip) if importance_weighting and prop is not None else np.ones(len(frame), np.float32)
+    )
+    experiment = None
+    if "EXPERIMENT_ARM" in frame:
+        experiment = frame["EXPERIMENT_ARM"].astype(str).str.upper().eq("EXPERIMENT").to_numpy()
+    X = np.ascontiguousarray(encoder.transform(frame), dtype=np.float32)
+    return ModelData(
+        X=X,
+        processor_idx=proc,
+        y=y,
+        weight=weight,
+        split=frame["SPLIT"].astype(str).to_numpy(dtype=object),
+        feature_names=list(encoder.feature_names),
+        propensity=prop,
+        experiment=experiment,
+        eligible=eligibility_matrix(frame),
+    )
+
+
+# ------------------------------------------------------------------ per-processor feature groups
+def per_processor_groups(feature_names: list[str]) -> dict[str, list[int]]:
+    """Feature stems that exist once for every processor: {stem: [column index per processor]}.
+
+    A stem is the feature name with the processor's name replaced by ``{P}`` (e.g.
+    ``HEALTH_TIMEOUT_RATE_1H_{P}``). Names where only some processors appear (``CARD_BRAND=AMEX``,
+    ``MCI_MSI_TYPE=MIT``) are not groups, so the message type and the Amex brand are never mistaken
+    for processors.
+    """
+    tokens = "|".join(sorted(catalog.PROCESSORS, key=len, reverse=True))
+    pat = re.compile(rf"(?<![A-Z0-9])({tokens})(?![A-Z0-9])")
+    groups: dict[str, dict[str, int]] = {}
+    for j, name in enumerate(feature_names):
+        found = pat.findall(name.upper())
+        if len(found) != 1:
+            continue
+        stem = pat.sub("{P}", name.upper())
+        groups.setdefault(stem, {})
+        if found[0] in groups[stem]:
+            groups[stem][found[0]] = -1  # ambiguous: the same processor twice under one stem
+        else:
+            groups[stem][found[0]] = j
+    return {
+        stem: [g[p] for p in catalog.PROCESSORS]
+        for stem, g in sorted(groups.items())
+        if len(g) == P and all(v >= 0 for v in g.values())
+    }
+
+
+def synthetic(n: int = 20_000, d: int = 24, seed: int = 0, *, late_processor_rows: int = 150) -> ModelData:
+    """A synthetic ModelData with per-processor effects and per-processor timeout features (tests, benches).
+
+    Columns: ``d`` generic features, then ``HEALTH_TIMEOUT_RATE_1H_<PROC>`` for each processor.
+    The last processor (ADYEN) gets only ``late_processor_rows`` rows, like a late joiner.
+    """
+    rng = np.random.default_rng(seed)
+    X0 = rng.normal(size=(n, d)).astype(np.float32)
+    timeouts = rng.beta(1, 30, size=(n, P)).astype(np.float32)
+    X = np.hstack([X0, timeouts])
+    names = [f"F{j}" for j in range(d)] + [f"HEALTH_TIMEOUT_RATE_1H_{p}" for p in catalog.PROCESSORS]
+    share = np.array([0.4, 0.3, 0.2, 0.1, 0.0])
+    proc = rng.choice(P, size=n, p=share)
+    late = rng.choice(n, size=min(late_processor_rows, n), replace=False)
+    proc[late] = P - 1
+    base = rng.normal(scale=0.6, size=(d,))
+    per = rng.normal(scale=0.5, size=(P, d))
+    bias = np.array([1.6, 1.2, 1.4, 1.8, 1.3])
+    logit = X0 @ base + np.einsum("nd,nd->n", X0, per[proc]) + bias[proc] - 12.0 * timeouts[np.arange(n), proc]
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    cut = np.array(["train"] * n, dtype=object)
+    cut[int(n * 0.7) : int(n * 0.85)] = "valid"
+    cut[int(n * 0.85) :] = "test"
+    prop = np.where(rng.random(n) < 0.1, 0.25, 1.0)
+    elig = np.ones((n, P), bool)
+    return ModelData(X, proc.astype(np.int64), y, np.ones(n, np.float32), cut, names, prop, prop < 1, elig)
+
+
+class PassthroughEncoder:
+    """An encoder whose payment dict already holds the encoded features by name (synthetic data, benches).
+
+    The real one is ``smartrouter.encoder.FeatureEncoder``; this stand-in has the same serving
+    surface (``feature_names``, ``encode_payment``, ``transform``, ``to_spec``/``from_spec``).
+    """
+
+    KIND = "passthrough"
+
+    def __init__(self, feature_names: list[str]) -> None:
+        self.feature_names = list(feature_names)
+        self._pos = {n: i for i, n in enumerate(self.feature_names)}
+
+    def encode_payment(self, payment: dict[str, Any]) -> np.ndarray:
+        """Vector of the named values (missing or None → 0.0)."""
+        x = np.zeros(len(self.feature_names), dtype=np.float32)
+        for k, v in payment.items():
+            i = self._pos.get(k)
+            if i is not None and v is not None:
+                x[i] = v
+        return x
+
+    def transform(self, frame: Any) -> np.ndarray:
+        """The named columns of a frame as float32."""
+        return frame[self.feature_names].to_numpy(dtype=np.float32)
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"kind": self.KIND, "feature_names": self.feature_names}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "PassthroughEncoder":
+        return cls(list(spec["feature_names"]))

@@ -1,0 +1,168 @@
+"""Multi-head Keras network: a shared trunk, one sigmoid head per processor, masked BCE.
+
+Only the head of the processor that handled an attempt receives loss for it (mask = one-hot of
+the logged processor, times the sample weight); an extra head, trained on every attempt, is the
+processor-agnostic prior that uncertain heads are shrunk toward. TensorFlow is imported only
+inside training; the serving form is the dense weights in weights.npz, run with numpy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smartrouter.models.base import ApprovalModel
+from smartrouter.models.data import P, ModelData
+
+WEIGHTS_FILE = "weights.npz"
+ACTIVATION = "relu"
+
+
+def numpy_forward(X: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Forward pass of the exported trunk + heads in float64: ReLU hidden layers, sigmoid output (n, P+1)."""
+    h = np.asarray(X, dtype=np.float64)
+    for W, b in layers[:-1]:
+        h = np.maximum(h @ W + b, 0.0)
+    W, b = layers[-1]
+    return 1.0 / (1.0 + np.exp(-(h @ W + b)))
+
+
+def _masked_targets(data: ModelData) -> np.ndarray:
+    """(n, 2(P+1)): the label repeated for every head, then the loss mask (one-hot + global) × weight."""
+    n = len(data)
+    t = np.repeat(data.y[:, None], P + 1, axis=1)
+    m = np.zeros((n, P + 1), dtype=np.float32)
+    m[np.arange(n), data.processor_idx] = 1.0
+    m[:, P] = 1.0
+    m *= data.weight[:, None]
+    return np.hstack([t, m]).astype(np.float32)
+
+
+class DNNModel(ApprovalModel):
+    """Shared trunk + P sigmoid heads (+1 global head), masked binary cross-entropy."""
+
+    family = "dnn"
+    defaults: dict[str, Any] = {
+        "hidden": (128, 64),
+        "dropout": 0.1,
+        "l2": 1e-5,
+        "learning_rate": 2e-3,
+        "batch_size": 2048,
+        "epochs": 20,
+        "patience": 3,
+        "threads": 0,
+    }
+
+    def _build(self, keras: Any, d: int) -> Any:
+        reg = keras.regularizers.l2(float(self.params["l2"])) if self.params["l2"] else None
+        inp = keras.Input(shape=(d,), name="x")
+        h = inp
+        for i, units in enumerate(self.params["hidden"]):
+            h = keras.layers.Dense(int(units), activation=ACTIVATION, kernel_regularizer=reg, name=f"trunk_{i}")(h)
+            if self.params["dropout"]:
+                h = keras.layers.Dropout(float(self.params["dropout"]), name=f"dropout_{i}")(h)
+        z = keras.layers.Dense(P + 1, name="heads")(h)
+        out = keras.layers.Activation("sigmoid", dtype="float32", name="proba")(z)
+        return keras.Model(inp, out)
+
+    def _fit_core(self, train: ModelData, valid: ModelData) -> None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+        import keras
+
+        if int(self.params["threads"]) > 0:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(int(self.params["threads"]))
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:
+                pass  # TF already initialised in this process: keep its pools
+        keras.utils.set_random_seed(int(self.params["seed"]))
+        tf.config.experimental.enable_op_determinism()
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+        self.device = "gpu" if gpu else "cpu"
+        keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "float32")
+        try:
+            model = self._build(keras, train.n_features)
+            eps = 1e-7
+
+            def masked_bce(y_true: Any, y_pred: Any) -> Any:
+                t, m = y_true[:, : P + 1], y_true[:, P + 1 :]
+                p = tf.clip_by_value(tf.cast(y_pred, tf.float32), eps, 1 - eps)
+                bce = -(t * tf.math.log(p) + (1 - t) * tf.math.log(1 - p))
+                return tf.reduce_sum(m * bce, axis=1)
+
+            model.compile(optimizer=keras.optimizers.Adam(float(self.params["learning_rate"])), loss=masked_bce)
+            stop = keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=int(self.params["patience"]), restore_best_weights=True
+            )
+            hist = model.fit(
+                train.X,
+                _masked_targets(train),
+                validation_data=(valid.X, _masked_targets(valid)),
+                batch_size=int(self.params["batch_size"]),
+                epochs=int(self.params["epochs"]),
+                shuffle=True,
+                callbacks=[stop],
+                verbose=0,
+            )
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        self.history = {"loss": [float(v) for v in hist.history["loss"]], "val_loss": [float(v) for v in hist.history["val_loss"]]}
+        # The trained model's predictions come from a float32 Keras copy (the same weights as the
+        # mixed-precision one), so the numpy serving form can match it to 1e-5.
+        self.keras_model = self._build(keras, train.n_features)
+        self.keras_model.set_weights([w.astype(np.float32) for w in model.get_weights()])
+        dense = [l for l in self.keras_model.layers if isinstance(l, keras.layers.Dense)]
+        self.x_mean = train.X.mean(axis=0).astype(np.float32)  # baseline of per-decision contributions
+        self.layers = [(l.get_weights()[0].astype(np.float32), l.get_weights()[1].astype(np.float32)) for l in dense]
+
+    def _all_heads(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.keras_model.predict(X, batch_size=8192, verbose=0), dtype=np.float64)
+
+    def _head_proba(self, X: np.ndarray) -> np.ndarray:
+        return self._all_heads(X)[:, :P]
+
+    def _global_proba(self, X: np.ndarray) -> np.ndarray:
+        return self._all_heads(X)[:, P]
+
+    def predict_raw(self, X: np.ndarray) -> np.ndarray:
+        """Uncalibrated per-processor probabilities; one network pass serves heads and the prior."""
+        from smartrouter.models.base import blend_heads
+
+        allh = self._all_heads(np.asarray(X, dtype=np.float32))
+        return blend_heads(allh[:, :P], allh[:, P], self.blend)
+
+    def _export_weights(self, folder: Path) -> dict[str, Any]:
+        arrays = {"x_mean": self.x_mean}
+        for i, (W, b) in enumerate(self.layers):
+            arrays[f"W{i}"], arrays[f"b{i}"] = W, b
+        with open(folder / WEIGHTS_FILE, "wb") as fh:
+            np.savez(fh, **arrays)
+        return {
+            "weights": WEIGHTS_FILE,
+            "n_layers": len(self.layers),
+            "activation": ACTIVATION,
+            "shapes": [[list(W.shape), list(b.shape)] for W, b in self.layers],
+            "device": getattr(self, "device", "cpu"),
+            "history": self.history,
+        }
+
+    def global_importance(self, data: ModelData, sample: int = 3000) -> dict[str, float]:
+        """Permutation importance: rise in masked log loss when one column is shuffled (numpy forward, a sample)."""
+        from smartrouter.models import metrics
+
+        rng = np.random.default_rng(int(self.params["seed"]))
+        idx = rng.choice(len(data), size=min(sample, len(data)), replace=False)
+        X, y, proc = data.X[idx], data.y[idx], data.processor_idx[idx]
+        rows = np.arange(len(idx))
+        base = metrics.logloss(y, numpy_forward(X, self.layers)[rows, proc])
+        imp = np.zeros(X.shape[1])
+        for j in range(X.shape[1]):
+            Xp = X.copy()
+            Xp[:, j] = X[rng.permutation(len(X)), j]
+            imp[j] = max(metrics.logloss(y, numpy_forward(Xp, self.layers)[rows, proc]) - base, 0.0)
+        imp = imp / imp.sum() if imp.sum() > 0 else imp
+        return dict(zip(self.feature_names, map(float, imp)))

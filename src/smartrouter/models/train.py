@@ -1,0 +1,214 @@
+"""Train every model family on a run's feature table: metrics, calibration before/after, timings, sizes.
+
+``train_all`` is what the train notebook calls: it builds ModelData once, fits each family on
+the train split (early stopping and calibration on the time-later valid split), scores the test
+split, exports each family's serving form to ``out_dir/<family>/`` and writes
+``out_dir/train_results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from smartrouter import catalog
+from smartrouter.errors import DataCheckError
+from smartrouter.models import FAMILY_NAMES, make_model, metrics
+from smartrouter.models.data import P, ModelData, from_frame
+
+RESULTS_FILE = "train_results.json"
+
+
+def logged_summary(data: ModelData, prob: np.ndarray) -> dict[str, float]:
+    """Metrics of the logged processor's probability over all rows (the 'overall' number)."""
+    return metrics.summary(data.y, prob[np.arange(len(data)), data.processor_idx])
+
+
+def greedy_snips(data: ModelData, prob: np.ndarray) -> dict[str, float]:
+    """Self-normalised IPS value of 'pick the best eligible processor' on the experiment-arm rows.
+
+    Only randomised rows (propensity < 1) carry information about other choices; the estimate is
+    the approval rate the greedy policy would get there. ``match`` = share of rows where the
+    policy agrees with the logged choice (the effective sample).
+    """
+    if data.experiment is None or data.propensity is None:
+        return {"n": 0, "value": float("nan"), "match": float("nan"), "logged_rate": float("nan")}
+    m = data.experiment & (data.propensity > 0) & (data.propensity < 1)
+    if not m.any():
+        return {"n": 0, "value": float("nan"), "match": float("nan"), "logged_rate": float("nan")}
+    p = np.where(data.eligible[m], prob[m], -np.inf) if data.eligible is not None else prob[m]
+    pick = np.argmax(p, axis=1)
+    hit = pick == data.processor_idx[m]
+    w = hit / data.propensity[m]
+    return {
+        "n": int(m.sum()),
+        "value": float((w * data.y[m]).sum() / w.sum()) if w.sum() > 0 else float("nan"),
+        "match": float(hit.mean()),
+        "logged_rate": float(data.y[m].mean()),
+    }
+
+
+def _cap_rows(data: ModelData, max_rows: int | None, seed: int) -> ModelData:
+    if not max_rows or len(data) <= max_rows:
+        return data
+    idx = np.sort(np.random.default_rng(seed).choice(len(data), size=int(max_rows), replace=False))
+    return data.subset(idx)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return metrics.clean(float(obj))
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    return obj
+
+
+def calibration_table(model: Any, data: ModelData) -> list[dict[str, Any]]:
+    """Per head: chosen method and ECE / Brier / log loss before and after calibration on ``data``."""
+    raw, cal = model.predict_raw(data.X), model.predict_proba(data.X)
+    rows = []
+    for j, proc in enumerate(model.processors):
+        m = data.processor_idx == j
+        before, after = metrics.summary(data.y[m], raw[m, j]), metrics.summary(data.y[m], cal[m, j])
+        rows.append({
+            "processor": proc,
+            "method": model.calibrators[j]["method"],
+            "n": int(m.sum()),
+            **{f"{k}_before": before[k] for k in ("ece", "brier", "logloss")},
+            **{f"{k}_after": after[k] for k in ("ece", "brier", "logloss")},
+        })
+    return rows
+
+
+def train_family(
+    family: str, train: ModelData, valid: ModelData, test: ModelData, params: Mapping[str, Any] | None,
+    out_dir: Path | None, encoder_spec: dict[str, Any] | None,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit one family and measure it; export its serving form when ``out_dir`` is given."""
+    model = make_model(family, **dict(params or {}))
+    model.fit(train, valid)
+    t0 = time.perf_counter()
+    prob_test = model.predict_proba(test.X)
+    predict_s = time.perf_counter() - t0
+    res: dict[str, Any] = {
+        "family": family,
+        "train_seconds": model.train_seconds,
+        "predict_seconds_test": predict_s,
+        "uncertain": model.uncertain,
+        "n_train": [int(n) for n in model.n_train],
+        "valid": model.evaluate(valid),
+        "test": model.evaluate(test),
+        "test_overall": logged_summary(test, prob_test),
+        "calibration_test": calibration_table(model, test),
+        "experiment_greedy": greedy_snips(test, prob_test),
+        "history": model.history,
+        "importance": dict(sorted(model.global_importance(train).items(), key=lambda kv: -kv[1])[:25]),
+    }
+    if out_dir is not None and encoder_spec is not None:
+        folder = model.export(Path(out_dir) / family, encoder_spec)
+        res["artifact_dir"] = str(folder)
+        res["artifact_bytes"] = model.artifact_bytes(folder)
+    return model, res
+
+
+def train_all(
+    frame: Any,
+    encoder: Any = None,
+    families: Iterable[str] = FAMILY_NAMES,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    importance_weighting: bool = False,
+    max_train_rows: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train ``families`` on a feature table with a SPLIT column; return {family: results} (+ 'models', 'data').
+
+    ``encoder``: a fitted FeatureEncoder (fit on the train split if None). ``params``: per-family
+    overrides, e.g. {"dnn": {"epochs": 5}}. Artifacts go to ``out_dir/<family>/``.
+    """
+    families = list(families)
+    for f in families:
+        if f not in FAMILY_NAMES:
+            from smartrouter.errors import ConfigError
+
+            raise ConfigError(f"unknown model family {f!r}; choose from {', '.join(FAMILY_NAMES)}")
+    if "SPLIT" not in frame.columns:
+        raise DataCheckError("the feature table has no SPLIT column; run features.time_split on it first")
+    if encoder is None:
+        from smartrouter.encoder import FeatureEncoder
+
+        encoder = FeatureEncoder.fit(frame[frame["SPLIT"] == "train"])
+    t0 = time.perf_counter()
+    data = from_frame(frame, encoder, importance_weighting=importance_weighting)
+    encode_s = time.perf_counter() - t0
+    train, valid, test = data.part("train"), data.part("valid"), data.part("test")
+    for name, part in (("train", train), ("valid", valid), ("test", test)):
+        if len(part) == 0:
+            raise DataCheckError(f"the {name} split is empty; widen the window or change valid_days/test_days")
+    train = _cap_rows(train, max_train_rows, seed)
+    spec = encoder.to_spec()
+    results: dict[str, Any] = {
+        "rows": {"train": len(train), "valid": len(valid), "test": len(test)},
+        "n_features": data.n_features,
+        "encode_seconds": encode_s,
+        "importance_weighting": importance_weighting,
+        "families": {},
+    }
+    models: dict[str, Any] = {}
+    for fam in families:
+        fam_params = {"seed": seed, **dict((params or {}).get(fam, {}))}
+        models[fam], results["families"][fam] = train_family(fam, train, valid, test, fam_params, out_dir, spec)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{RESULTS_FILE}.tmp"
+        tmp.write_text(json.dumps(_jsonable(results), indent=1, sort_keys=True))
+        os.replace(tmp, out / RESULTS_FILE)
+    results["models"] = models
+    results["data"] = {"train": train, "valid": valid, "test": test}
+    return results
+
+
+def head_table(results: Mapping[str, Any], split: str = "test") -> Any:
+    """Per-family, per-head metrics as one DataFrame (for the notebook and the report)."""
+    import pandas as pd
+
+    rows = []
+    for fam, r in results["families"].items():
+        for h in r[split]:
+            rows.append({"family": fam, **h})
+        rows.append({"family": fam, "processor": "ALL (logged)", **r[f"{split}_overall"]} if f"{split}_overall" in r else {})
+    return pd.DataFrame([r for r in rows if r])
+
+
+def weighting_effect(frame: Any, encoder: Any, family: str = "logistic", params: Mapping[str, Any] | None = None,
+                     seed: int = 0) -> dict[str, Any]:
+    """Train ``family`` without and with importance weights; compare on the experiment-arm test rows."""
+    out = {}
+    for flag in (False, True):
+        data = from_frame(frame, encoder, importance_weighting=flag)
+        tr, va, te = data.part("train"), data.part("valid"), data.part("test")
+        model = make_model(family, seed=seed, **dict(params or {})).fit(tr, va)
+        prob = model.predict_proba(te.X)
+        exp = te.subset(te.experiment) if te.experiment is not None else te
+        out["weighted" if flag else "unweighted"] = {
+            "test_auc_all": logged_summary(te, prob)["auc"],
+            "test_auc_experiment": logged_summary(exp, prob[te.experiment])["auc"] if te.experiment is not None else None,
+            "greedy_snips": greedy_snips(te, prob),
+        }
+    return out
+
+
+__all__ = ["train_all", "train_family", "weighting_effect", "head_table", "greedy_snips", "logged_summary", "calibration_table", "P", "catalog"]

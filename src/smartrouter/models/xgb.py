@@ -1,0 +1,195 @@
+"""XGBoost approval model: ONE booster with the processor as a feature.
+
+Why one model rather than one per processor: most of what decides approval (card, issuer,
+fraud cohort, airline context) is shared by all processors, so one booster learns it from every
+attempt and a processor with little history (ADYEN) borrows that strength; processor-specific
+effects are the splits on the processor columns. It also serves all processors in ONE predict
+call (P rows) and gives SHAP contributions from one model.
+
+Each training row is [X, one-hot(processor), SELF columns]: for every per-processor feature
+group (health, BIN history — see data.per_processor_groups) a SELF column holds the value of the
+scored processor's own member, so "this processor's recent timeout rate" is one column the trees
+can split on, with a monotone (non-increasing) constraint on timeout/error rates (SELF and raw). A second small
+booster without processor columns is the global prior for uncertain heads.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smartrouter import catalog
+from smartrouter.models.base import ApprovalModel
+from smartrouter.models.data import P, ModelData, per_processor_groups
+from smartrouter.models.xgb_numpy import compile_booster
+
+BOOSTER_FILE = "booster.ubj"
+GLOBAL_FILE = "global.ubj"
+TREES_FILE = "trees.npz"  # both boosters compiled to numpy arrays (xgb_numpy): the per-payment serving path
+NEGATIVE_STEMS = ("TIMEOUT", "ERROR")  # higher recent timeout / processor-error rate never raises approval
+
+
+def gpu_available() -> bool:
+    """True when this xgboost build has CUDA and an NVIDIA driver is visible."""
+    import xgboost as xgb
+
+    return bool(xgb.build_info().get("USE_CUDA")) and shutil.which("nvidia-smi") is not None
+
+
+def augment(X: np.ndarray, proc: np.ndarray, self_idx: np.ndarray) -> np.ndarray:
+    """[X, one-hot(proc), X[own member of each group]] as float32 — training and serving share it.
+
+    ``self_idx`` is (n_groups, P): column of group g's member for processor p.
+    """
+    n = len(X)
+    out = np.empty((n, X.shape[1] + P + self_idx.shape[0]), dtype=np.float32)
+    d = X.shape[1]
+    out[:, :d] = X
+    out[:, d : d + P] = 0.0
+    out[np.arange(n), d + proc] = 1.0
+    if self_idx.shape[0]:
+        out[:, d + P :] = X[np.arange(n)[:, None], self_idx[:, proc].T]
+    return out
+
+
+def all_processor_rows(X: np.ndarray, self_idx: np.ndarray) -> np.ndarray:
+    """Augmented rows for every (row, processor): block p holds all rows scored as processor p."""
+    n = len(X)
+    return np.vstack([augment(X, np.full(n, p, dtype=np.int64), self_idx) for p in range(P)])
+
+
+class XGBModel(ApprovalModel):
+    """One XGBoost booster over [X, processor one-hot, SELF columns]."""
+
+    family = "xgb"
+    defaults: dict[str, Any] = {
+        "n_estimators": 400,
+        "max_depth": 6,
+        "learning_rate": 0.08,
+        "subsample": 0.9,
+        "colsample_bytree": 0.8,
+        "min_child_weight": 5.0,
+        "reg_lambda": 1.0,
+        "early_stopping_rounds": 30,
+        "monotone": True,
+        "nthread": 0,
+    }
+
+    def _xgb_params(self, constraints: list[int] | None) -> dict[str, Any]:
+        p = self.params
+        out = {
+            "objective": "binary:logistic",
+            "eval_metric": "logloss",
+            "tree_method": "hist",
+            "device": "cuda" if gpu_available() else "cpu",
+            "max_depth": int(p["max_depth"]),
+            "eta": float(p["learning_rate"]),
+            "subsample": float(p["subsample"]),
+            "colsample_bytree": float(p["colsample_bytree"]),
+            "min_child_weight": float(p["min_child_weight"]),
+            "lambda": float(p["reg_lambda"]),
+            "seed": int(p["seed"]),
+            "verbosity": 0,
+        }
+        if int(p["nthread"]) > 0:
+            out["nthread"] = int(p["nthread"])
+        if constraints and any(constraints):
+            out["monotone_constraints"] = "(" + ",".join(map(str, constraints)) + ")"
+        return out
+
+    def _fit_core(self, train: ModelData, valid: ModelData) -> None:
+        import xgboost as xgb
+
+        groups = per_processor_groups(self.feature_names)
+        self.group_stems = list(groups)
+        self.self_idx = np.array([groups[s] for s in self.group_stems], dtype=np.int64).reshape(len(groups), P)
+        d = train.n_features
+        self.aug_names = (
+            self.feature_names + [f"PROCESSOR={p}" for p in catalog.PROCESSORS] + [f"SELF:{s}" for s in self.group_stems]
+        )
+        sign = [-1 if any(t in s for t in NEGATIVE_STEMS) else 0 for s in self.group_stems]
+        # the raw per-processor timeout columns get the same sign, so raising processor p's timeout
+        # rate can only lower (never raise) any score: p's own via SELF, the others' via the raw column
+        raw = [0] * (d + P)
+        for stem, s in zip(self.group_stems, sign):
+            for j in groups[stem]:
+                raw[j] = s
+        constraints = raw + sign if self.params["monotone"] else None
+        self.monotone = constraints
+        dtr = xgb.DMatrix(augment(train.X, train.processor_idx, self.self_idx), label=train.y, weight=train.weight)
+        dva = xgb.DMatrix(augment(valid.X, valid.processor_idx, self.self_idx), label=valid.y, weight=valid.weight)
+        curve: dict[str, Any] = {}
+        bst = xgb.train(
+            self._xgb_params(constraints),
+            dtr,
+            num_boost_round=int(self.params["n_estimators"]),
+            evals=[(dtr, "train"), (dva, "valid")],
+            early_stopping_rounds=int(self.params["early_stopping_rounds"]),
+            evals_result=curve,
+            verbose_eval=False,
+        )
+        best = int(getattr(bst, "best_iteration", bst.num_boosted_rounds() - 1))
+        self.booster = bst[: best + 1]  # keep only the early-stopped trees: serving needs no iteration_range
+        self.history = {"loss": curve["train"]["logloss"], "val_loss": curve["valid"]["logloss"], "best_iteration": best}
+        # the processor-agnostic prior: same settings, no processor columns, half the rounds
+        gparams = self._xgb_params(raw[:d] if self.params["monotone"] else None)
+        gtr = xgb.DMatrix(train.X, label=train.y, weight=train.weight)
+        gva = xgb.DMatrix(valid.X, label=valid.y, weight=valid.weight)
+        g = xgb.train(
+            gparams,
+            gtr,
+            num_boost_round=max(int(self.params["n_estimators"]) // 2, 1),
+            evals=[(gva, "valid")],
+            early_stopping_rounds=int(self.params["early_stopping_rounds"]),
+            verbose_eval=False,
+        )
+        self.global_booster = g[: int(getattr(g, "best_iteration", g.num_boosted_rounds() - 1)) + 1]
+        for b in (self.booster, self.global_booster):
+            b.set_param({"device": "cpu"})  # predictions and export on CPU, as the service runs
+
+    def _head_proba(self, X: np.ndarray) -> np.ndarray:
+        import xgboost as xgb
+
+        rows = all_processor_rows(X, self.self_idx)
+        return self.booster.predict(xgb.DMatrix(rows)).astype(np.float64).reshape(P, len(X)).T
+
+    def _global_proba(self, X: np.ndarray) -> np.ndarray:
+        import xgboost as xgb
+
+        return self.global_booster.predict(xgb.DMatrix(X)).astype(np.float64)
+
+    def contributions(self, X: np.ndarray, processor: str) -> np.ndarray:
+        """SHAP contributions (n, d_aug + 1) of the booster for rows scored as ``processor`` (last = bias)."""
+        import xgboost as xgb
+
+        proc = np.full(len(X), catalog.PROCESSOR_INDEX[processor], dtype=np.int64)
+        return self.booster.predict(xgb.DMatrix(augment(X, proc, self.self_idx)), pred_contribs=True)
+
+    def _export_weights(self, folder: Path) -> dict[str, Any]:
+        self.booster.save_model(str(folder / BOOSTER_FILE))
+        self.global_booster.save_model(str(folder / GLOBAL_FILE))
+        compiled = {**compile_booster(self.booster).to_arrays("head_"), **compile_booster(self.global_booster).to_arrays("global_")}
+        with open(folder / TREES_FILE, "wb") as fh:  # export writes into a temp folder, moved into place whole
+            np.savez(fh, **compiled)
+        return {
+            "booster": BOOSTER_FILE,
+            "global_booster": GLOBAL_FILE,
+            "trees": TREES_FILE,
+            "group_stems": self.group_stems,
+            "self_idx": self.self_idx.tolist(),
+            "aug_names": self.aug_names,
+            "monotone": self.monotone,
+            "best_iteration": self.history.get("best_iteration"),
+        }
+
+    def global_importance(self, data: ModelData | None = None) -> dict[str, float]:
+        """Total gain per input column; SELF and processor columns are reported under their own names."""
+        score = self.booster.get_score(importance_type="total_gain")
+        imp = np.zeros(len(self.aug_names))
+        for k, v in score.items():
+            imp[int(k[1:])] = v
+        imp = imp / imp.sum() if imp.sum() > 0 else imp
+        return dict(zip(self.aug_names, map(float, imp)))
