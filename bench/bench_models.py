@@ -6,6 +6,7 @@ Latency: ``ServingModel.score(payment)`` for one payment (all processors, encodi
 p50/p99 over ``--calls`` calls. Prints one line per number; ``--json PATH`` also writes them.
 
     .venv/bin/python bench/bench_models.py [--families logistic,dnn,xgb] [--rows 880000] [--calls 10000]
+    .venv/bin/python bench/bench_models.py --serving runs/<run>/models/xgb   # an exported folder, no training
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=10_000, help="one-payment score calls per family")
     ap.add_argument("--dnn-epochs", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--serving", type=Path, action="append", default=None, help="only time this exported folder (repeatable)")
     args = ap.parse_args(argv)
+    if args.serving:
+        return _bench_folders(args)
 
     path = None if args.synthetic else (args.features or _latest_features())
     if path is not None:
@@ -74,30 +78,54 @@ def main(argv: list[str] | None = None) -> int:
             params = {"epochs": args.dnn_epochs} if fam == "dnn" and args.dnn_epochs else {}
             model = make_model(fam, **params).fit(train, valid)
             folder = model.export(Path(tmp) / fam, encoder.to_spec())
-            load_serving_model(folder)  # imports warm
-            loads = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                sm = load_serving_model(folder)
-                loads.append(time.perf_counter() - t0)
-            for p in payments[:200]:
-                sm.score(p)  # warm-up
-            lat = np.empty(args.calls)
-            for i in range(args.calls):
-                p = payments[i % len(payments)]
-                t0 = time.perf_counter()
-                sm.score(p)
-                lat[i] = time.perf_counter() - t0
-            out[fam] = {
-                "train_seconds": round(model.train_seconds, 2),
-                "artifact_bytes": model.artifact_bytes(folder),
-                "load_ms_median": round(float(np.median(loads)) * 1e3, 2),
-                "score_p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 4),
-                "score_p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 4),
-            }
+            out[fam] = {"train_seconds": round(model.train_seconds, 2), "artifact_bytes": model.artifact_bytes(folder)}
+            out[fam].update(_serving_numbers(folder, payments, args.calls))
             print(f"{fam:9s} " + "  ".join(f"{k}={v}" for k, v in out[fam].items()), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"source": source, "families": out}, indent=1))
+    return 0
+
+
+def _serving_numbers(folder: Path, payments: list[dict], calls: int) -> dict[str, float]:
+    """Median load time of 5 loads, and one-payment ``score`` p50/p99 over ``calls`` calls."""
+    load_serving_model(folder)  # imports warm
+    loads = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        sm = load_serving_model(folder)
+        loads.append(time.perf_counter() - t0)
+    for p in payments[:200]:
+        sm.score(p)  # warm-up
+    lat = np.empty(calls)
+    for i in range(calls):
+        p = payments[i % len(payments)]
+        t0 = time.perf_counter()
+        sm.score(p)
+        lat[i] = time.perf_counter() - t0
+    return {
+        "load_ms_median": round(float(np.median(loads)) * 1e3, 2),
+        "score_p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 4),
+        "score_p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 4),
+    }
+
+
+def _bench_folders(args: argparse.Namespace) -> int:
+    """Time exported folders only; payments are the test rows of --features / the newest run's table."""
+    import pandas as pd
+
+    path = args.features or _latest_features()
+    if path is None:
+        raise SystemExit("--serving needs payments: pass --features PATH (a features.parquet with SPLIT)")
+    frame = pd.read_parquet(path)
+    payments = frame[frame["SPLIT"] == "test"].head(1000).to_dict("records")
+    out = {}
+    print(f"payments: {path}; load average {os.getloadavg()[0]:.2f}")
+    for folder in args.serving:
+        nums = _serving_numbers(folder, payments, args.calls)
+        out[str(folder)] = nums
+        print(f"{folder} " + "  ".join(f"{k}={v}" for k, v in nums.items()), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"source": str(path), "folders": out}, indent=1))
     return 0
 
 

@@ -165,3 +165,54 @@ def test_export_replaces_atomically_and_leaves_no_temp(exported, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert sorted(p.name for p in target.iterdir()) == ["checksums.json", "encoder.json", "model.json", "weights.npz"]
     load_serving_model(target)
+
+
+# ------------------------------------------------------------------ xgb: numpy-compiled trees
+def test_xgb_score_uses_the_compiled_trees_not_xgboost(exported, monkeypatch):
+    model, folder, d = exported["xgb"]
+    assert (folder / "trees.npz").is_file() and "trees.npz" in json.loads((folder / "checksums.json").read_text())
+    sm = load_serving_model(folder)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("xgboost called on the one-payment path")
+
+    for key in ("booster", "global"):
+        monkeypatch.setattr(sm._a[key], "inplace_predict", refuse)
+        monkeypatch.setattr(sm._a[key], "predict", refuse)
+    X = d.X[:200].copy()
+    X[::3, ::2] = np.nan  # missing values follow each node's default direction
+    want = model.predict_proba(X)
+    for i in range(len(X)):
+        got = sm.score(dict(zip(d.feature_names, map(float, X[i]))))
+        assert np.allclose([got[p] for p in catalog.PROCESSORS], want[i], atol=1e-5)
+
+
+def test_xgb_folder_without_trees_npz_is_compiled_at_load(exported, tmp_path):
+    model, src, d = exported["xgb"]
+    folder = _copy(exported, "xgb", tmp_path)
+    (folder / "trees.npz").unlink()
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["config"]["trees"]
+    (folder / "model.json").write_text(base.canonical_json(meta))
+    _rehash(folder)
+    sm = load_serving_model(folder)
+    pay = dict(zip(d.feature_names, map(float, d.X[5])))
+    assert np.allclose(list(sm.score(pay).values()), model.predict_proba(d.X[5:6])[0], atol=1e-5)
+
+
+def test_xgb_trees_npz_with_bad_shapes_or_from_another_model_is_named(exported, tmp_path):
+    folder = _copy(exported, "xgb", tmp_path)
+    z = dict(np.load(folder / "trees.npz"))
+    z["head_threshold"] = z["head_threshold"][:-1]
+    with open(folder / "trees.npz", "wb") as fh:
+        np.savez(fh, **z)
+    _rehash(folder)
+    with pytest.raises(ArtifactError, match=r"trees\.npz: head_threshold has shape"):
+        load_serving_model(folder)
+    z = dict(np.load(exported["xgb"][1] / "trees.npz"))
+    z["head_value"] = z["head_value"] * 1.5  # well-formed arrays that are not this booster's
+    with open(folder / "trees.npz", "wb") as fh:
+        np.savez(fh, **z)
+    _rehash(folder)
+    with pytest.raises(ArtifactError, match=r"trees\.npz: the compiled head trees disagree with .*booster\.ubj"):
+        load_serving_model(folder)

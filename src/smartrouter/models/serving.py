@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class ServingModel:
         self.calibrators: list[dict[str, Any]] = meta["calibration"]
         self.blend = np.asarray(meta["blend"], dtype=np.float64)
         self._needs_global = bool(np.any(self.blend < 1.0))
+        self._blend_list: list[float] = self.blend.tolist()
         self._a = arrays
         self.load_seconds = 0.0
         if self.family == "xgb":
@@ -61,9 +63,12 @@ class ServingModel:
             head, glob = arrays["head_trees"], arrays["global_trees"]
             # one traversal serves both boosters: the global trees read the first d columns, which
             # every augmented row shares, so their value is taken from row 0
-            self._n_head = head.n_trees
             self._biases = (head.bias, glob.bias)
             self._batch = FixedBatch(concat([head, glob]) if self._needs_global else head, P, self._one.shape[1])
+            # leaf values @ this = (P, 2): sum over the head trees, sum over the global trees
+            self._tree_sums = np.zeros((head.n_trees + (glob.n_trees if self._needs_global else 0), 2))
+            self._tree_sums[: head.n_trees, 0] = 1.0
+            self._tree_sums[head.n_trees :, 1] = 1.0
 
     # ---------------------------------------------------------------- scoring
     def _raw_matrix(self, X: np.ndarray) -> np.ndarray:
@@ -96,12 +101,14 @@ class ServingModel:
             rows[:, :d] = x
             if self._self_idx.shape[0]:
                 rows[:, d + P :] = x[self._self_idx.T]
-            leaf = self._batch.leaf_values(rows)
-            head = _sigmoid(self._biases[0] + leaf[:, : self._n_head].sum(axis=1))
+            sums = (self._batch.leaf_values(rows) @ self._tree_sums).tolist()
+            # P scalars: plain math beats numpy's per-call overhead here
+            bh, bg = self._biases
+            head = [1.0 / (1.0 + math.exp(-(bh + s[0]))) for s in sums]
             if not self._needs_global:
-                return head
-            glob = _sigmoid(self._biases[1] + leaf[0, self._n_head :].sum())
-            return head * self.blend + (1.0 - self.blend) * glob  # blend_heads for one row
+                return np.array(head)
+            glob = 1.0 / (1.0 + math.exp(-(bg + sums[0][1])))  # every row shares the global columns
+            return np.array([b * h + (1.0 - b) * glob for b, h in zip(self._blend_list, head)])  # blend_heads, one row
         return self._raw_matrix(x[None, :])[0]
 
     def score(self, payment: dict[str, Any]) -> dict[str, float]:

@@ -22,6 +22,11 @@ from smartrouter.models import FAMILY_NAMES, make_model, metrics
 from smartrouter.models.data import P, ModelData, from_frame
 
 RESULTS_FILE = "train_results.json"
+# Per-family caps on training rows (a seeded sample of the train split), applied after the global
+# ``max_train_rows``. Logistic and DNN gain from every row (on the default world, all 725K rows
+# lift the DNN's true share of the oracle's gain from 67 % to 85 %) and stay fast; boosting costs
+# ~0.4 s per 1K rows on 2 cores, so a sample keeps the train stage inside the daily budget.
+FAMILY_MAX_ROWS: dict[str, int] = {"xgb": 250_000}
 
 
 def logged_summary(data: ModelData, prob: np.ndarray) -> dict[str, float]:
@@ -131,12 +136,15 @@ def train_all(
     *,
     importance_weighting: bool = False,
     max_train_rows: int | None = None,
+    family_max_rows: Mapping[str, int | None] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Train ``families`` on a feature table with a SPLIT column; return {family: results} (+ 'models', 'data').
 
     ``encoder``: a fitted FeatureEncoder (fit on the train split if None). ``params``: per-family
     overrides, e.g. {"dnn": {"epochs": 5}}. Artifacts go to ``out_dir/<family>/``.
+    ``max_train_rows`` caps every family's train rows; ``family_max_rows`` (default
+    ``FAMILY_MAX_ROWS``) caps single families further (a seeded subsample; None or 0 = no cap).
     """
     families = list(families)
     for f in families:
@@ -158,9 +166,11 @@ def train_all(
         if len(part) == 0:
             raise DataCheckError(f"the {name} split is empty; widen the window or change valid_days/test_days")
     train = _cap_rows(train, max_train_rows, seed)
+    caps = dict(FAMILY_MAX_ROWS if family_max_rows is None else family_max_rows)
     spec = encoder.to_spec()
     results: dict[str, Any] = {
         "rows": {"train": len(train), "valid": len(valid), "test": len(test)},
+        "train_rows_by_family": {f: min(len(train), int(caps.get(f) or len(train))) for f in families},
         "n_features": data.n_features,
         "encode_seconds": encode_s,
         "importance_weighting": importance_weighting,
@@ -169,7 +179,8 @@ def train_all(
     models: dict[str, Any] = {}
     for fam in families:
         fam_params = {"seed": seed, **dict((params or {}).get(fam, {}))}
-        models[fam], results["families"][fam] = train_family(fam, train, valid, test, fam_params, out_dir, spec)
+        fam_train = _cap_rows(train, caps.get(fam), seed)
+        models[fam], results["families"][fam] = train_family(fam, fam_train, valid, test, fam_params, out_dir, spec)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +188,7 @@ def train_all(
         tmp.write_text(json.dumps(_jsonable(results), indent=1, sort_keys=True))
         os.replace(tmp, out / RESULTS_FILE)
     results["models"] = models
-    results["data"] = {"train": train, "valid": valid, "test": test}
+    results["data"] = {"train": train, "valid": valid, "test": test}  # the train rows before per-family caps
     return results
 
 
