@@ -71,7 +71,8 @@ class FakeOracle:
     def __init__(self, frame: pd.DataFrame, truth: np.ndarray) -> None:
         self.lookup = dict(zip(frame["CREATED_AT"], truth))
 
-    def probability_matrix(self, frame: pd.DataFrame) -> np.ndarray:
+    def probability_matrix(self, frame: pd.DataFrame, resolved_only: bool = False) -> np.ndarray:
+        # the synthetic log has no PROCESSING outcomes: resolved or not, the truth is the same
         return np.stack([self.lookup[t] for t in frame["CREATED_AT"]])
 
 

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from smartrouter import atomic
 from smartrouter.errors import ArtifactError
 
 ENCODER_FORMAT = "smartrouter.feature_encoder"
@@ -319,10 +320,7 @@ class FeatureEncoder:
         import os
         from pathlib import Path
 
-        p = Path(path)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_spec(), indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, p)
+        atomic.write_json(Path(path), self.to_spec(), indent=1, sort_keys=True, trailing_newline=False)
 
     @classmethod
     def load(cls, path: Any) -> "FeatureEncoder":

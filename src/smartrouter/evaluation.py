@@ -46,6 +46,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from smartrouter import atomic
 from smartrouter import catalog
 from smartrouter.errors import ConfigError
 from smartrouter.models import metrics as M
@@ -672,11 +673,7 @@ def save_evaluation(ev: RunEvaluation, path: Any) -> None:
     import pickle
     from pathlib import Path
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(ev, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
+    atomic.write_bytes(Path(path), pickle.dumps(ev, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def load_evaluation(path: Any) -> RunEvaluation:

@@ -38,6 +38,7 @@ from typing import Any, Mapping
 
 from filelock import FileLock, Timeout
 
+from smartrouter import atomic
 from smartrouter.config import Settings, load_settings
 from smartrouter.errors import ArtifactError, SmartrouterError
 
@@ -77,27 +78,12 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_sha256 = atomic.sha256_file
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     """Temp file in the same folder + fsync + os.replace: readers see the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, obj, indent=2)
 
 
 def _read_json(path: Path) -> Any:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
+from smartrouter import atomic
 from smartrouter import catalog
 from smartrouter.config import SQL_DIR, Settings, load_settings
 from smartrouter.errors import ConfigError, WarehouseError
@@ -618,9 +619,7 @@ def _prefetched(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_json(path, payload, indent=2, sort_keys=True)
 
 
 # ------------------------------------------------------------------ reading the world's description

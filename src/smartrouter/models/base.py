@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from smartrouter import atomic
 from smartrouter import catalog
 from smartrouter.models import calibration, metrics
 from smartrouter.models.data import P, ModelData
@@ -35,13 +36,7 @@ MIN_CLASS = 50
 SHRINK_K = 1000.0
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_file = atomic.sha256_file  # one checksum definition for artifacts and the registry
 
 
 def canonical_json(obj: Any) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from smartrouter import atomic
 from smartrouter import catalog
 from smartrouter.errors import DataCheckError
 from smartrouter.models import FAMILY_NAMES, make_model, metrics
@@ -182,11 +183,8 @@ def train_all(
         fam_train = _cap_rows(train, caps.get(fam), seed)
         models[fam], results["families"][fam] = train_family(fam, fam_train, valid, test, fam_params, out_dir, spec)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{RESULTS_FILE}.tmp"
-        tmp.write_text(json.dumps(_jsonable(results), indent=1, sort_keys=True))
-        os.replace(tmp, out / RESULTS_FILE)
+        atomic.write_json(Path(out_dir) / RESULTS_FILE, _jsonable(results), indent=1, sort_keys=True,
+                          trailing_newline=False)
     results["models"] = models
     results["data"] = {"train": train, "valid": valid, "test": test}  # the train rows before per-family caps
     return results
