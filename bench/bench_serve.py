@@ -143,6 +143,14 @@ def main() -> int:
         else:
             print("bench_serve: the service did not become ready in 60 s", file=sys.stderr)
             return 1
+        # seeding the online features from 28 days of outcomes runs in a background thread: measure the
+        # steady state, not the first seconds when that thread competes for the interpreter
+        for _ in range(600):
+            if ready.get("online_features") != "seeding":
+                break
+            time.sleep(0.2)
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
+                ready = json.loads(r.read())
         print(f"service: {url} workers={args.workers} serving={ready['serving']} model={ready['model_version']} "
               f"rules={ready['rules_source']}")
         run_wrk_full(url, "/v1/route", 2, args.connections, args.threads)  # warm-up

@@ -168,6 +168,7 @@ class ReadyResponse(msgspec.Struct):
     model_error: str | None
     decision_log_dropped: int
     notes: list[str]
+    online_features: str = "off"  # off | seeding | seeded | failed: history the health/BIN features start from
 
 
 # ---------------------------------------------------------------- service state
@@ -211,6 +212,7 @@ class Service:
     rules_source: str
     poll: bool = True
     notes: list[str] = field(default_factory=list)
+    online_features: str = "off"
 
     def refresh_gauges(self) -> None:
         """Bring the scrape-time gauges (states, model, log) up to date."""
@@ -349,6 +351,7 @@ async def readyz(svc: Service) -> Response[ReadyResponse]:
         model_error=h.status.last_error,
         decision_log_dropped=svc.decision_log.dropped,
         notes=notes,
+        online_features=svc.online_features,
     )
     return Response(body, status_code=200)
 
@@ -407,8 +410,10 @@ def _seed_features(svc: Service) -> None:
         until = datetime.now(timezone.utc).replace(tzinfo=None)
         frame = features.outcome_history(svc.settings, until - timedelta(days=28), until)
         svc.router.features = features.OnlineFeatureState.from_history(frame)
+        svc.online_features = "seeded"
         log.warning("online features seeded from %d outcomes", len(frame))
     except Exception as exc:  # noqa: BLE001 - serve without history rather than not at all
+        svc.online_features = "failed"
         svc.notes.append(f"online features not seeded from the warehouse ({exc})")
         log.warning("online features not seeded: %s", exc)
 
@@ -475,6 +480,7 @@ def create_app(
         if poll:
             holder.start()
         if seed_features and features is not None:
+            svc.online_features = "seeding"
             threading.Thread(target=_seed_features, args=(svc,), name="seed-features", daemon=True).start()
 
     def shutdown(app: Litestar) -> None:
