@@ -1,9 +1,9 @@
 """Benchmark the routing service: wrk against /v1/route and a constant Litestar endpoint, plus in-process latency.
 
-    python bench/bench_serve.py [--duration 20] [--connections 8] [--workers 1]
+    python bench/bench_serve.py [--duration 20] [--connections 8] [--workers 2]
 
-Starts the service (uvicorn, the same app `smartrouter serve` runs: promoted model, or the
-static rules when none is promoted) on a free port with a throw-away decision-log folder, runs
+Starts the service with `smartrouter serve` (uvicorn workers sharing outcomes; promoted model,
+or the static rules when none is promoted) on a free port with a throw-away decision-log folder, runs
 wrk for ``--duration`` seconds at ``--connections`` against POST /v1/route with a realistic
 body (order ids vary per request, so A/B arms and exploration behave as in production), then
 the same load against POST /v1/constant (same body, decoded, constant answer: the framework's
@@ -115,53 +115,65 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
-    ap.add_argument("--workers", type=int, default=1, help="uvicorn workers (state is per process)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="service workers (default: SMARTROUTER_WORKERS or 2, as `smartrouter serve`)")
     ap.add_argument("--in-process-calls", type=int, default=10_000)
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("bench_serve: wrk not found; install it (Debian: apt-get install -y wrk)", file=sys.stderr)
         return 2
+    from smartrouter.config import load_settings
+
+    workers = args.workers or load_settings().workers
     port = _free_port()
     state = tempfile.mkdtemp(prefix="smartrouter-bench-")
     env = dict(os.environ, SMARTROUTER_STATE_DIR=state, SMARTROUTER_PORT=str(port))
-    cmd = [sys.executable, "-m", "uvicorn", "serve.app:create_app", "--factory", "--app-dir", str(REPO),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
-           "--log-level", "warning", "--no-access-log"]
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # the same command an operator runs (`smartrouter serve`), so the benchmark measures what ships
+    cmd = [sys.executable, "-m", "smartrouter", "serve", "--workers", str(workers), "--port", str(port),
+           "--host", "127.0.0.1", "--log-level", "warning"]
     server = subprocess.Popen(cmd, env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
+        # every worker must be up, sharing outcomes, and done seeding its online features from the
+        # warehouse (a background replay of 28 days): measure the steady state, not start-up.
+        # A fresh connection per probe lands on a random worker; wait until each has said so.
+        seen: dict[int, dict] = {}
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                print("bench_serve: the service exited during start-up", file=sys.stderr)
+                return 1
             try:
-                with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
+                with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
                     ready = json.loads(r.read())
-                break
+                seen[ready["worker"]] = ready
             except OSError:
-                if server.poll() is not None:
-                    print("bench_serve: the service exited during start-up", file=sys.stderr)
-                    return 1
                 time.sleep(0.2)
-        else:
-            print("bench_serve: the service did not become ready in 60 s", file=sys.stderr)
-            return 1
-        # seeding the online features from 28 days of outcomes runs in a background thread: measure the
-        # steady state, not the first seconds when that thread competes for the interpreter
-        for _ in range(600):
-            if ready.get("online_features") != "seeding":
+                continue
+            done = [w for w, rd in seen.items() if rd["online_features"] != "seeding" and rd["peers"] == workers - 1]
+            if len(done) >= workers:
                 break
-            time.sleep(0.2)
-            with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
-                ready = json.loads(r.read())
-        print(f"service: {url} workers={args.workers} serving={ready['serving']} model={ready['model_version']} "
-              f"rules={ready['rules_source']}")
+            time.sleep(0.05)
+        else:
+            print(f"bench_serve: {workers} workers were not all ready in 300 s (seen: {sorted(seen)})", file=sys.stderr)
+            return 1
+        print(f"service: {url} workers={workers} serving={ready['serving']} model={ready['model_version']} "
+              f"rules={ready['rules_source']} online_features={ready['online_features']}")
         run_wrk_full(url, "/v1/route", 2, args.connections, args.threads)  # warm-up
         route = run_wrk_full(url, "/v1/route", args.duration, args.connections, args.threads)
         const = run_wrk_full(url, "/v1/constant", args.duration, args.connections, args.threads)
     finally:
         server.terminate()
-        server.wait(timeout=20)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     inproc = in_process(args.in_process_calls)
     shutil.rmtree(state, ignore_errors=True)
-    print(f"\nwrk {args.duration}s, {args.connections} connections, {args.threads} threads, POST bodies of {len(json.dumps(BODY))} bytes")
+    print(f"\nwrk {args.duration}s, {args.connections} connections, {args.threads} threads, POST bodies of "
+          f"{len(json.dumps(BODY))} bytes, {workers} service worker(s)")
     print(f"{'endpoint':<14}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     for name, r in (("/v1/route", route), ("/v1/constant", const)):
         print(f"{name:<14}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p95']:>9.2f}{r['p99']:>9.2f}{r['non_2xx']:>9}")

@@ -8,7 +8,10 @@ OpenAPI schema (served at /schema) is generated from the same declarations that 
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import hmac
+import os
 import re
 import logging
 import threading
@@ -34,7 +37,9 @@ from smartrouter.routing.config import RoutingConfig, load_routing_config
 from smartrouter.routing.decision_log import DecisionLog
 from smartrouter.routing.health import STATES, Transition
 from smartrouter.routing.model_holder import ModelHolder
-from smartrouter.routing.policy import NoEligibleProcessor, Router, rules_from_sources
+from smartrouter.routing import peers
+from smartrouter.routing.health import outcome_kind
+from smartrouter.routing.policy import NoEligibleProcessor, Router, owner_of, rules_from_sources
 
 log = logging.getLogger("smartrouter.serve")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
@@ -152,6 +157,7 @@ class ProcessorHealth(msgspec.Struct):
 
 class HealthResponse(msgspec.Struct):
     processors: list[ProcessorHealth]
+    worker: int = 0  # the pid of the worker that answered (all workers share outcomes)
 
 
 class ReloadResponse(msgspec.Struct):
@@ -169,6 +175,9 @@ class ReadyResponse(msgspec.Struct):
     decision_log_dropped: int
     notes: list[str]
     online_features: str = "off"  # off | seeding | seeded | failed: history the health/BIN features start from
+    worker: int = 0  # this worker's pid
+    peers: int = 0  # other workers it shares outcomes with
+    peer_messages_dropped: int = 0
 
 
 # ---------------------------------------------------------------- service state
@@ -176,11 +185,22 @@ _PAYMENT_FIELDS = [f for f in RouteRequest.__struct_fields__ if f not in ("candi
 _PAYMENT_COLUMNS = {f: f.upper() for f in _PAYMENT_FIELDS}
 
 
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 class Metrics:
-    """The service's Prometheus metrics, in a registry of its own (one per app)."""
+    """The service's Prometheus metrics, in a registry of its own (one per app).
+
+    With several workers (`smartrouter serve --workers N` sets PROMETHEUS_MULTIPROC_DIR), every
+    worker writes its values to files there and a scrape of any worker reports all of them:
+    counters and the histogram summed over workers, gauges as the maximum over live workers
+    (processor state: 1 if any worker sees it; all workers share outcomes, so they agree).
+    Health transitions are counted by every worker that makes them.
+    """
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_ENV))
         self.decisions = Counter("smartrouter_decisions", "Routing decisions", ["source", "arm"], registry=r)
         self.fallbacks = Counter("smartrouter_fallbacks", "Decisions that fell back, by reason", ["reason"], registry=r)
         self.latency = Histogram(
@@ -191,12 +211,33 @@ class Metrics:
         self.transitions = Counter(
             "smartrouter_processor_transitions", "Processor health state changes", ["processor", "from_state", "to_state"], registry=r
         )
-        self.states = Gauge("smartrouter_processor_state", "1 for the processor's current state", ["processor", "state"], registry=r)
-        self.model = Gauge("smartrouter_model_info", "1 for the model version being served", ["version"], registry=r)
-        self.model_failed = Gauge("smartrouter_model_load_failed", "1 when the last model load was refused", registry=r)
+        self.states = Gauge("smartrouter_processor_state", "1 for the processor's current state", ["processor", "state"],
+                            registry=r, multiprocess_mode="livemax")
+        self.model = Gauge("smartrouter_model_info", "1 for the model version being served", ["version"], registry=r,
+                           multiprocess_mode="livemax")
+        self.model_failed = Gauge("smartrouter_model_load_failed", "1 when the last model load was refused", registry=r,
+                                  multiprocess_mode="livemax")
         self.reloads = Counter("smartrouter_model_reloads", "Model load attempts", ["result"], registry=r)
-        self.log_dropped = Gauge("smartrouter_decision_log_dropped", "Log records dropped (buffer full)", registry=r)
+        self.log_dropped = Gauge("smartrouter_decision_log_dropped", "Log records dropped (buffer full)", registry=r,
+                                 multiprocess_mode="livesum")
         self.bad_requests = Counter("smartrouter_rejected_requests", "Requests answered 4xx", ["status"], registry=r)
+
+    def exposition(self) -> bytes:
+        """The text a scrape returns: this worker's registry, or every worker's files."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    def worker_exit(self) -> None:
+        """Drop this worker's live gauges from the shared files (counters stay: they are history)."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
 
 
 @dataclass
@@ -213,6 +254,46 @@ class Service:
     poll: bool = True
     notes: list[str] = field(default_factory=list)
     online_features: str = "off"
+    bus: peers.PeerBus | None = None  # outcome sharing with the other workers (None: on its own)
+
+    def on_peer_message(self, msg: peers.PeerMessage) -> None:
+        """Apply what another worker heard (runs on the event loop's thread, like the handlers)."""
+        if msg.kind == peers.RELOAD:
+            threading.Thread(target=self.holder.reload, name="peer-reload", daemon=True).start()
+            return
+        segment = tuple(msg.segment) if msg.segment is not None else None
+        if msg.kind == peers.FORWARD:  # we made this decision: resolve it, apply it, tell everyone
+            segment, card_bin, _ = self.router.resolve(msg.request_id, segment, msg.card_bin)
+            self._apply_and_share(msg.processor, msg.status, msg.error_code, msg.at, segment, card_bin)
+        elif msg.kind == peers.OUTCOME:
+            self.router.observe_outcome(msg.processor, msg.status, error_code=msg.error_code, at=msg.at,
+                                        segment=segment, card_bin=msg.card_bin)
+
+    def _apply_and_share(self, processor: str, status: str, error_code: str | None, at: float,
+                         segment: tuple | None, card_bin: str | None) -> str:
+        kind = self.router.observe_outcome(processor, status, error_code=error_code, at=at, segment=segment, card_bin=card_bin)
+        if self.bus is not None:
+            self.bus.publish(peers.message(peers.OUTCOME, self.bus.pid, processor=processor, status=status,
+                                           error_code=error_code, at=at, segment=segment, card_bin=card_bin))
+        return kind
+
+    def take_outcome(self, processor: str, status: str, error_code: str | None, at: float, request_id: str | None,
+                     segment: tuple | None, card_bin: str | None) -> str:
+        """One outcome from the merchant: applied here and in every other worker; returns its kind.
+
+        The worker that made the decision is the one that knows its segment and BIN: when the
+        request id names another live worker, the outcome goes there to be resolved and shared.
+        """
+        segment, card_bin, mine = self.router.resolve(request_id, segment, card_bin)
+        owner = owner_of(request_id)
+        bus = self.bus
+        if not mine and bus is not None and owner is not None and owner != bus.pid and bus.has_peer(owner):
+            sent = bus.send(owner, peers.message(peers.FORWARD, bus.pid, processor=processor, status=status,
+                                                 error_code=error_code, at=at, request_id=request_id,
+                                                 segment=segment, card_bin=card_bin))
+            if sent:
+                return outcome_kind(status, error_code)
+        return self._apply_and_share(processor, status, error_code, at, segment, card_bin)
 
     def refresh_gauges(self) -> None:
         """Bring the scrape-time gauges (states, model, log) up to date."""
@@ -259,7 +340,7 @@ async def route(data: RouteRequest, svc: Service, explain: bool = False) -> Rout
     if d.fallback_reason:
         m.fallbacks.labels(d.fallback_reason).inc()
     m.latency.observe(d.latency_ms / 1000.0)
-    svc.decision_log.append(d.record(payment))
+    svc.decision_log.append_lazy(d.record, payment)  # the record is built by the log's writer thread
     return RouteResponse(
         request_id=d.request_id,
         chosen=d.chosen,
@@ -284,16 +365,17 @@ async def outcomes(data: OutcomeRequest, svc: Service) -> OutcomeResponse:
     if data.currency and data.card_brand and data.card_type and data.request_id is None:
         payment = {"CURRENCY": data.currency, "CARD_BRAND": data.card_brand, "CARD_TYPE": data.card_type}
         segment = svc.router.bandit.segment_of(payment)
-    kind = svc.router.observe_outcome(
-        data.processor, data.status, error_code=data.error_code, at=at, request_id=data.request_id,
-        segment=segment, card_bin=data.card_bin,
-    )
+    kind = svc.take_outcome(data.processor, data.status, data.error_code, at, data.request_id, segment, data.card_bin)
     svc.metrics.outcomes.labels(data.processor, kind).inc()
+    svc.decision_log.append_lazy(_outcome_record, data, kind, at)
+    return OutcomeResponse(True, data.processor, kind, svc.router.health.state(data.processor))
+
+
+def _outcome_record(data: OutcomeRequest, kind: str, at: float) -> dict[str, Any]:
     rec = msgspec.structs.asdict(data)
     rec.update(kind="outcome", outcome_kind=kind, at=at,
                created_at=datetime.fromtimestamp(at, tz=timezone.utc).replace(tzinfo=None).isoformat())
-    svc.decision_log.append(rec)
-    return OutcomeResponse(True, data.processor, kind, svc.router.health.state(data.processor))
+    return rec
 
 
 @get("/v1/processors/health", summary="Each processor's state and recent rates")
@@ -310,7 +392,7 @@ async def processors_health(svc: Service) -> HealthResponse:
             consecutive_successes=s["consecutive_successes"],
         )
         for p, s in snap.items()
-    ])
+    ], worker=os.getpid())
 
 
 def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -325,6 +407,8 @@ def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 def admin_reload(svc: Service) -> ReloadResponse:
     """Loads and warms the promoted version in a worker thread, then swaps it in."""
     result = svc.holder.reload()
+    if svc.bus is not None:  # the other workers load it now too, not at their next poll
+        svc.bus.publish(peers.message(peers.RELOAD, svc.bus.pid))
     return ReloadResponse(result, svc.holder.version, svc.holder.status.last_error)
 
 
@@ -352,6 +436,9 @@ async def readyz(svc: Service) -> Response[ReadyResponse]:
         decision_log_dropped=svc.decision_log.dropped,
         notes=notes,
         online_features=svc.online_features,
+        worker=os.getpid(),
+        peers=len(svc.bus.peers) if svc.bus is not None else 0,
+        peer_messages_dropped=svc.bus.dropped if svc.bus is not None else 0,
     )
     return Response(body, status_code=200)
 
@@ -359,7 +446,7 @@ async def readyz(svc: Service) -> Response[ReadyResponse]:
 @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST, include_in_schema=False)
 async def metrics(svc: Service) -> Response[bytes]:
     svc.refresh_gauges()
-    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @get("/v1/constant", summary="Constant response (the framework's floor, for benchmarks)", include_in_schema=False)
@@ -410,12 +497,25 @@ def _seed_features(svc: Service) -> None:
         until = datetime.now(timezone.utc).replace(tzinfo=None)
         frame = features.outcome_history(svc.settings, until - timedelta(days=28), until)
         svc.router.features = features.OnlineFeatureState.from_history(frame)
+        del frame
         svc.online_features = "seeded"
+        _freeze_heap()
         log.warning("online features seeded from %d outcomes", len(frame))
     except Exception as exc:  # noqa: BLE001 - serve without history rather than not at all
         svc.online_features = "failed"
         svc.notes.append(f"online features not seeded from the warehouse ({exc})")
         log.warning("online features not seeded: %s", exc)
+
+
+def _freeze_heap() -> None:
+    """Move everything alive now (model, rules, seeded online state: ~0.5M objects) out of the GC's reach.
+
+    A full collection walks every tracked object; over the seeded state it takes ~0.5 s, a pause
+    every request queued behind it would see. These objects live as long as the process, so
+    tracking them buys nothing (gc.freeze, as CPython's docs advise for long-lived servers).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(
@@ -430,6 +530,7 @@ def create_app(
     seed: int | None = None,
     rules_from_warehouse: bool = True,
     seed_features: bool = True,
+    share_outcomes: bool = True,
 ) -> Litestar:
     """Build the service (settings/config/loader/rules injectable for tests)."""
     settings = settings or load_settings()
@@ -438,10 +539,14 @@ def create_app(
 
     def on_transition(tr: Transition) -> None:
         metrics_.transitions.labels(tr.processor, tr.old, tr.new).inc()
+        if services:  # gauges follow the change at once: a scrape may reach another worker
+            services[0].refresh_gauges()
+
+    services: list[Service] = []
 
     holder = ModelHolder(
         settings.registry_dir, loader=model_loader, poll_seconds=config.reload_poll_seconds,
-        on_change=lambda status, result: metrics_.reloads.labels(result).inc(),
+        on_change=lambda status, result: (metrics_.reloads.labels(result).inc(), services and services[0].refresh_gauges()),
     )
     holder.check()  # the first load happens before the first request
     if rules is None:
@@ -474,8 +579,19 @@ def create_app(
     dlog = DecisionLog(settings.state_dir / "decisions", config.decision_log.queue_size,
                        config.decision_log.segment_records, config.decision_log.flush_seconds)
     svc = Service(settings, config, router, holder, dlog, metrics_, rules_source, poll=poll)
+    services.append(svc)
 
     def startup(app: Litestar) -> None:
+        if share_outcomes:
+            try:
+                bus = peers.PeerBus(settings.state_dir / "peers").open()
+                peers.attach(bus, asyncio.get_running_loop(), svc.on_peer_message)
+                svc.bus = bus
+            except OSError as exc:  # serve on our own rather than not at all; /readyz says so
+                svc.notes.append(f"outcomes not shared with other workers: {exc}")
+                log.warning("peer bus unavailable: %s", exc)
+        svc.refresh_gauges()
+        _freeze_heap()
         dlog.start()
         if poll:
             holder.start()
@@ -485,7 +601,12 @@ def create_app(
 
     def shutdown(app: Litestar) -> None:
         holder.stop()
+        if svc.bus is not None:
+            peers.detach(svc.bus, asyncio.get_running_loop())
+            svc.bus.close()
+            svc.bus = None
         dlog.close()
+        metrics_.worker_exit()
 
     app = Litestar(
         route_handlers=[route, outcomes, processors_health, admin_reload, healthz, readyz, metrics, constant, constant_post],

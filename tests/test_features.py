@@ -190,6 +190,32 @@ def test_online_state_seeded_from_history_and_bounded(world_env, table):
         state.health_features(last - dt.timedelta(days=3))
 
 
+def test_online_state_minute_memo_is_exact_with_same_minute_and_late_outcomes():
+    """The per-minute memo of shared features never serves a stale value."""
+    state = features.OnlineFeatureState()
+    now = dt.datetime(2026, 11, 1, 12, 0, 30)
+    for k in range(10):
+        state.observe("WORLDPAY", now - dt.timedelta(minutes=k + 1), "APPROVED", None, "415231")
+    before = dict(state.features("415231", now))
+
+    def recomputed() -> dict:
+        state._memo_minute = None  # the reference: the same query without the memo
+        return dict(state.features("415231", now))
+
+    # an outcome in the query's own minute is not history for that minute: nothing changes
+    state.observe("WORLDPAY", now, "DECLINED", catalog.PROCESSOR_ERROR_CATEGORY, "415231")
+    assert dict(state.features("415231", now)) == before == recomputed()
+    # a late outcome for an earlier minute changes the answer, and the memo sees it
+    state.observe("WORLDPAY", now - dt.timedelta(minutes=2), "DECLINED", catalog.PROCESSOR_ERROR_CATEGORY, "415231")
+    after = dict(state.features("415231", now))
+    assert after == recomputed()
+    timeout_rate = features.health_column("WORLDPAY", next(iter(features.HEALTH_WINDOWS)), "TIMEOUT_RATE")
+    assert after[timeout_rate] > before[timeout_rate]
+    # shared columns are read-only: a caller cannot corrupt the next payment's features
+    with pytest.raises(TypeError):
+        state.health_features(now)[timeout_rate] = 0.0
+
+
 def test_windowed_counts_boundaries():
     wc = features.WindowedCounts(window=15, width=3)
     for minute, kind in [(100, 0), (104, 1), (114, 2), (115, 0), (116, 0)]:

@@ -139,6 +139,10 @@ def test_decision_log_is_written_off_path_drops_when_full_and_flushes(tmp_path):
         log.append({"kind": "decision", "i": i})
     assert log.dropped == 5
     log.start()
+    deadline = time.monotonic() + 5
+    while log.pending and time.monotonic() < deadline:  # the writer drains what was buffered at once
+        time.sleep(0.01)
+    assert log.pending == 0
     for i in range(15, 20):
         assert log.append({"kind": "outcome", "i": i})
     log.close()

@@ -14,6 +14,7 @@ notebook, papermill, a test or the service sees the same paths whatever the work
 | SMARTROUTER_REGISTRY_DIR | `$HOME/models` | versioned model registry |
 | SMARTROUTER_STATE_DIR | `$HOME/data/state` | lineage store, decision log, locks |
 | SMARTROUTER_HOST / SMARTROUTER_PORT | `127.0.0.1` / `8000` | routing service bind address |
+| SMARTROUTER_WORKERS | `2` | routing service worker processes (they share outcomes; 2 fills this 2-core machine) |
 | SMARTROUTER_ADMIN_TOKEN | (unset: admin endpoints refuse all calls) | bearer token for `/admin/*` |
 | SMARTROUTER_KERNEL | `smartrouter` | Jupyter kernel papermill runs stages with |
 
@@ -55,6 +56,7 @@ class Settings:
     state_dir: Path
     host: str
     port: int
+    workers: int
     admin_token: str | None = field(repr=False)
     kernel: str
 
@@ -79,6 +81,7 @@ class Settings:
             "state_dir": str(self.state_dir),
             "host": self.host,
             "port": self.port,
+            "workers": self.workers,
             "kernel": self.kernel,
         }
 
@@ -99,6 +102,13 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             raise ValueError
     except ValueError:
         raise ConfigError(f"SMARTROUTER_PORT={port_raw!r} is not a TCP port; set it to a number in 1..65535") from None
+    workers_raw = env.get("SMARTROUTER_WORKERS") or "2"
+    try:
+        workers = int(workers_raw)
+        if not 1 <= workers <= 64:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"SMARTROUTER_WORKERS={workers_raw!r} is not a worker count; set it to a number in 1..64") from None
     return Settings(
         home=home,
         warehouse=warehouse,
@@ -110,6 +120,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         state_dir=_path(env, "SMARTROUTER_STATE_DIR", home, "data/state"),
         host=env.get("SMARTROUTER_HOST") or "127.0.0.1",
         port=port,
+        workers=workers,
         admin_token=env.get("SMARTROUTER_ADMIN_TOKEN") or None,
         kernel=env.get("SMARTROUTER_KERNEL") or "smartrouter",
     )

@@ -20,7 +20,6 @@ import copy
 import hashlib
 import json
 import math
-import operator
 import zlib
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -94,9 +93,11 @@ class FeatureEncoder:
         num = [(c, off) for c, off in zip(self.columns, self._offsets) if c["kind"] == "numeric"]
         num.sort(key=lambda co: co[0]["transform"] != "log1p")
         self._num_names = [c["name"] for c, _ in num]
-        self._num_get = operator.itemgetter(*self._num_names) if len(num) > 1 else None
         self._num_offsets = np.array([off for _, off in num], dtype=np.int64)
-        self._num_ind_offsets = [off + 1 if c["missing_indicator"] else -1 for c, off in num]
+        # missing indicators as two index arrays (which x entries have one, where it goes in the output),
+        # so encode_payment sets them with one fancy assignment instead of a Python loop over every column
+        self._num_ind_src = np.array([j for j, (c, _) in enumerate(num) if c["missing_indicator"]], dtype=np.int64)
+        self._num_ind_dst = np.array([off + 1 for c, off in num if c["missing_indicator"]], dtype=np.int64)
         self._num_log = sum(c["transform"] == "log1p" for c, _ in num)
         self._num_mean = np.array([c["mean"] for c, _ in num], dtype=np.float64)
         self._num_std = np.array([c["std"] for c, _ in num], dtype=np.float64)
@@ -219,13 +220,11 @@ class FeatureEncoder:
         if any(k not in payment for k in DERIVED_COLUMNS):
             payment = {**derive_row(payment), **payment}
         get = payment.get
-        # numeric block: the same numpy operations as transform(), on one row
+        # numeric block: the same numpy operations as transform(), on one row. Absent keys count as
+        # missing; np.array turns None into NaN and bools into 0/1.
+        raw = [get(n) for n in self._num_names]
         try:
-            raw = self._num_get(payment) if self._num_get is not None else [get(n) for n in self._num_names]
-        except KeyError:  # some keys absent: they count as missing
-            raw = [get(n) for n in self._num_names]
-        try:
-            x = np.array(raw, dtype=np.float64)  # None -> NaN, bool -> 0/1
+            x = np.array(raw, dtype=np.float64)
         except (TypeError, ValueError):
             x = np.array([_number(v) for v in raw], dtype=np.float64)
         k = self._num_log
@@ -235,9 +234,7 @@ class FeatureEncoder:
         out = np.zeros(self.dim, dtype=np.float32)
         if miss.any():  # missing -> the training mean (as transform's np.where does)
             np.copyto(x, self._num_mean, where=miss)
-            for i, m in zip(self._num_ind_offsets, miss.tolist()):
-                if m and i >= 0:
-                    out[i] = 1.0
+            out[self._num_ind_dst[miss[self._num_ind_src]]] = 1.0
         out[self._num_offsets] = (x - self._num_mean) / self._num_std
         for name, off, lookup, unk in self._cat_plan:
             v = get(name)

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -655,6 +656,7 @@ class WindowedCounts:
 _HEALTH_NAMES = tuple(
     (p, w, tuple(health_column(p, w, m) for m in HEALTH_METRICS)) for p in catalog.PROCESSORS for w in HEALTH_WINDOWS
 )
+_BIN_NAMES = tuple((p, bin_columns(p)) for p in catalog.PROCESSORS)
 
 
 class OnlineFeatureState:
@@ -670,6 +672,13 @@ class OnlineFeatureState:
         self._prior: dict[str, WindowedCounts] = {}
         self._bins: dict[tuple[str, str], WindowedCounts] = {}
         self.observed = 0
+        # Per-minute memo of the features every payment in that minute shares (health columns, the
+        # processors' BIN priors). Exact, not approximate: a query counts outcomes strictly before its
+        # minute, so only a late outcome (an earlier minute than the memo's) can change them; observe()
+        # drops the memo then.
+        self._memo_minute: int | None = None
+        self._memo_health: Mapping[str, float] = {}
+        self._memo_priors: dict[str, float] = {}
         for p in self.processors:
             self._ensure(p)
 
@@ -685,6 +694,8 @@ class OnlineFeatureState:
         if kind is None:
             return
         minute = minute_number(created_at)
+        if self._memo_minute is not None and minute < self._memo_minute:
+            self._memo_minute = None
         self._ensure(processor)
         for wc in self._health[processor].values():
             wc.add(minute, kind)
@@ -699,36 +710,49 @@ class OnlineFeatureState:
             wc.add(minute, 0, *extra)
         self.observed += 1
 
-    def health_features(self, at: datetime) -> dict[str, float]:
-        """Health columns (names as in the training table) as of ``at``: outcomes strictly before its minute."""
-        minute = minute_number(at)
-        out: dict[str, float] = {}
-        for p, w, names in _HEALTH_NAMES:
-            windows = self._health.get(p)
-            counts = windows[w].counts(minute) if windows else [0, 0, 0]
-            out.update(zip(names, health_values(*counts)))
-        return out
+    def _shared(self, minute: int) -> tuple[Mapping[str, float], dict[str, float]]:
+        """(health columns, BIN prior per processor) for ``minute``, computed once per minute."""
+        if self._memo_minute != minute:
+            health: dict[str, float] = {}
+            for p, w, names in _HEALTH_NAMES:
+                windows = self._health.get(p)
+                counts = windows[w].counts(minute) if windows else [0, 0, 0]
+                health.update(zip(names, health_values(*counts)))
+            prior_counts = {p: wc.counts(minute) for p, wc in self._prior.items()}
+            all_a = sum(c[1] for c in prior_counts.values())
+            all_n = sum(c[0] for c in prior_counts.values())
+            priors = {}
+            for p in catalog.PROCESSORS:
+                c = prior_counts.get(p, [0, 0])
+                priors[p] = prior_rate(c[1], c[0], all_a, all_n)
+            # read-only: callers share it for the whole minute
+            self._memo_health, self._memo_priors, self._memo_minute = MappingProxyType(health), priors, minute
+        return self._memo_health, self._memo_priors
+
+    def health_features(self, at: datetime) -> Mapping[str, float]:
+        """Health columns (names as in the training table) as of ``at``: outcomes strictly before its minute.
+
+        Read-only mapping, shared by every query in the same minute.
+        """
+        return self._shared(minute_number(at))[0]
 
     def bin_features(self, bin: str, at: datetime) -> dict[str, float]:
         """BIN x processor columns (names as in the training table) as of ``at``."""
         minute = minute_number(at)
-        prior_counts = {p: wc.counts(minute) for p, wc in self._prior.items()}
-        all_a = sum(c[1] for c in prior_counts.values())
-        all_n = sum(c[0] for c in prior_counts.values())
+        priors = self._shared(minute)[1]
+        bins = self._bins
+        key = str(bin)
         out: dict[str, float] = {}
-        for p in catalog.PROCESSORS:
-            c = prior_counts.get(p, [0, 0])
-            prior = prior_rate(c[1], c[0], all_a, all_n)
-            wc = self._bins.get((str(bin), p))
-            b = wc.counts(minute) if wc is not None else [0, 0]
-            smoothed, outcomes = bin_columns(p)
-            out[smoothed] = smoothed_rate(b[1], b[0], prior)
+        for p, (smoothed, outcomes) in _BIN_NAMES:
+            wc = bins.get((key, p))
+            b = wc.counts(minute) if wc is not None else (0, 0)
+            out[smoothed] = smoothed_rate(b[1], b[0], priors[p])
             out[outcomes] = float(b[0])
         return out
 
     def features(self, bin: str, at: datetime) -> dict[str, float]:
         """All time-windowed columns for one payment."""
-        out = self.health_features(at)
+        out = dict(self.health_features(at))
         out.update(self.bin_features(bin, at))
         return out
 

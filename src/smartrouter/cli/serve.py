@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -27,6 +28,23 @@ def import_app_module() -> ModuleType:
     return importlib.import_module("serve.app")
 
 
+def prepare_workers(settings, workers: int, env: dict | None = None) -> dict:
+    """Set up what several worker processes share, in ``env`` (default: this process's environment).
+
+    Prometheus' multiprocess mode: each worker writes its metrics to files in one folder and a
+    scrape of any worker reports them all. The folder is emptied first (counters restart with the
+    service, as they would in one process). One worker needs none of it.
+    """
+    env = os.environ if env is None else env
+    if workers > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        folder = settings.state_dir / "prometheus"
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return env
+
+
 def handler(args: argparse.Namespace) -> int:
     """Start uvicorn on the app factory; blocks until the server stops."""
     import uvicorn
@@ -36,15 +54,17 @@ def handler(args: argparse.Namespace) -> int:
     settings = load_settings()
     load_routing_config()  # fail here, with the key named, not inside a worker
     import_app_module()  # a missing serve/ fails here with a clear message
-    if args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: give at least 1")
+    workers = settings.workers if args.workers is None else args.workers
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: give at least 1")
+    prepare_workers(settings, workers)
     uvicorn.run(
         APP_FACTORY,
         factory=True,
         app_dir=str(REPO_ROOT),
         host=args.host or settings.host,
         port=args.port or settings.port,
-        workers=args.workers,
+        workers=workers,
         log_level=args.log_level,
         access_log=args.access_log,
     )
@@ -59,8 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default=None, help="bind address (default: SMARTROUTER_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: SMARTROUTER_PORT or 8000)")
     parser.add_argument(
-        "--workers", type=int, default=1,
-        help="uvicorn worker processes (default 1: health and exploration state live in each process)",
+        "--workers", type=int, default=None,
+        help="worker processes (default: SMARTROUTER_WORKERS or 2); they share outcomes, so health, "
+             "exploration and online features agree across them",
     )
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every request (slows the service)")

@@ -1,11 +1,15 @@
 """The feedback loop's store: every decision and outcome, appended off the request path.
 
-The request thread only puts a dict on a bounded queue (never blocks: when the queue is full
-the record is dropped and counted, a payment is never held up by logging). A background
-thread writes JSON lines into segment files ``decisions-<start>-<n>.jsonl`` under
-``<state_dir>/decisions/`` and flushes every ``flush_seconds``; `close()` drains the queue on
-graceful shutdown. A crash can at worst leave a partial last line, which `read_records` skips.
-The next training run and the notebooks read the records with `read_records` / `read_frame`.
+The request thread only appends to a bounded in-memory buffer (a deque: no lock, no wake-up of
+the writer, so a payment is never held up by logging; when the buffer is full the record is
+dropped and counted). A background thread wakes every ``flush_seconds``, builds the records it
+was handed lazily (``append_lazy``: the decision's dict is assembled here, not on the request
+path), encodes them with msgspec and appends JSON lines to segment files
+``decisions-<start>-<pid>-<n>.jsonl`` under ``<state_dir>/decisions/`` with one write per batch.
+`close()` drains the buffer on graceful shutdown. A crash can at worst lose the last
+``flush_seconds`` of records and leave a partial last line, which `read_records` skips.
+The next training run and the notebooks read the records with `read_records` / `read_frame`;
+`smartrouter decisions ship` loads closed segments into the warehouse.
 """
 
 from __future__ import annotations
@@ -13,19 +17,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import msgspec
 
 log = logging.getLogger("smartrouter.routing.decision_log")
 
-_STOP = object()
 # msgspec encodes ~10x faster than json.dumps: the writer thread shares the GIL with requests
 _encoder = msgspec.json.Encoder(enc_hook=str)
+SEGMENT_GLOB = "decisions-*.jsonl"
+_CHUNK = 64  # records built or encoded between two releases of the GIL
 
 
 class DecisionLog:
@@ -34,9 +39,13 @@ class DecisionLog:
     def __init__(self, directory: str | Path, queue_size: int = 20_000, segment_records: int = 200_000,
                  flush_seconds: float = 0.5) -> None:
         self.directory = Path(directory)
+        self.queue_size = queue_size
         self.segment_records = segment_records
         self.flush_seconds = flush_seconds
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        # items are (build, args): the record is build(*args), evaluated by the writer
+        self._buffer: deque[tuple[Callable[..., dict[str, Any]] | None, Any]] = deque()
+        self._wake = threading.Event()  # set by close(), or by append() when the buffer is half full
+        self._stopping = False
         self.dropped = 0
         self.written = 0
         self._thread: threading.Thread | None = None
@@ -47,37 +56,43 @@ class DecisionLog:
 
     # ------------------------------------------------------------------ request path
     def append(self, record: dict[str, Any]) -> bool:
-        """Queue one record; False (and counted in ``dropped``) when the buffer is full or closed."""
-        try:
-            self._queue.put_nowait(record)
-            return True
-        except queue.Full:
+        """Buffer one record; False (and counted in ``dropped``) when the buffer is full."""
+        return self.append_lazy(None, record)
+
+    def append_lazy(self, build: Callable[..., dict[str, Any]] | None, *args: Any) -> bool:
+        """Buffer ``build(*args)`` to be evaluated by the writer thread (``build`` None: ``args[0]`` is the record).
+
+        The arguments must not be mutated afterwards. False (and counted) when the buffer is full.
+        """
+        # len() then append() is not atomic across threads: at worst a few records past the bound
+        if len(self._buffer) >= self.queue_size:
             self.dropped += 1
             return False
+        self._buffer.append((build, args))
+        if len(self._buffer) * 2 >= self.queue_size and not self._wake.is_set():
+            self._wake.set()  # a burst: drain now rather than at the next tick (rare, so cheap)
+        return True
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        return len(self._buffer)
 
     # ------------------------------------------------------------------ writer
     def start(self) -> "DecisionLog":
         """Start the writer thread (idempotent)."""
         if self._thread is None or not self._thread.is_alive():
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._stopping = False
             self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
             self._thread.start()
         return self
 
     def close(self, timeout: float = 10.0) -> None:
-        """Drain the queue, flush and close the segment (graceful shutdown)."""
+        """Drain the buffer, flush and close the segment (graceful shutdown)."""
         if self._thread is None:
             return
-        while True:
-            try:
-                self._queue.put(_STOP, timeout=timeout)
-                break
-            except queue.Full:  # pragma: no cover - writer is draining
-                continue
+        self._stopping = True
+        self._wake.set()
         self._thread.join(timeout)
         self._thread = None
 
@@ -86,45 +101,60 @@ class DecisionLog:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         name = f"decisions-{stamp}-{os.getpid()}-{self._segment_no:04d}.jsonl"
         self._in_segment = 0
-        return open(self.directory / name, "a", encoding="utf-8")
+        return open(self.directory / name, "ab")
+
+    def _drain(self) -> list[dict[str, Any]]:
+        buffer, batch = self._buffer, []
+        for i in range(len(buffer)):
+            if i and i % _CHUNK == 0:
+                # this thread shares the GIL with the request handlers: hand it back between chunks
+                # so a request never waits a whole switch interval (5 ms) behind a batch of records
+                time.sleep(0)
+            build, args = buffer.popleft()
+            if build is None:
+                batch.append(args[0])
+                continue
+            try:
+                batch.append(build(*args))
+            except Exception:  # noqa: BLE001 - one bad record must not stop the log
+                self.dropped += 1
+                log.exception("decision-log record could not be built")
+        return batch
 
     def _write(self, batch: list[dict]) -> None:
-        for rec in batch:
+        i = 0
+        while i < len(batch):
             if self._file is None or self._in_segment >= self.segment_records:
                 if self._file is not None:
                     self._file.close()
                 self._file = self._open_segment()
-            self._file.write(_encoder.encode(rec).decode("utf-8") + "\n")
-            self._in_segment += 1
-            self.written += 1
+            chunk = batch[i : i + min(_CHUNK, self.segment_records - self._in_segment)]
+            self._file.write(_encoder.encode_lines(chunk))
+            time.sleep(0)  # as in _drain: let requests in between chunks
+            self._in_segment += len(chunk)
+            self.written += len(chunk)
+            i += len(chunk)
         if self._file is not None:
             self._file.flush()
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            batch: list[dict] = []
-            try:
-                item = self._queue.get(timeout=self.flush_seconds)
-                if item is _STOP:
-                    stop = True
-                else:
-                    batch.append(item)
-                while len(batch) < 5000:
-                    item = self._queue.get_nowait()
-                    if item is _STOP:
-                        stop = True
-                        continue
-                    batch.append(item)
-            except queue.Empty:
-                pass
+        first = True
+        while True:
+            if not first:  # the first pass drains what was buffered before start()
+                self._wake.wait(self.flush_seconds)
+                self._wake.clear()
+            first = False
+            stopping = self._stopping
+            batch = self._drain()
             if batch:
                 try:
                     self._write(batch)
-                except OSError as exc:  # keep serving; say so in /readyz and metrics
+                except (OSError, TypeError, ValueError) as exc:  # keep serving; say so in /readyz and metrics
                     self.dropped += len(batch)
                     self.error = f"cannot write decision log in {self.directory}: {exc}"
                     log.error(self.error)
+            if stopping and not self._buffer:
+                break
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -133,7 +163,7 @@ class DecisionLog:
 def read_records(directory: str | Path, kind: str | None = None) -> Iterator[dict[str, Any]]:
     """Every record in the log's segments, oldest segment first (``kind``: 'decision' / 'outcome')."""
     directory = Path(directory)
-    for path in sorted(directory.glob("decisions-*.jsonl")):
+    for path in sorted(directory.glob(SEGMENT_GLOB)):
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 try:

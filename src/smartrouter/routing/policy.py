@@ -43,6 +43,19 @@ log = logging.getLogger("smartrouter.routing.policy")
 SOURCES: tuple[str, ...] = ("model", "rules", "hard_rule", "failover", "exploration", "fallback")
 _RULES_CACHE_SECONDS = 60.0
 _RECENT_DECISIONS = 100_000
+# A request id is 24 random hex digits + the deciding process's pid in 8: with several workers,
+# the one that receives an outcome knows which worker can resolve its segment and BIN.
+_OWNER_DIGITS = 8
+
+
+def owner_of(request_id: str | None) -> int | None:
+    """The pid of the worker that issued ``request_id`` (None for ids this service did not make)."""
+    if not request_id or len(request_id) != 32:
+        return None
+    try:
+        return int(request_id[-_OWNER_DIGITS:], 16)
+    except ValueError:
+        return None
 
 
 class NoEligibleProcessor(SmartrouterError):
@@ -148,6 +161,8 @@ class Router:
         self._rules_cache: dict[tuple, tuple[float, list[str]]] = {}
         self._recent: OrderedDict[str, tuple[tuple, str | None]] = OrderedDict()
         self._lock = threading.Lock()
+        self.pid = os.getpid()
+        self._id_suffix = f"{self.pid & 0xFFFFFFFF:08x}"
 
     # ------------------------------------------------------------------ helpers
     def _rules_ranked(self, currency: str, brand: str, card_type: str, eligible: list[str], at: float) -> list[str]:
@@ -343,7 +358,7 @@ class Router:
                 contributions = [(str(n), float(v)) for n, v in loaded.model.contributions(enriched, chosen, 5)]
             except Exception:  # noqa: BLE001 - an explanation is optional
                 log.exception("contributions failed")
-        request_id = request_id or os.urandom(16).hex()
+        request_id = request_id or os.urandom(12).hex() + self._id_suffix
         with self._lock:
             self._recent[request_id] = (segment, payment.get("CARD_BIN"))
             if len(self._recent) > _RECENT_DECISIONS:
@@ -382,6 +397,16 @@ class Router:
         return list(eligible)
 
     # ------------------------------------------------------------------ learning from outcomes
+    def resolve(self, request_id: str | None, segment: tuple | None = None, card_bin: str | None = None,
+                ) -> tuple[tuple | None, str | None, bool]:
+        """(segment, BIN, whether this process made the decision) for an outcome, from its request id."""
+        if request_id is not None:
+            with self._lock:
+                known = self._recent.get(request_id)
+            if known is not None:
+                return (segment if segment is not None else known[0]), card_bin or known[1], True
+        return segment, card_bin, False
+
     def observe_outcome(
         self,
         processor: str,
@@ -397,11 +422,7 @@ class Router:
         at = time.time() if at is None else at
         kind = H.outcome_kind(status, error_code)
         self.health.observe(processor, kind, at)
-        if request_id is not None and segment is None:
-            with self._lock:
-                known = self._recent.get(request_id)
-            if known is not None:
-                segment, card_bin = known[0], card_bin or known[1]
+        segment, card_bin, _ = self.resolve(request_id, segment, card_bin)
         if segment is not None:
             self.bandit.observe(processor, segment, kind == H.SUCCESS)
         if self.fallback_router is not None and segment is not None and hasattr(self.fallback_router, "observe"):
