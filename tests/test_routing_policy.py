@@ -8,7 +8,7 @@ import pytest
 
 from routing_fakes import RULE_ROWS, FakeModel, fake_loader, payment, promote_pointer, write_version
 from smartrouter.rules import RulesEngine
-from smartrouter.routing import DOWN, ModelHolder, NoEligibleProcessor, Router, load_routing_config
+from smartrouter.routing import DOWN, RECOVERING, ModelHolder, NoEligibleProcessor, Router, load_routing_config
 from smartrouter.routing.decision_log import DecisionLog, read_records
 from smartrouter.routing.health import FAILURE, SUCCESS
 
@@ -103,6 +103,36 @@ def test_failover_skips_down_processor_with_reason_and_probes():
     for i in range(6):
         r.observe_outcome("MIT", "APPROVED", at=t0 + 100 + i)
     assert r.decide(payment(), at=t0 + 120).chosen == "MIT"
+
+
+def test_recovering_processor_gets_its_traffic_back_gradually():
+    r = make_router(FakeModel(), health={"recovery_successes": 5, "recovery_ramp_start": 0.1})
+    t0 = 1_700_000_000.0
+    for i in range(12):
+        r.observe_outcome("MIT", "TIMEOUT", at=t0 + i)
+    r.observe_outcome("MIT", "APPROVED", at=t0 + 30)  # the probe succeeded
+    assert r.health.state("MIT") == RECOVERING
+
+    def share_to_mit(n: int = 4000) -> tuple[float, list]:
+        ds = [r.decide(payment(ORDER_ID=f"o{i}"), at=t0 + 40) for i in range(n)]
+        return sum(d.chosen == "MIT" for d in ds) / n, ds
+
+    first, ds = share_to_mit()
+    expected = 0.1 + 0.9 * 1 / 5  # one consecutive success so far
+    assert abs(first - expected) < 0.03
+    to_mit = [d for d in ds if d.chosen == "MIT"]
+    elsewhere = [d for d in ds if d.chosen != "MIT"]
+    assert all(abs(d.propensity - expected) < 1e-9 and "ramping up" in d.reasons[-1] for d in to_mit)
+    assert all(d.chosen == "ELAVON" and d.source == "failover" and abs(d.propensity - (1 - expected)) < 1e-9
+               for d in elsewhere)
+    for i in range(2):
+        r.observe_outcome("MIT", "APPROVED", at=t0 + 50 + i)
+    later, _ = share_to_mit()
+    assert later > first + 0.2  # three successes: more traffic
+    for i in range(2):
+        r.observe_outcome("MIT", "APPROVED", at=t0 + 60 + i)
+    assert r.health.state("MIT") == "UP"
+    assert share_to_mit(200)[0] == 1.0
 
 
 def test_all_eligible_down_still_routes():

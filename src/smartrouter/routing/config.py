@@ -42,6 +42,7 @@ class HealthConfig:
     recovered_failure_rate: float = 0.10
     probe_share: float = 0.02
     recovery_successes: int = 5
+    recovery_ramp_start: float = 0.10
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ def _validate(cfg: RoutingConfig, where: str) -> None:
             f"{where}: [health] needs recovered_failure_rate <= degraded_failure_rate <= down_failure_rate"
         )
     _share(h.probe_share, "[health].probe_share", where, 0.0, 0.2)
+    _share(h.recovery_ramp_start, "[health].recovery_ramp_start", where, 0.0, 1.0)
     if h.recent_outcomes < 2 or h.recovery_successes < 1 or h.down_min_failures < 1:
         raise ConfigError(f"{where}: [health] recent_outcomes >= 2, recovery_successes >= 1, down_min_failures >= 1")
     e = cfg.experiment

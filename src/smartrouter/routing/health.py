@@ -6,8 +6,9 @@ the processor answered, so it counts as a healthy response. The state is decided
 within a handful of failures and a quiet one is not judged on stale outcomes.
 
 A DOWN processor gets no traffic except probes (a small share chosen by the policy); the first
-successful probe moves it to RECOVERING, and ``recovery_successes`` consecutive successes bring
-it back UP (a failure on the way sends it back DOWN). Every state change is logged and passed
+successful probe moves it to RECOVERING, where its traffic ramps up (`admit_share`: from
+``recovery_ramp_start`` of the payments it would win to all of them), and ``recovery_successes``
+consecutive successes bring it back UP (a failure on the way sends it back DOWN). Every state change is logged and passed
 to ``on_transition`` (the service counts them in its metrics).
 """
 
@@ -100,6 +101,17 @@ class HealthTracker:
     def is_down(self, processor: str) -> bool:
         p = self._procs.get(processor)
         return p is not None and p.state == DOWN
+
+    def admit_share(self, processor: str) -> float:
+        """Share of the payments it would win that a processor should get now: 1, or a ramp while RECOVERING."""
+        p = self._procs.get(processor)
+        if p is None or p.state in (UP, DEGRADED):
+            return 1.0
+        if p.state == DOWN:
+            return 0.0
+        c = self.config
+        start = c.recovery_ramp_start
+        return min(1.0, start + (1.0 - start) * p.consecutive_ok / c.recovery_successes)
 
     def any_down(self) -> bool:
         return any(p.state == DOWN for p in self._procs.values())

@@ -325,6 +325,17 @@ class Router:
             for p in down:
                 if p != order[0]:
                     reasons.append(self.health.describe(p))
+            ramp = self.health.admit_share(chosen) if len(acting) > 1 else 1.0
+            if ramp < 1.0:  # RECOVERING: it gets a growing share of what it would win, the rest the next best
+                if self._rng.random() < ramp:
+                    propensity = ramp
+                    reasons.append(f"{self.health.describe(chosen)}: ramping up, {ramp:.0%} of its traffic")
+                else:
+                    nxt = acting[1]
+                    reasons.append(f"{self.health.describe(chosen)}: ramping up ({ramp:.0%} of its traffic), next best {nxt}")
+                    chosen, propensity = nxt, 1.0 - ramp
+                    if source != "hard_rule":
+                        source = "failover"
             share = cfg.health.probe_share
             if down and share > 0:
                 if self._rng.random() < share:
@@ -332,7 +343,7 @@ class Router:
                     source, propensity = "exploration", share
                     reasons.append(f"probe: {self.health.describe(chosen)}, testing recovery")
                 else:
-                    propensity = 1.0 - share
+                    propensity *= 1.0 - share
 
         # 5. exploration (treatment arm, model decisions only), always counted for the cap
         segment = self.bandit.segment_of(payment)
