@@ -94,11 +94,11 @@ def in_process(n: int = 10_000) -> dict:
 
     app = import_app_module().create_app(poll=False, seed_features=False)
     svc = app.state.service
-    from serve.app import RouteRequest, _PAYMENT_COLUMNS  # noqa: F401 - same field mapping as the handler
+    from serve.app import PAYMENT_FIELD_COLUMNS, RouteRequest  # the same field mapping as the handler
     import msgspec
 
     req = msgspec.json.decode(json.dumps(BODY).encode(), type=RouteRequest)
-    base = {col: getattr(req, f) for f, col in _PAYMENT_COLUMNS.items()}
+    base = {col: getattr(req, f) for f, col in PAYMENT_FIELD_COLUMNS.items()}
     lat = []
     for i in range(n + 500):
         p = dict(base, ORDER_ID=f"ORD-{i}")

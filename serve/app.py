@@ -77,6 +77,7 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     previous_order_error_code: Annotated[str, msgspec.Meta(max_length=16)] | None = None
     previous_processor: Processor | None = None
     sec_since_previous_attempt: NonNeg | None = None
+    avg_sec_between_payment_attempts: NonNeg | None = None
     order_country_code: Country | None = None
     is_returning_customer: bool | None = None
     user_recency_days: NonNeg | None = None
@@ -181,8 +182,13 @@ class ReadyResponse(msgspec.Struct):
 
 
 # ---------------------------------------------------------------- service state
-_PAYMENT_FIELDS = [f for f in RouteRequest.__struct_fields__ if f not in ("candidates", "explain", "created_at")]
-_PAYMENT_COLUMNS = {f: f.upper() for f in _PAYMENT_FIELDS}
+# request field -> the warehouse column (and feature) it carries: the upper-cased name, except where
+# the warehouse's own spelling is kept for the feature but not inflicted on the API
+_COLUMN_SPELLING = {"avg_sec_between_payment_attempts": "AVG_SEC_BETWEEN_PAYMENT_ATTEMPS"}
+PAYMENT_FIELD_COLUMNS = {
+    f: _COLUMN_SPELLING.get(f, f.upper())
+    for f in RouteRequest.__struct_fields__ if f not in ("candidates", "explain", "created_at")
+}
 
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -328,7 +334,7 @@ async def route(data: RouteRequest, svc: Service, explain: bool = False) -> Rout
         raise _bad("amount", f"{data.amount} exceeds the maximum {svc.config.policy.max_amount:g}; send the amount in currency units")
     if data.previous_order_error_code is not None and data.previous_order_error_code not in catalog.ERROR_CODES:
         raise _bad("previous_order_error_code", f"unknown code {data.previous_order_error_code!r}; use one of {', '.join(catalog.ERROR_CODES)}")
-    payment = {col: getattr(data, f) for f, col in _PAYMENT_COLUMNS.items()}
+    payment = {col: getattr(data, f) for f, col in PAYMENT_FIELD_COLUMNS.items()}
     at = _epoch(data.created_at) or time.time()
     payment["CREATED_AT"] = datetime.fromtimestamp(at, tz=timezone.utc).replace(tzinfo=None)
     try:
@@ -489,22 +495,35 @@ def _server_error(request: Request, exc: Exception) -> Response:
 
 
 # ---------------------------------------------------------------- the factory
-def _seed_features(svc: Service) -> None:
-    """Seed the online feature state from the warehouse's last 28 days (background, best effort)."""
+def _seed_features(svc: Service, loop: asyncio.AbstractEventLoop) -> None:
+    """Seed the online feature state from the warehouse's last 28 days (background, best effort).
+
+    Until it is installed the router serves treatment payments by the static rules (see
+    `Router.features_pending`); the swap happens on the event loop's thread, so it never races a
+    decision or an outcome, and outcomes heard meanwhile are replayed into the new state.
+    """
     try:
         from smartrouter import features
 
         until = datetime.now(timezone.utc).replace(tzinfo=None)
         frame = features.outcome_history(svc.settings, until - timedelta(days=28), until)
-        svc.router.features = features.OnlineFeatureState.from_history(frame)
+        state = features.OnlineFeatureState.from_history(frame)
+        n = len(frame)
         del frame
-        svc.online_features = "seeded"
-        _freeze_heap()
-        log.warning("online features seeded from %d outcomes", len(frame))
     except Exception as exc:  # noqa: BLE001 - serve without history rather than not at all
         svc.online_features = "failed"
-        svc.notes.append(f"online features not seeded from the warehouse ({exc})")
+        svc.notes.append(f"online features not seeded from the warehouse ({exc}); the model waits until live "
+                         "outcomes cover the feature windows, static rules meanwhile")
         log.warning("online features not seeded: %s", exc)
+        return
+
+    def install() -> None:
+        replayed = svc.router.install_features(state, until)
+        svc.online_features = "seeded"
+        log.warning("online features seeded from %d outcomes (+%d heard while loading)", n, replayed)
+        _freeze_heap()
+
+    loop.call_soon_threadsafe(install)
 
 
 def _freeze_heap() -> None:
@@ -597,7 +616,9 @@ def create_app(
             holder.start()
         if seed_features and features is not None:
             svc.online_features = "seeding"
-            threading.Thread(target=_seed_features, args=(svc,), name="seed-features", daemon=True).start()
+            router.features_pending()
+            threading.Thread(target=_seed_features, args=(svc, asyncio.get_running_loop()), name="seed-features",
+                             daemon=True).start()
 
     def shutdown(app: Litestar) -> None:
         holder.stop()

@@ -135,6 +135,29 @@ def test_recovering_processor_gets_its_traffic_back_gradually():
     assert share_to_mit(200)[0] == 1.0
 
 
+def test_seeded_history_is_installed_with_the_outcomes_heard_while_loading():
+    from datetime import datetime
+
+    from smartrouter.features import OnlineFeatureState
+
+    r = make_router(FakeModel())
+    r.features = OnlineFeatureState()
+    r.features_pending()
+    t0 = 1_700_000_000.0
+    d = r.decide(payment(), at=t0)
+    assert d.source == "fallback" and d.fallback_reason == "features_not_ready"
+    for i in range(3):  # heard live while the history loads
+        r.observe_outcome("MIT", "TIMEOUT", at=t0 + 60 + i, card_bin="415231")
+    seeded = OnlineFeatureState()
+    until = datetime.utcfromtimestamp(t0)
+    seeded.observe("MIT", datetime.utcfromtimestamp(t0 - 600), "APPROVED", None, "415231")  # from the warehouse
+    assert r.install_features(seeded, until) == 3
+    assert r.features is seeded and r.features_ready
+    hist = seeded.bin_features("415231", datetime.utcfromtimestamp(t0 + 120))
+    assert hist["BIN_MIT_OUTCOMES"] == 4.0
+    assert r.decide(payment(), at=t0 + 120).source == "model"
+
+
 def test_all_eligible_down_still_routes():
     r = make_router(FakeModel())
     for i in range(12):

@@ -29,6 +29,7 @@ def make_app(tmp_path, *, token=TOKEN, routing=None, loader=fake_loader, **kw):
     for k, v in (routing or {}).items():
         over.setdefault(k, {}).update(v)
     kw.setdefault("poll", False)
+    kw.setdefault("seed_features", False)  # no warehouse here; test_cold_start_* covers seeding
     return app_module.create_app(
         load_settings(env), routing_config=load_routing_config(overrides=over), model_loader=loader,
         rules=list(RULE_ROWS), rules_from_warehouse=False, seed=5, **kw,
@@ -130,6 +131,28 @@ def test_parity_route_probabilities_equal_the_offline_model(tmp_path):
             assert d["model_version"] == "v1" and d["source"] in ("model", "fallback")
             for item in d["ranked"]:
                 assert item["probability"] == pytest.approx(expected[item["processor"]], abs=1e-6)
+
+
+def test_cold_start_serves_rules_until_online_features_are_trustworthy(tmp_path):
+    """History cannot be loaded (no warehouse): the model waits until live outcomes cover the windows."""
+    write_version(tmp_path / "models", "v1")
+    app = make_app(tmp_path, seed_features=True)
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").json()["online_features"] == "seeding" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = c.get("/readyz").json()
+        assert ready["online_features"] == "failed"
+        assert any("model waits until live outcomes cover the feature windows" in n for n in ready["notes"])
+        d = c.post("/v1/route", json=body(created_at=T0.isoformat())).json()
+        assert d["source"] == "fallback" and "online features not ready (history still loading): static rules" in d["reasons"]
+        for i in range(0, 61 * 60, 60):  # live outcomes for an hour: the configured warm-up
+            t = T0 + timedelta(seconds=i)
+            c.post("/v1/outcomes", json={"processor": "MIT", "status": "APPROVED", "created_at": t.isoformat()})
+        d = c.post("/v1/route", json=body(created_at=(T0 + timedelta(minutes=30)).isoformat())).json()
+        assert d["source"] == "fallback"  # half an hour of live history is not enough
+        d = c.post("/v1/route", json=body(created_at=(T0 + timedelta(minutes=61)).isoformat())).json()
+        assert d["source"] == "model"
 
 
 def test_explain_adds_contributions(tmp_path):

@@ -29,6 +29,7 @@ class PolicyConfig:
     skip_uncertain: bool = True
     top_k: int = 3
     max_amount: float = 1_000_000.0
+    features_warmup_minutes: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ def _validate(cfg: RoutingConfig, where: str) -> None:
                 f"{where}: [policy].disabled_processors names {p!r}, not a processor; use one of {', '.join(catalog.PROCESSORS)}"
             )
     _share(cfg.policy.min_confidence, "[policy].min_confidence", where)
+    if not 0 <= cfg.policy.features_warmup_minutes <= 1440:
+        raise ConfigError(f"{where}: [policy].features_warmup_minutes must be within 0..1440 minutes")
     if cfg.policy.top_k < 1:
         raise ConfigError(f"{where}: [policy].top_k = {cfg.policy.top_k} must be at least 1")
     if cfg.policy.max_amount <= 0:

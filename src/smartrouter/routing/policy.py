@@ -43,6 +43,8 @@ log = logging.getLogger("smartrouter.routing.policy")
 SOURCES: tuple[str, ...] = ("model", "rules", "hard_rule", "failover", "exploration", "fallback")
 _RULES_CACHE_SECONDS = 60.0
 _RECENT_DECISIONS = 100_000
+_PENDING_OUTCOMES = 500_000  # live outcomes kept for replay while the history loads
+
 # A request id is 24 random hex digits + the deciding process's pid in 8: with several workers,
 # the one that receives an outcome knows which worker can resolve its segment and BIN.
 _OWNER_DIGITS = 8
@@ -162,6 +164,9 @@ class Router:
         self._recent: OrderedDict[str, tuple[tuple, str | None]] = OrderedDict()
         self._lock = threading.Lock()
         self.pid = os.getpid()
+        self.features_ready = True  # see features_pending()
+        self._warm_since: float | None = None
+        self._live_while_pending: list[tuple] = []
         self._id_suffix = f"{self.pid & 0xFFFFFFFF:08x}"
 
     # ------------------------------------------------------------------ helpers
@@ -254,7 +259,9 @@ class Router:
         scores: dict[str, float] | None = None
         enriched = payment
         fallback_reason: str | None = None
-        if loaded is not None:
+        if loaded is not None and self.features is not None and not self._features_warm(at):
+            fallback_reason = "features_not_ready"
+        elif loaded is not None:
             enriched = self._enrich(payment, at)
             try:
                 scores = loaded.model.score(enriched)
@@ -292,6 +299,9 @@ class Router:
                 if fallback_reason == "model_error":
                     source = "fallback"
                     reasons.append("model failed to score: static rules")
+                elif fallback_reason == "features_not_ready":
+                    source = "fallback"
+                    reasons.append("online features not ready (history still loading): static rules")
                 else:
                     reasons.append("no promoted model: static rules")
             else:
@@ -454,4 +464,42 @@ class Router:
                 self.features.observe(processor, when, f_status, category, card_bin)
             except Exception:  # noqa: BLE001
                 log.exception("online features observe failed")
+            if not self.features_ready:
+                if self._warm_since is None:
+                    self._warm_since = at
+                if len(self._live_while_pending) < _PENDING_OUTCOMES:
+                    self._live_while_pending.append((processor, when, f_status, category, card_bin))
         return kind
+
+    # ------------------------------------------------------------------ online features readiness
+    def features_pending(self) -> None:
+        """The online features are not trustworthy yet (history still loading): serve the rules meanwhile.
+
+        A model fed empty health and BIN history is far outside what it was trained on (a
+        parity test measured probabilities off by up to 0.9), so until `install_features` brings
+        the history, or live outcomes have covered ``features_warmup_minutes``, treatment
+        payments are routed by the static rules with source `fallback`.
+        """
+        self.features_ready = False
+        self._warm_since = None
+        self._live_while_pending = []
+
+    def install_features(self, state: Any, history_until: datetime | None = None) -> int:
+        """Swap in a seeded online state; outcomes heard meanwhile (after ``history_until``) are replayed into it."""
+        replayed = 0
+        for processor, when, f_status, category, card_bin in self._live_while_pending:
+            if history_until is None or when >= history_until:
+                state.observe(processor, when, f_status, category, card_bin)
+                replayed += 1
+        self.features = state
+        self.features_ready = True
+        self._live_while_pending = []
+        return replayed
+
+    def _features_warm(self, at: float) -> bool:
+        if self.features_ready:
+            return True
+        if self._warm_since is not None and at - self._warm_since >= 60.0 * self.config.policy.features_warmup_minutes:
+            self.features_ready = True  # live outcomes alone now cover every window
+            self._live_while_pending = []
+        return self.features_ready
