@@ -63,6 +63,9 @@ def _number(v: Any) -> float:
         return math.nan
 
 
+_derived: tuple | None = None  # (features.DERIVED_COLUMNS, features.derive_row), imported on first use
+
+
 def _hash_bucket(value: str, buckets: int) -> int:
     return zlib.crc32(value.encode("utf-8")) % buckets
 
@@ -99,6 +102,7 @@ class FeatureEncoder:
         self._num_ind_src = np.array([j for j, (c, _) in enumerate(num) if c["missing_indicator"]], dtype=np.int64)
         self._num_ind_dst = np.array([off + 1 for c, off in num if c["missing_indicator"]], dtype=np.int64)
         self._num_log = sum(c["transform"] == "log1p" for c, _ in num)
+        self._num_zeros = np.zeros(self._num_log, dtype=np.float64)
         self._num_mean = np.array([c["mean"] for c, _ in num], dtype=np.float64)
         self._num_std = np.array([c["std"] for c, _ in num], dtype=np.float64)
         # (name, offset, vocabulary lookup or None for hashing, unknown index or bucket count)
@@ -215,10 +219,14 @@ class FeatureEncoder:
         Pandas-free, for the service. Missing keys count as missing values (like NaN in
         training); derived features (hour, domestic, hard/soft) are computed when absent.
         """
-        from smartrouter.features import DERIVED_COLUMNS, derive_row  # cached after the first call
+        global _derived
+        if _derived is None:  # smartrouter.features imports pandas: only when first needed
+            from smartrouter.features import DERIVED_COLUMNS, derive_row
 
-        if any(k not in payment for k in DERIVED_COLUMNS):
-            payment = {**derive_row(payment), **payment}
+            _derived = (frozenset(DERIVED_COLUMNS), derive_row)
+        columns, derive = _derived
+        if not payment.keys() >= columns:
+            payment = {**derive(payment), **payment}
         get = payment.get
         # numeric block: the same numpy operations as transform(), on one row. Absent keys count as
         # missing; np.array turns None into NaN and bools into 0/1.
@@ -227,15 +235,21 @@ class FeatureEncoder:
             x = np.array(raw, dtype=np.float64)
         except (TypeError, ValueError):
             x = np.array([_number(v) for v in raw], dtype=np.float64)
+        # in-place ufuncs on preallocated operands: on an 83-element row each numpy call costs more
+        # than its arithmetic, so temporaries and scalar operands are avoided (same values as transform)
         k = self._num_log
         if k:
-            x[:k] = np.log1p(np.maximum(x[:k], 0.0))
+            xk = x[:k]
+            np.maximum(xk, self._num_zeros, out=xk)  # NaN stays NaN
+            np.log1p(xk, out=xk)
         miss = np.isnan(x)
         out = np.zeros(self.dim, dtype=np.float32)
-        if miss.any():  # missing -> the training mean (as transform's np.where does)
+        if np.count_nonzero(miss):  # missing -> the training mean (as transform's np.where does)
             np.copyto(x, self._num_mean, where=miss)
             out[self._num_ind_dst[miss[self._num_ind_src]]] = 1.0
-        out[self._num_offsets] = (x - self._num_mean) / self._num_std
+        np.subtract(x, self._num_mean, out=x)
+        np.divide(x, self._num_std, out=x)
+        out[self._num_offsets] = x
         for name, off, lookup, unk in self._cat_plan:
             v = get(name)
             key = v if type(v) is str else _category(v)

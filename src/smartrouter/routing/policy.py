@@ -31,6 +31,7 @@ import numpy as np
 
 from smartrouter import catalog
 from smartrouter.errors import SmartrouterError
+from smartrouter.features import derive_row
 from smartrouter.routing import health as H
 from smartrouter.routing.bandit import ThompsonBandit
 from smartrouter.routing.config import RoutingConfig
@@ -187,12 +188,15 @@ class Router:
         return ranked
 
     def _enrich(self, payment: dict, at: float) -> dict:
-        """The payment plus online features (processor health, BIN history) as of ``at``."""
+        """The payment plus derived columns and online features (processor health, BIN history) as of ``at``."""
         if self.features is None:
             return payment
         enriched = dict(payment)
         when = datetime.fromtimestamp(at, tz=timezone.utc).replace(tzinfo=None)
         try:
+            # derived here, in the copy we make anyway, so the encoder does not copy the payment again
+            for k, v in derive_row(payment).items():
+                enriched.setdefault(k, v)
             enriched.update(self.features.health_features(when))
             if payment.get("CARD_BIN"):
                 enriched.update(self.features.bin_features(payment["CARD_BIN"], when))
