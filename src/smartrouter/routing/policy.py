@@ -65,7 +65,7 @@ class NoEligibleProcessor(SmartrouterError):
     """No processor may take this payment (hard rules, disabled processors, candidates)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     """What the router decided for one payment, and why."""
 
@@ -162,6 +162,7 @@ class Router:
         self._np_rng = np.random.default_rng(config.exploration.seed if seed is None else seed)
         self._active = tuple(p for p in catalog.PROCESSORS if p not in set(config.policy.disabled_processors))
         self._rules_cache: dict[tuple, tuple[float, list[str]]] = {}
+        self._eligibility: dict[tuple[str, str], tuple[tuple[str, ...], bool, tuple[str, ...]]] = {}
         self._recent: OrderedDict[str, tuple[tuple, str | None]] = OrderedDict()
         self._lock = threading.Lock()
         self.pid = os.getpid()
@@ -171,6 +172,23 @@ class Router:
         self._id_suffix = f"{self.pid & 0xFFFFFFFF:08x}"
 
     # ------------------------------------------------------------------ helpers
+    def _eligibility_of(self, brand: str, currency: str) -> tuple[tuple[str, ...], bool, tuple[str, ...]]:
+        """(eligible processors, whether a hard rule decided them, reasons) for a brand and currency."""
+        reasons: list[str] = []
+        eligible = catalog.eligible_processors(brand, currency, self._active)
+        hard = False
+        if brand == catalog.AMEX_BRAND:
+            reasons.append("AMEX card: AMEX only")
+            hard = True
+        elif currency not in catalog.PROCESSOR_CURRENCIES.get("MIT", frozenset({currency})):
+            no_cur = [p for p in self._active if currency not in catalog.PROCESSOR_CURRENCIES[p]]
+            if no_cur:
+                reasons.append(f"{', '.join(no_cur)} {'does' if len(no_cur) == 1 else 'do'} not take {currency}")
+        disabled = [p for p in catalog.eligible_processors(brand, currency) if p not in self._active]
+        if disabled:
+            reasons.append(f"{', '.join(disabled)} disabled by config")
+        return tuple(eligible), hard, tuple(reasons)
+
     def _rules_ranked(self, currency: str, brand: str, card_type: str, eligible: list[str], at: float) -> list[str]:
         key = (currency, brand, card_type, tuple(eligible))
         hit = self._rules_cache.get(key)
@@ -221,19 +239,15 @@ class Router:
         currency, brand, card_type = payment["CURRENCY"], payment["CARD_BRAND"], payment.get("CARD_TYPE")
         reasons: list[str] = []
 
-        # 1. eligibility
-        eligible = catalog.eligible_processors(brand, currency, self._active)
-        hard = False
-        if brand == catalog.AMEX_BRAND:
-            reasons.append("AMEX card: AMEX only")
-            hard = True
-        elif currency not in catalog.PROCESSOR_CURRENCIES.get("MIT", frozenset({currency})):
-            no_cur = [p for p in self._active if currency not in catalog.PROCESSOR_CURRENCIES[p]]
-            if no_cur:
-                reasons.append(f"{', '.join(no_cur)} {'does' if len(no_cur) == 1 else 'do'} not take {currency}")
-        disabled = [p for p in catalog.eligible_processors(brand, currency) if p not in self._active]
-        if disabled:
-            reasons.append(f"{', '.join(disabled)} disabled by config")
+        # 1. eligibility (the same for every payment of a brand and currency: computed once)
+        hit = self._eligibility.get((brand, currency))
+        if hit is None:
+            hit = self._eligibility_of(brand, currency)
+            if len(self._eligibility) < 1000:  # brands x currencies: bounded even if fed odd values
+                self._eligibility[(brand, currency)] = hit
+        eligible, hard, base_reasons = hit
+        eligible = list(eligible)
+        reasons.extend(base_reasons)
         if candidates is not None:
             wanted = set(candidates)
             dropped = [p for p in eligible if p not in wanted]
