@@ -96,13 +96,14 @@ def test_amex_card_is_only_ever_ranked_onto_amex(trained, family):
 EXTRA_TIMEOUTS = 20  # a burst of timeouts in the last minutes: what the first minutes of an outage look like
 
 
-def _timeout_burst_effects(sm, rows):
+def _timeout_burst_effects(sm, rows, *, volume=True):
     """Score change of processor p after p's recent windows receive EXTRA_TIMEOUTS more timeouts.
 
     The rates of a window are shares of the same outcomes, so the burst is applied as the online
     state would see it: volume n -> n + k, timeout share (t·n + k)/(n + k), approvals and issuer
     declines diluted by n/(n + k) — in every window (15 min, 1 h, 24 h) that contains the burst.
     Windows with no traffic are left alone (that would flip the missing-value indicator).
+    ``volume=False`` moves the shares only, keeping the window's volume.
     """
     k = float(EXTRA_TIMEOUTS)
     effects = []
@@ -119,7 +120,8 @@ def _timeout_burst_effects(sm, rows):
                     known = False
                     break
                 n = float(vals["VOLUME"])
-                hi[col["VOLUME"]] = n + k
+                if volume:
+                    hi[col["VOLUME"]] = n + k
                 hi[col["TIMEOUT_RATE"]] = (float(vals["TIMEOUT_RATE"]) * n + k) / (n + k)
                 hi[col["APPROVAL_RATE"]] = float(vals["APPROVAL_RATE"]) * n / (n + k)
                 hi[col["DECLINE_RATE"]] = float(vals["DECLINE_RATE"]) * n / (n + k)
@@ -144,22 +146,32 @@ def _timeout_only_effects(sm, rows):
     return np.array(effects)
 
 
-def test_raising_timeouts_never_raises_the_xgb_score(trained):
+@pytest.mark.parametrize("family", list(PARAMS))
+def test_raising_timeouts_never_raises_a_score(trained, family):
+    """Guaranteed by construction in every family (data.MonotoneColumns): XGBoost's monotone
+    constraints; logistic's sign-bounded weights; the DNN's timeout rates reach the heads only
+    through its sign-bounded linear path. A model learning its own sign fails this on the 14-day world."""
     rows = trained["table"].sample(60, random_state=0).to_dict("records")
-    eff = _timeout_only_effects(trained["serving"]["xgb"], rows)
-    assert eff.max() <= 1e-9  # monotone constraint: guaranteed, not learned
+    eff = _timeout_only_effects(trained["serving"][family], rows)
+    assert len(eff) >= 100
+    assert eff.max() <= 1e-9
     assert eff.mean() < 0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "finding: LR and the DNN learn the timeout effect only from enough outages; on the 14-day test world a burst of "
-    "timeouts does not lower their score on average (on the default world it lowers LR's in 100 % of cases and the "
-    "DNN's in 80 %); XGBoost enforces it with a monotone constraint"))
 @pytest.mark.parametrize("family", ["logistic", "dnn"])
-def test_raising_timeouts_lowers_lr_and_dnn_scores_on_average(trained, family):
+def test_a_burst_of_timeouts_lowers_lr_and_dnn_scores(trained, family):
+    """The online state after a burst: timeout share up, approval and decline shares diluted,
+    volume up. The share shift can never raise a score (the timeout weight is bounded by the
+    approval and decline weights, in raw units, and the DNN's trunk never sees the rates). The
+    volume rise is a learned effect with no sign of its own (a busier window is not bad news), so
+    on the whole burst only the average is asserted: on this 14-day world ~1/4 of single cases
+    still rise by about 0.01 through the 15-minute volume (none on the default world)."""
     rows = trained["table"].sample(60, random_state=0).to_dict("records")
-    eff = _timeout_burst_effects(trained["serving"][family], rows)
-    assert eff.mean() < 0 and (eff > 1e-9).mean() < 0.1
+    shares = _timeout_burst_effects(trained["serving"][family], rows, volume=False)
+    assert len(shares) >= 100
+    assert shares.max() <= 1e-9 and shares.mean() < 0
+    whole = _timeout_burst_effects(trained["serving"][family], rows)
+    assert whole.mean() < 0
 
 
 @pytest.mark.parametrize("family", list(PARAMS))

@@ -119,7 +119,9 @@ def test_dnn_masked_loss_trains_only_the_logged_head():
     y = (proc == 1).astype(np.float32)
     split = np.array(["train"] * 3000 + ["valid"] * 1000, dtype=object)
     d = data.ModelData(X, proc, y, np.ones(n, np.float32), split, [f"f{i}" for i in range(4)])
-    m = make_model("dnn", epochs=8, hidden=(8,), dropout=0.0, batch_size=128, learning_rate=1e-2, min_rows=10, min_class=0)
+    # wide=False: the trunk alone must separate the heads (the linear path would do it by itself)
+    m = make_model("dnn", epochs=8, hidden=(8,), dropout=0.0, batch_size=128, learning_rate=1e-2, min_rows=10, min_class=0,
+                   wide=False)
     m.fit(d.part("train"), d.part("valid"))
     raw = m.predict_raw(X[:200])
     assert raw[:, 1].mean() > 0.9 and raw[:, 0].mean() < 0.1 and raw[:, 2].mean() < 0.1
@@ -131,3 +133,107 @@ def test_importance_weighting_changes_weights_not_shapes(synth):
     d2 = data.ModelData(synth.X, synth.processor_idx, synth.y, w, synth.split, synth.feature_names)
     m = make_model("logistic").fit(d2.part("train"), d2.part("valid"))
     assert m.predict_proba(synth.X[:10]).shape == (10, P)
+
+
+# ------------------------------------------------------------------ sign-constrained inputs (timeouts)
+def test_monotone_columns_come_from_the_health_feature_definition():
+    from smartrouter import features
+
+    names = ["AMOUNT"]
+    for p in catalog.PROCESSORS:
+        for m in ("APPROVAL_RATE", "TIMEOUT_RATE", "DECLINE_RATE", "VOLUME"):
+            names.append(features.health_column(p, "1H", m))
+        names.append(features.health_column(p, "1H", "TIMEOUT_RATE") + "__MISSING")
+    scale = np.full(len(names), 0.05)
+    mono = data.monotone_columns(names, scale)
+    assert [names[j] for j in mono.negative] == [features.health_column(p, "1H", "TIMEOUT_RATE") for p in catalog.PROCESSORS]
+    assert len(mono.triples) == P and all(names[t[1]].endswith("_TIMEOUT_RATE") for t in mono.triples)
+    scale[names.index(features.health_column("MIT", "1H", "APPROVAL_RATE"))] = np.nan  # unknown scale: no triple, sign kept
+    mono = data.monotone_columns(names, scale)
+    assert len(mono.triples) == P - 1 and len(mono.negative) == P
+
+
+def test_signed_logistic_without_constraints_is_sklearns_logistic_regression(synth):
+    from sklearn.linear_model import LogisticRegression
+
+    from smartrouter.models.logistic import SignedLinear, fit_signed_logistic
+
+    tr = synth.part("train")
+    m = tr.processor_idx == 0
+    X, y = tr.X[m], tr.y[m]
+    coef, b, _ = fit_signed_logistic(X, y, np.ones(len(y)), C=0.2, signs=SignedLinear(X.shape[1], data.MonotoneColumns()),
+                                     max_iter=2000, tol=1e-7)
+    ref = LogisticRegression(C=0.2, max_iter=2000, tol=1e-7).fit(X, y)
+    # the same objective: the same probabilities (the collinear health rates leave the
+    # coefficients themselves loosely determined)
+    ours = 1 / (1 + np.exp(-(X.astype(np.float64) @ coef + b)))
+    assert np.abs(ours - ref.predict_proba(X)[:, 1]).max() < 1e-3
+
+
+def _timeout_helps(n: int = 9000, seed: int = 4) -> data.ModelData:
+    """Synthetic data where a processor's own recent timeout rate RAISES its approval (a spurious pattern).
+
+    An unconstrained fit learns it; the sign constraints must hold regardless.
+    """
+    d = data.synthetic(n, d=6, seed=seed, late_processor_rows=0)
+    mono = data.monotone_columns(d.feature_names)
+    own_t = d.X[np.arange(n), np.array([t[1] for t in mono.triples])[d.processor_idx]]
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(1.0 + 60.0 * (own_t - 0.03))))).astype(np.float32)
+    return data.ModelData(d.X, d.processor_idx, y, d.weight, d.split, d.feature_names)
+
+
+def _shift_to_timeouts(X: np.ndarray, mono: data.MonotoneColumns, source: int, step: float) -> np.ndarray:
+    """Move ``step`` of every window's share from the approval (source=0) or decline (2) rate to the timeout rate."""
+    out = X.copy()
+    for t in mono.triples:
+        moved = np.minimum(out[:, t[source]], step)
+        out[:, t[source]] -= moved
+        out[:, t[1]] += moved
+    return out
+
+
+@pytest.mark.parametrize("family", ["logistic", "dnn"])
+def test_timeouts_never_raise_a_score_even_when_the_data_says_they_do(family):
+    d = _timeout_helps()
+    tr, va, te = d.part("train"), d.part("valid"), d.part("test")
+    params = {"logistic": {}, "dnn": {"epochs": 6, "hidden": (16,), "batch_size": 256, "learning_rate": 5e-3}}[family]
+    mono = data.monotone_columns(d.feature_names)
+    neg = list(mono.negative)
+
+    free = make_model(family, min_rows=200, monotone=False, **params).fit(tr, va)
+    raised = te.X.copy()
+    raised[:, neg] += 0.2
+    # the pattern is learnable: without the constraint some score rises with a timeout rate,
+    # so the checks below can fail
+    assert (free.predict_raw(raised) - free.predict_raw(te.X)).max() > 1e-3
+
+    m = make_model(family, min_rows=200, **params).fit(tr, va)
+    base = m.predict_proba(te.X)
+    assert (m.predict_proba(raised) - base).max() <= 1e-12
+    for source in (0, 2):  # share moving from approvals or from issuer declines to timeouts
+        assert (m.predict_proba(_shift_to_timeouts(te.X, mono, source, 0.1)) - base).max() <= 1e-12
+    if family == "logistic":
+        assert m.W[:, neg].max() <= 0 and m.Wg[neg].max() <= 0
+    else:
+        assert m.wide[neg].max() <= 0 and not np.any(m.layers[0][0][mono.columns])  # wide path only, never the trunk
+
+
+def test_dnn_export_without_its_linear_path_fails_to_load_naming_the_file(synth, tmp_path):
+    from smartrouter.errors import ArtifactError
+    from smartrouter.models import base
+    from smartrouter.models.serving import load_serving_model
+
+    m = make_model("dnn", epochs=1, hidden=(8,), batch_size=512, min_rows=500).fit(synth.part("train"), synth.part("valid"))
+    folder = m.export(tmp_path / "dnn", data.PassthroughEncoder(synth.feature_names).to_spec())
+    assert load_serving_model(folder).score_matrix(synth.X[:5]).shape == (5, P)
+    wpath = folder / "weights.npz"
+    with np.load(wpath) as z:
+        arrays = {k: z[k] for k in z.files if k != "wide"}
+    with open(wpath, "wb") as fh:
+        np.savez(fh, **arrays)
+    sums = json.loads((folder / base.CHECKSUM_FILE).read_text())
+    sums["weights.npz"] = base.sha256_file(wpath)  # a consistent but incomplete artifact
+    (folder / base.CHECKSUM_FILE).write_text(json.dumps(sums))
+    with pytest.raises(ArtifactError, match="weights.npz lacks array 'wide'"):
+        load_serving_model(folder)

@@ -140,12 +140,17 @@ class ApprovalModel:
         self.calibration_report = report
 
     def evaluate(self, data: ModelData, *, calibrated: bool = True) -> list[dict[str, Any]]:
-        """Per-head metrics (AUC, ECE, Brier, log loss) on the logged processor's rows."""
+        """Per-head metrics (AUC, ECE, Brier, log loss) on the logged processor's rows.
+
+        ``ece_floor`` beside ``ece``: what a perfectly calibrated head would show on as many rows
+        (metrics.ece_noise_floor); the ECE target is judged on ``ece`` itself.
+        """
         prob = self.predict_proba(data.X) if calibrated else self.predict_raw(data.X)
         rows = []
         for j, proc in enumerate(self.processors):
             m = data.processor_idx == j
             s = metrics.summary(data.y[m], prob[m, j])
+            s["ece_floor"] = metrics.ece_noise_floor(prob[m, j], seed=int(self.params["seed"]))
             rows.append({"processor": proc, "uncertain": self.uncertain[proc], **s})
         return rows
 

@@ -38,6 +38,9 @@ class ModelData:
     propensity: np.ndarray | None = None  # float64 (n,), logged propensity of the chosen processor
     experiment: np.ndarray | None = None  # bool (n,), row was routed by the randomized experiment arm
     eligible: np.ndarray | None = None  # bool (n, P), processors the router could have chosen
+    # per COLUMN, not per row: raw units per encoded unit (the encoder's std for standardised
+    # numeric columns, NaN for indicators and one-hots). None: X is in raw units (synthetic data).
+    feature_scale: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.y)
@@ -167,7 +170,26 @@ def from_frame(frame: Any, encoder: Any, *, importance_weighting: bool = False, 
         propensity=prop,
         experiment=experiment,
         eligible=eligibility_matrix(frame),
+        feature_scale=encoded_scale(encoder),
     )
+
+
+def encoded_scale(encoder: Any) -> np.ndarray | None:
+    """Raw units per encoded unit of every encoder output column (NaN where no single scale applies).
+
+    A standardised numeric column ``z = (f(x) - mean) / std`` moves by ``1/std`` per raw unit when
+    ``f`` is the identity, so its scale is ``std``; log1p columns, indicators and one-hots get NaN.
+    Linear models need it to state constraints in the features' own units (see monotone_columns).
+    """
+    columns = getattr(encoder, "columns", None)
+    if columns is None:
+        return None
+    pos = {n: i for i, n in enumerate(encoder.feature_names)}
+    out = np.full(len(encoder.feature_names), np.nan)
+    for c in columns:
+        if c.get("kind") == "numeric" and c.get("transform", "none") == "none" and c["name"] in pos:
+            out[pos[c["name"]]] = float(c["std"]) if float(c.get("std") or 0) > 0 else np.nan
+    return out
 
 
 # ------------------------------------------------------------------ per-processor feature groups
@@ -199,17 +221,80 @@ def per_processor_groups(feature_names: list[str]) -> dict[str, list[int]]:
     }
 
 
-def synthetic(n: int = 20_000, d: int = 24, seed: int = 0, *, late_processor_rows: int = 150) -> ModelData:
-    """A synthetic ModelData with per-processor effects and per-processor timeout features (tests, benches).
+# ------------------------------------------------------------------ sign-constrained inputs
+NEGATIVE_METRIC = "TIMEOUT_RATE"  # timeouts + processor errors (features.outcome_kind): never good news
+TRIPLE_METRICS = ("APPROVAL_RATE", "TIMEOUT_RATE", "DECLINE_RATE")  # shares of one window's outcomes, summing to 1
 
-    Columns: ``d`` generic features, then ``HEALTH_TIMEOUT_RATE_1H_<PROC>`` for each processor.
-    The last processor (ADYEN) gets only ``late_processor_rows`` rows, like a late joiner.
+
+@dataclass(frozen=True)
+class MonotoneColumns:
+    """Inputs whose effect on every score has a known direction; the one definition all families use.
+
+    ``negative``: every processor's recent timeout/processor-error rate, in every health window.
+    No score may rise with any of them (XGBoost: monotone constraints; logistic and the DNN's
+    linear path: weights bounded at <= 0).
+    ``triples``: (approval, timeout, decline) rate columns of one processor and window, with each
+    column's raw-unit scale. The three are shares of the same outcomes, so a burst of timeouts in
+    the online state moves share from approvals and declines to timeouts; linear models keep the
+    timeout weight at or below both others (in raw units), so such a move can never raise a score.
+    A triple whose scales are unknown is left out (its timeout column stays in ``negative``).
     """
+
+    negative: tuple[int, ...] = ()
+    triples: tuple[tuple[int, int, int], ...] = ()
+    triple_scales: tuple[tuple[float, float, float], ...] = ()
+
+    @property
+    def columns(self) -> list[int]:
+        """Every constrained column (they enter the DNN through its linear path only)."""
+        return sorted(set(self.negative) | {j for t in self.triples for j in t})
+
+
+def monotone_columns(feature_names: list[str], feature_scale: np.ndarray | None = None) -> MonotoneColumns:
+    """The sign-constrained columns of an encoded feature vector (see MonotoneColumns).
+
+    Column names come from ``features.health_column``, the single definition of the health
+    features; ``feature_scale`` is ``ModelData.feature_scale`` (None: X is in raw units).
+    """
+    from smartrouter import features
+
+    pos = {n: i for i, n in enumerate(feature_names)}
+    negative, triples, scales = [], [], []
+    for proc in catalog.PROCESSORS:
+        for win in features.HEALTH_WINDOWS:
+            timeout = pos.get(features.health_column(proc, win, NEGATIVE_METRIC))
+            if timeout is None:
+                continue
+            negative.append(timeout)
+            cols = [pos.get(features.health_column(proc, win, m)) for m in TRIPLE_METRICS]
+            if any(c is None for c in cols):
+                continue
+            sc = [1.0] * 3 if feature_scale is None else [float(feature_scale[c]) for c in cols]
+            if all(np.isfinite(v) and v > 0 for v in sc):
+                triples.append(tuple(cols))
+                scales.append(tuple(sc))
+    return MonotoneColumns(tuple(negative), tuple(triples), tuple(scales))  # type: ignore[arg-type]
+
+
+def synthetic(n: int = 20_000, d: int = 24, seed: int = 0, *, late_processor_rows: int = 150) -> ModelData:
+    """A synthetic ModelData with per-processor effects and per-processor health rates (tests, benches).
+
+    Columns: ``d`` generic features, then for each processor its 1-hour approval, timeout and
+    decline rates (``features.health_column`` names; the three sum to 1), in raw units. The
+    approval falls with the logged processor's timeout rate. The last processor (ADYEN) gets
+    only ``late_processor_rows`` rows, like a late joiner.
+    """
+    from smartrouter import features
+
     rng = np.random.default_rng(seed)
     X0 = rng.normal(size=(n, d)).astype(np.float32)
-    timeouts = rng.beta(1, 30, size=(n, P)).astype(np.float32)
-    X = np.hstack([X0, timeouts])
-    names = [f"F{j}" for j in range(d)] + [f"HEALTH_TIMEOUT_RATE_1H_{p}" for p in catalog.PROCESSORS]
+    timeouts = rng.beta(1, 30, size=(n, P))
+    approvals = (1 - timeouts) * rng.beta(16, 3, size=(n, P))
+    declines = 1 - timeouts - approvals
+    health = np.stack([approvals, timeouts, declines], axis=2).reshape(n, 3 * P).astype(np.float32)
+    X = np.hstack([X0, health])
+    names = [f"F{j}" for j in range(d)]
+    names += [features.health_column(p, "1H", m) for p in catalog.PROCESSORS for m in TRIPLE_METRICS]
     share = np.array([0.4, 0.3, 0.2, 0.1, 0.0])
     proc = rng.choice(P, size=n, p=share)
     late = rng.choice(n, size=min(late_processor_rows, n), replace=False)

@@ -53,6 +53,31 @@ def ece(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None, bins: int = E
     return total / float(w.sum())
 
 
+def ece_noise_floor(p: np.ndarray, w: np.ndarray | None = None, bins: int = ECE_BINS, draws: int = 200, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model with these predictions would show on this many rows.
+
+    Labels are drawn y ~ Bernoulli(p) ``draws`` times and the mean ``ece`` returned: ECE is an
+    average of |mean(y) - mean(p)| per bin, so sampling noise alone makes it positive (about
+    0.8·sqrt(p(1-p)·bins/n)). On ~2,600 rows and 15 bins that is ~0.02, so a head's ECE can only
+    be read against this floor. It is a yardstick printed beside ``ece``, not a replacement.
+    """
+    _, p, w = _arrays(np.zeros(len(np.ravel(p))), p, w)
+    if len(p) == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    p, w = p[order], w[order]
+    groups = np.array_split(np.arange(len(p)), min(bins, len(p)))
+    starts = np.array([g[0] for g in groups])
+    wp = np.add.reduceat(w * p, starts)
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for chunk in np.array_split(np.arange(draws), max(1, (draws * len(p)) // 5_000_000 + 1)):
+        y = rng.random((len(chunk), len(p))) < p[None, :]
+        wy = np.add.reduceat(y * w[None, :], starts, axis=1)
+        total += float(np.abs(wy - wp[None, :]).sum())
+    return total / (draws * float(w.sum()))
+
+
 def brier(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
     """Mean squared error of the probability."""
     y, p, w = _arrays(y, p, w)

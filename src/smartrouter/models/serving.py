@@ -79,7 +79,7 @@ class ServingModel:
             glob = _sigmoid(X64 @ a["Wg"] + a["bg"][0]) if self._needs_global else None
             return blend_heads(head, glob, self.blend)
         if self.family == "dnn":
-            allh = numpy_forward(X, a["layers"])
+            allh = numpy_forward(X, a["layers"], a.get("wide"))
             return blend_heads(allh[:, :P], allh[:, P], self.blend)
         n = len(X)
         rows = np.vstack([augment(X, np.full(n, p, dtype=np.int64), self._self_idx) for p in range(P)])
@@ -153,7 +153,7 @@ class ServingModel:
             base = np.zeros_like(x) if mean is None else mean.astype(np.float32)
             Xa = np.repeat(x[None, :], len(x) + 1, axis=0)
             Xa[np.arange(len(x)), np.arange(len(x))] = base
-            pr = np.clip(numpy_forward(Xa, self._a["layers"])[:, j], 1e-7, 1 - 1e-7)
+            pr = np.clip(numpy_forward(Xa, self._a["layers"], self._a.get("wide"))[:, j], 1e-7, 1 - 1e-7)
             lo = np.log(pr / (1 - pr))
             contrib = lo[-1] - lo[:-1]
             names = self.feature_names
@@ -325,7 +325,14 @@ def load_serving_model(folder: str | Path) -> ServingModel:
             prev = W.shape[1]
         if not layers or prev != P + 1:
             raise ArtifactError(f"{wpath}: the output layer has {prev} units, expected {P + 1} (one per processor + global)")
-        arrays = {"layers": layers, "x_mean": z.get("x_mean")}
+        wide = None
+        if cfg.get("wide"):  # the linear path of a wide-and-deep export (older exports have none)
+            if "wide" not in z:
+                raise ArtifactError(f"{wpath} lacks array 'wide' that {MODEL_FILE} declares; re-export the model")
+            if z["wide"].shape != (d, P + 1):
+                raise _shape_error(wpath, "wide", z["wide"].shape, (d, P + 1))
+            wide = z["wide"].astype(np.float64)
+        arrays = {"layers": layers, "x_mean": z.get("x_mean"), "wide": wide}
     else:
         import xgboost as xgb
 

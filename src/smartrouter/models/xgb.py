@@ -9,8 +9,9 @@ call (P rows) and gives SHAP contributions from one model.
 Each training row is [X, one-hot(processor), SELF columns]: for every per-processor feature
 group (health, BIN history — see data.per_processor_groups) a SELF column holds the value of the
 scored processor's own member, so "this processor's recent timeout rate" is one column the trees
-can split on, with a monotone (non-increasing) constraint on timeout/error rates (SELF and raw). A second small
-booster without processor columns is the global prior for uncertain heads.
+can split on, with a monotone (non-increasing) constraint on the recent timeout/error rates, SELF and
+raw (data.MonotoneColumns.negative, the definition every family shares). A second small booster
+without processor columns is the global prior for uncertain heads.
 """
 
 from __future__ import annotations
@@ -23,13 +24,12 @@ import numpy as np
 
 from smartrouter import catalog
 from smartrouter.models.base import ApprovalModel
-from smartrouter.models.data import P, ModelData, per_processor_groups
+from smartrouter.models.data import P, ModelData, monotone_columns, per_processor_groups
 from smartrouter.models.xgb_numpy import compile_booster
 
 BOOSTER_FILE = "booster.ubj"
 GLOBAL_FILE = "global.ubj"
 TREES_FILE = "trees.npz"  # both boosters compiled to numpy arrays (xgb_numpy): the per-payment serving path
-NEGATIVE_STEMS = ("TIMEOUT", "ERROR")  # higher recent timeout / processor-error rate never raises approval
 
 
 def gpu_available() -> bool:
@@ -110,13 +110,13 @@ class XGBModel(ApprovalModel):
         self.aug_names = (
             self.feature_names + [f"PROCESSOR={p}" for p in catalog.PROCESSORS] + [f"SELF:{s}" for s in self.group_stems]
         )
-        sign = [-1 if any(t in s for t in NEGATIVE_STEMS) else 0 for s in self.group_stems]
-        # the raw per-processor timeout columns get the same sign, so raising processor p's timeout
-        # rate can only lower (never raise) any score: p's own via SELF, the others' via the raw column
-        raw = [0] * (d + P)
-        for stem, s in zip(self.group_stems, sign):
-            for j in groups[stem]:
-                raw[j] = s
+        # every recent timeout-rate column is non-increasing, so raising processor p's timeout rate
+        # can only lower (never raise) any score: p's own via its SELF column, the others' via the raw
+        # column; a SELF group is constrained when all its members are (its missing-value
+        # indicators are not rates and stay free)
+        negative = set(monotone_columns(self.feature_names).negative)
+        raw = [-1 if j in negative else 0 for j in range(d)] + [0] * P
+        sign = [-1 if all(j in negative for j in groups[s]) else 0 for s in self.group_stems]
         constraints = raw + sign if self.params["monotone"] else None
         self.monotone = constraints
         dtr = xgb.DMatrix(augment(train.X, train.processor_idx, self.self_idx), label=train.y, weight=train.weight)
