@@ -221,6 +221,7 @@ class Metrics:
                             registry=r, multiprocess_mode="livemax")
         self.model = Gauge("smartrouter_model_info", "1 for the model version being served", ["version"], registry=r,
                            multiprocess_mode="livemax")
+        self.model_versions_shown: set[str] = set()  # every version this worker has labelled
         self.model_failed = Gauge("smartrouter_model_load_failed", "1 when the last model load was refused", registry=r,
                                   multiprocess_mode="livemax")
         self.reloads = Counter("smartrouter_model_reloads", "Model load attempts", ["result"], registry=r)
@@ -307,9 +308,14 @@ class Service:
         for name, snap in self.router.health.snapshot().items():
             for s in STATES:
                 m.states.labels(name, s).set(1.0 if snap["state"] == s else 0.0)
-        m.model.clear()
-        if self.holder.version:
-            m.model.labels(self.holder.version).set(1.0)
+        # not Gauge.clear(): prometheus_client does not implement it in multiprocess mode (the
+        # default, 2 workers), so a replaced version would keep reporting 1 next to the new one
+        current = self.holder.version
+        for version in m.model_versions_shown - {current}:
+            m.model.labels(version).set(0.0)
+        if current:
+            m.model.labels(current).set(1.0)
+            m.model_versions_shown.add(current)
         m.model_failed.set(1.0 if self.holder.status.failed_version else 0.0)
         m.log_dropped.set(self.decision_log.dropped)
 

@@ -216,6 +216,24 @@ def test_online_state_minute_memo_is_exact_with_same_minute_and_late_outcomes():
         state.health_features(now)[timeout_rate] = 0.0
 
 
+def test_bin_history_counts_issuer_decisions_only():
+    """A processor's timeouts move its health, never a BIN's history on it (an outage is not the issuer)."""
+    state = features.OnlineFeatureState()
+    now = dt.datetime(2026, 11, 1, 12, 0, 30)
+    for k in range(10):
+        state.observe("WORLDPAY", now - dt.timedelta(minutes=k + 5), "APPROVED", None, "415231")
+    smoothed, outcomes = features.bin_columns("WORLDPAY")
+    before = dict(state.features("415231", now))
+    for k in range(20):  # an outage: timeouts and processor errors on this BIN
+        state.observe("WORLDPAY", now - dt.timedelta(minutes=k % 4 + 1), "DECLINED", catalog.PROCESSOR_ERROR_CATEGORY, "415231")
+    during = dict(state.features("415231", now))
+    assert during[smoothed] == before[smoothed] and during[outcomes] == before[outcomes] == 10.0
+    assert during[features.health_column("WORLDPAY", "15M", "TIMEOUT_RATE")] > 0.5
+    state.observe("WORLDPAY", now - dt.timedelta(minutes=1), "DECLINED", "INSUFFICIENT_FUNDS", "415231")  # the issuer said no
+    after = dict(state.features("415231", now))
+    assert after[outcomes] == 11.0 and after[smoothed] < before[smoothed]
+
+
 def test_windowed_counts_boundaries():
     wc = features.WindowedCounts(window=15, width=3)
     for minute, kind in [(100, 0), (104, 1), (114, 2), (115, 0), (116, 0)]:

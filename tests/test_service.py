@@ -254,6 +254,8 @@ def test_reload_under_load_switches_versions_without_failed_requests(tmp_path):
     assert "v3" not in versions
     assert ready["model_version"] == "v2" and "v3 refused" in ready["model_error"]
     assert 'smartrouter_model_info{version="v2"} 1.0' in metrics and "smartrouter_model_load_failed 1.0" in metrics
+    # the replaced version is set to 0, not cleared (clearing is a no-op with several workers)
+    assert 'smartrouter_model_info{version="v1"} 0.0' in metrics
 
 
 def test_decisions_and_outcomes_are_logged_and_flushed_on_shutdown(tmp_path):

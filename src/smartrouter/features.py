@@ -119,9 +119,9 @@ def _build_features() -> tuple[Feature, ...]:
     ]
     for p in catalog.PROCESSORS:
         smoothed, outcomes = bin_columns(p)
-        feats.append(Feature(smoothed, N, "bin_history", f"BIN approval on {p} over 28 days before the attempt, "
-                             f"smoothed toward {p}'s approval (m={BIN_PRIOR_STRENGTH:g})", "card", True, p))
-        feats.append(Feature(outcomes, N, "bin_history", f"BIN outcomes on {p} over 28 days before the attempt (log)",
+        feats.append(Feature(smoothed, N, "bin_history", f"BIN issuer approval on {p} (approvals / issuer decisions, timeouts "
+                             f"left out) over 28 days before the attempt, smoothed toward {p}'s (m={BIN_PRIOR_STRENGTH:g})", "card", True, p))
+        feats.append(Feature(outcomes, N, "bin_history", f"BIN issuer decisions on {p} over 28 days before the attempt (log)",
                              "card", True, p, transform="log1p"))
     for p in catalog.PROCESSORS:
         for w in HEALTH_WINDOWS:
@@ -161,6 +161,16 @@ def outcome_kind(status: str | None, error_category: str | None) -> int | None:
     if status == "DECLINED":
         return TIMEOUT if error_category == catalog.PROCESSOR_ERROR_CATEGORY else DECLINED
     return None
+
+
+def counts_toward_bin_history(kind: int | None) -> bool:
+    """Whether an outcome counts in the BIN x processor history and its prior: the issuer's decisions only.
+
+    A timeout or processor error reflects the processor's health (the health features), not the
+    BIN's issuer; counted here, one outage would depress the BIN's history for 28 days.
+    features_bin_history.sql and features_health.sql (A_PRIOR / N_PRIOR) apply the same rule.
+    """
+    return kind == APPROVED or kind == DECLINED
 
 
 def health_values(approved: int, timeout: int, declined: int) -> tuple[float, float, float, float]:
@@ -514,7 +524,7 @@ def reference_features(history: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFram
                 for metric, v in zip(HEALTH_METRICS, health_values(*counts)):
                     vals[health_column(p, w, metric)] = v
         in_prior = (hist_min >= m - BIN_HISTORY_MINUTES) & (hist_min < m)
-        ph = hist[in_prior]
+        ph = hist[in_prior & np.array([counts_toward_bin_history(k) for k in hist["KIND"]], dtype=bool)]
         all_a, all_n = int((ph["KIND"] == APPROVED).sum()), len(ph)
         for p in catalog.PROCESSORS:
             pp = ph[ph["PROCESSOR"] == p]
@@ -699,7 +709,10 @@ class OnlineFeatureState:
         self._ensure(processor)
         for wc in self._health[processor].values():
             wc.add(minute, kind)
-        # prior and BIN counters hold [outcomes, approved]
+        self.observed += 1
+        if not counts_toward_bin_history(kind):
+            return
+        # prior and BIN counters hold [issuer decisions, approved]
         extra = (1,) if kind == APPROVED else ()
         self._prior[processor].add(minute, 0, *extra)
         if bin is not None:
@@ -708,7 +721,6 @@ class OnlineFeatureState:
             if wc is None:
                 wc = self._bins[key] = WindowedCounts(BIN_HISTORY_MINUTES, 2)
             wc.add(minute, 0, *extra)
-        self.observed += 1
 
     def _shared(self, minute: int) -> tuple[Mapping[str, float], dict[str, float]]:
         """(health columns, BIN prior per processor) for ``minute``, computed once per minute."""

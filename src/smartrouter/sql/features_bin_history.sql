@@ -2,6 +2,10 @@
 -- and every processor that has seen the BIN, the approvals and outcomes of that BIN on that
 -- processor over [m - w, m) in whole minutes: strictly before the attempt's minute, so a training
 -- row never sees its own outcome. Python smooths it toward the processor prior.
+-- Only the issuer's decisions count (approvals and issuer declines): a timeout or processor
+-- error says how the processor was doing, not how the BIN's issuer decides, and the health
+-- features carry it. Counted here, one outage would depress the BIN's history on that processor
+-- for the next 28 days (seen: a 2-day WORLDPAY outage lowered its BIN rates for the whole week after).
 -- How: running totals per (BIN, processor) read at marker rows at m and m - w (see
 -- features_health.sql); window count = total(m) - total(m - w).
 WITH outcomes AS (
@@ -13,7 +17,7 @@ WITH outcomes AS (
         COUNT(*) AS N_OUTCOMES
     FROM PAYMENT_ML.SOURCES.VW_ATHENA_PAYMENT_ATTEMPT
     WHERE MERCHANT = %(merchant)s
-      AND STATUS IN ('APPROVED', 'DECLINED')
+      AND (STATUS = 'APPROVED' OR (STATUS = 'DECLINED' AND COALESCE(ERROR_CATEGORY, '') <> %(timeout_category)s))
       AND CREATED_AT >= %(history_start)s::TIMESTAMP_NTZ
       AND CREATED_AT < %(end)s::TIMESTAMP_NTZ
     GROUP BY 1, 2, 3

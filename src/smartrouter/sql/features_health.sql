@@ -70,9 +70,10 @@ SELECT
     SUM(IFF(LAG_MIN = 0, C_A, 0)) - SUM(IFF(LAG_MIN = %(w_24h)s, C_A, 0)) AS A_24H,
     SUM(IFF(LAG_MIN = 0, C_T, 0)) - SUM(IFF(LAG_MIN = %(w_24h)s, C_T, 0)) AS T_24H,
     SUM(IFF(LAG_MIN = 0, C_D, 0)) - SUM(IFF(LAG_MIN = %(w_24h)s, C_D, 0)) AS D_24H,
-    -- the processor's own approval over the BIN-history window: the smoothing prior
+    -- the processor's own issuer approval (approvals / issuer decisions, timeouts left out as in
+    -- the BIN history) over the BIN-history window: the smoothing prior
     SUM(IFF(LAG_MIN = 0, C_A, 0)) - SUM(IFF(LAG_MIN = %(w_prior)s, C_A, 0)) AS A_PRIOR,
-    SUM(IFF(LAG_MIN = 0, C_A + C_T + C_D, 0)) - SUM(IFF(LAG_MIN = %(w_prior)s, C_A + C_T + C_D, 0)) AS N_PRIOR
+    SUM(IFF(LAG_MIN = 0, C_A + C_D, 0)) - SUM(IFF(LAG_MIN = %(w_prior)s, C_A + C_D, 0)) AS N_PRIOR
 FROM running
 WHERE IS_OUTCOME = 0
 GROUP BY 1, 2
