@@ -210,9 +210,13 @@ def test_timeouts_never_raise_a_score_even_when_the_data_says_they_do(family):
 
     m = make_model(family, min_rows=200, **params).fit(tr, va)
     base = m.predict_proba(te.X)
-    assert (m.predict_proba(raised) - base).max() <= 1e-12
+    # not 0: where a bound is active (timeout weight == approval weight) a moved share changes the
+    # score by rounding alone: float32 X in the logistic model (~1e-11 seen), and Keras' float32
+    # output in the DNN (a few ulps, ~1e-7). A learned effect is 1e-3 and more.
+    tol = 1e-9 if family == "logistic" else 3e-7
+    assert (m.predict_proba(raised) - base).max() <= tol
     for source in (0, 2):  # share moving from approvals or from issuer declines to timeouts
-        assert (m.predict_proba(_shift_to_timeouts(te.X, mono, source, 0.1)) - base).max() <= 1e-12
+        assert (m.predict_proba(_shift_to_timeouts(te.X, mono, source, 0.1)) - base).max() <= tol
     if family == "logistic":
         assert m.W[:, neg].max() <= 0 and m.Wg[neg].max() <= 0
     else:
@@ -237,3 +241,24 @@ def test_dnn_export_without_its_linear_path_fails_to_load_naming_the_file(synth,
     (folder / base.CHECKSUM_FILE).write_text(json.dumps(sums))
     with pytest.raises(ArtifactError, match="weights.npz lacks array 'wide'"):
         load_serving_model(folder)
+
+
+def test_logistic_heads_read_only_their_own_processors_health_and_bin_history(synth):
+    m = make_model("logistic").fit(synth.part("train"), synth.part("valid"))
+    own = data.processor_feature_columns(synth.feature_names)
+    assert all(len(cols) == 3 for cols in own.values())  # the synthetic health triple of each processor
+    for j, proc in enumerate(catalog.PROCESSORS):
+        others = [c for p, cols in own.items() if p != proc for c in cols]
+        assert not np.any(m.W[j, others]), proc
+    assert np.any(m.Wg[[c for cols in own.values() for c in cols]])  # the global model reads them all
+    free = make_model("logistic", own_processor_only=False).fit(synth.part("train"), synth.part("valid"))
+    assert np.any(free.W[0, own["MIT"]])  # the restriction is what zeroes them
+
+
+def test_processor_feature_columns_come_from_the_feature_definition():
+    from smartrouter import features
+
+    names = ["PREVIOUS_PROCESSOR=MIT", features.bin_columns("MIT")[0], features.bin_columns("MIT")[0] + "__MISSING",
+             features.health_column("ELAVON", "15M", "VOLUME"), "CARD_BRAND=AMEX", "AMOUNT"]
+    cols = data.processor_feature_columns(names)
+    assert cols["MIT"] == [1, 2] and cols["ELAVON"] == [3] and cols["AMEX"] == [] and cols["WORLDPAY"] == []

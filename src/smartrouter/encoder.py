@@ -4,7 +4,7 @@ Fitted on the training split, saved as a plain JSON spec beside the model, and r
 service without pandas: ``transform(frame)`` (vectorized, training) and ``encode_payment(dict)``
 (one payment, dicts/lists/math only) give the same vector (a test checks 10,000 rows).
 
-Encoding per feature (smartrouter.features.FEATURES is the list):
+Encoding per feature (smartrouter.features.MODEL_FEATURES is the list: every feature marked model_input):
 - numeric: optional log1p (of max(x, 0)), missing -> the training mean, then standardized;
   a 0/1 missing indicator column when the training data had missing values;
 - categorical "onehot": vocabulary of values seen >= min_count times in training (missing is the
@@ -124,7 +124,7 @@ class FeatureEncoder:
         """Learn vocabularies and scaling from the training rows (pass only the train split)."""
         from smartrouter import features
 
-        defs = list(feature_defs if feature_defs is not None else features.FEATURES)
+        defs = list(feature_defs if feature_defs is not None else features.MODEL_FEATURES)
         missing = [f.name for f in defs if f.name not in train_frame.columns]
         if missing:
             raise ArtifactError(f"cannot fit the encoder: the frame lacks feature columns {missing[:5]}; "

@@ -221,6 +221,22 @@ def per_processor_groups(feature_names: list[str]) -> dict[str, list[int]]:
     }
 
 
+def processor_feature_columns(feature_names: list[str]) -> dict[str, list[int]]:
+    """Encoded columns of each processor's own features (health, BIN history; missing indicators too).
+
+    From the one feature definition (``features.Feature.per_processor``), not from name patterns, so
+    a payment column that merely names a processor (``PREVIOUS_PROCESSOR=MIT``) is not one of them.
+    """
+    from smartrouter import features
+
+    out: dict[str, list[int]] = {p: [] for p in catalog.PROCESSORS}
+    for j, name in enumerate(feature_names):
+        f = features.FEATURES_BY_NAME.get(name.split("__")[0])
+        if f is not None and f.per_processor and f.processor in out:
+            out[f.processor].append(j)
+    return out
+
+
 # ------------------------------------------------------------------ sign-constrained inputs
 NEGATIVE_METRIC = "TIMEOUT_RATE"  # timeouts + processor errors (features.outcome_kind): never good news
 TRIPLE_METRICS = ("APPROVAL_RATE", "TIMEOUT_RATE", "DECLINE_RATE")  # shares of one window's outcomes, summing to 1
