@@ -262,3 +262,21 @@ def test_processor_feature_columns_come_from_the_feature_definition():
              features.health_column("ELAVON", "15M", "VOLUME"), "CARD_BRAND=AMEX", "AMOUNT"]
     cols = data.processor_feature_columns(names)
     assert cols["MIT"] == [1, 2] and cols["ELAVON"] == [3] and cols["AMEX"] == [] and cols["WORLDPAY"] == []
+
+
+def test_xgb_trees_read_a_processors_features_only_as_the_scored_processors_self_columns(synth):
+    m = make_model("xgb", n_estimators=40, min_rows=500).fit(synth.part("train"), synth.part("valid"))
+    used = {int(k[1:]) for k in m.booster.get_score(importance_type="weight")}
+    held = set(m._held_constant().tolist())
+    assert len(held) == 3 * P  # the synthetic health triples
+    assert not used & held
+    assert any(m.aug_names[j].startswith("SELF:") for j in used)
+    free = make_model("xgb", n_estimators=40, min_rows=500, self_only=False).fit(synth.part("train"), synth.part("valid"))
+    assert {int(k[1:]) for k in free.booster.get_score(importance_type="weight")} & held  # the option is what stops it
+
+
+def test_dnn_trunk_never_sees_the_processors_own_features(synth):
+    m = make_model("dnn", epochs=1, hidden=(8,), batch_size=512, min_rows=500).fit(synth.part("train"), synth.part("valid"))
+    own = [j for cols in data.processor_feature_columns(synth.feature_names).values() for j in cols]
+    assert own and not np.any(m.layers[0][0][own])  # zero rows: the linear path alone carries them
+    assert np.any(m.wide[own])
