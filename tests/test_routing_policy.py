@@ -146,15 +146,18 @@ def test_seeded_history_is_installed_with_the_outcomes_heard_while_loading():
     t0 = 1_700_000_000.0
     d = r.decide(payment(), at=t0)
     assert d.source == "fallback" and d.fallback_reason == "features_not_ready"
-    for i in range(3):  # heard live while the history loads
-        r.observe_outcome("MIT", "TIMEOUT", at=t0 + 60 + i, card_bin="415231")
+    for i in range(2):  # heard live while the history loads: issuer declines (BIN history) ...
+        r.observe_outcome("MIT", "DECLINED", error_code="51", at=t0 + 60 + i, card_bin="415231")
+    r.observe_outcome("MIT", "TIMEOUT", at=t0 + 62, card_bin="415231")  # ... and a timeout (health only)
     seeded = OnlineFeatureState()
     until = datetime.utcfromtimestamp(t0)
     seeded.observe("MIT", datetime.utcfromtimestamp(t0 - 600), "APPROVED", None, "415231")  # from the warehouse
     assert r.install_features(seeded, until) == 3
     assert r.features is seeded and r.features_ready
     hist = seeded.bin_features("415231", datetime.utcfromtimestamp(t0 + 120))
-    assert hist["BIN_MIT_OUTCOMES"] == 4.0
+    assert hist["BIN_MIT_OUTCOMES"] == 3.0  # the warehouse's approval + the two declines replayed
+    health = seeded.health_features(datetime.utcfromtimestamp(t0 + 120))
+    assert health["HEALTH_MIT_15M_VOLUME"] == 4.0 and health["HEALTH_MIT_15M_TIMEOUT_RATE"] == 1 / 4  # all four
     assert r.decide(payment(), at=t0 + 120).source == "model"
 
 
