@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from smartrouter.config import load_settings  # noqa: E402
 from smartrouter.models import FAMILY_NAMES, data, make_model  # noqa: E402
 from smartrouter.models.serving import load_serving_model  # noqa: E402
+from smartrouter.models.train import FAMILY_MAX_ROWS, _cap_rows  # noqa: E402
 
 
 def _latest_features() -> Path | None:
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             model = make_model(fam, **params)
             if fam == "dnn" and "logistic" in models:
                 model.linear_start = models["logistic"]  # as train_all does: the DNN's linear path is this fit
-            model.fit(train, valid)
+            # the daily run's per-family row caps (XGBoost trains on a sample), so times compare
+            model.fit(_cap_rows(train, FAMILY_MAX_ROWS.get(fam), 0), valid)
             models[fam] = model
             folder = model.export(Path(tmp) / fam, encoder.to_spec())
             out[fam] = {"train_seconds": round(model.train_seconds, 2), "artifact_bytes": model.artifact_bytes(folder)}
