@@ -7,6 +7,7 @@
 - `bandit`: Thompson-sampling exploration with a capped share and propensities
 - `model_holder`: the serving model, hot-reloaded from the registry pointer
 - `decision_log`: append-only local store of decisions and outcomes (the feedback loop)
+- `service`: the service's state without HTTP (`ServiceDeps(...).build() -> Service`, metrics, start-up)
 """
 
 from smartrouter.routing.config import RoutingConfig, load_routing_config

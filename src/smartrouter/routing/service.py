@@ -1,0 +1,327 @@
+"""The routing service's state, without HTTP: what `serve/app.py`'s handlers are given.
+
+`ServiceDeps(...).build()` assembles a `Service` (settings, routing config, model holder, static
+rules, online features, router, decision log, metrics); `Service.startup(loop)` /
+`Service.shutdown(loop)` start and stop what runs beside the requests (outcome sharing with the
+other workers, the model poller, the decision log's writer, the feature-seeding thread). Tests
+drive a `Service` directly; the Litestar factory only wires it to routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from smartrouter.config import Settings, load_settings
+from smartrouter.routing import peers
+from smartrouter.routing.config import RoutingConfig, load_routing_config
+from smartrouter.routing.decision_log import DecisionLog
+from smartrouter.routing.health import STATES, Transition, outcome_kind
+from smartrouter.routing.model_holder import ModelHolder
+from smartrouter.routing.policy import Router, owner_of, rules_from_sources
+
+log = logging.getLogger("smartrouter.serve")
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# How far back the online features' history reaches when a worker starts (the longest feature window is 24 h;
+# the BIN history reads 28 days).
+SEED_HISTORY_DAYS = 28
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per service).
+
+    With several workers (`smartrouter serve --workers N` sets PROMETHEUS_MULTIPROC_DIR), every
+    worker writes its values to files there and a scrape of any worker reports all of them:
+    counters and the histogram summed over workers, gauges as the maximum over live workers
+    (processor state: 1 if any worker sees it; all workers share outcomes, so they agree).
+    Health transitions are counted by every worker that makes them.
+    """
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_ENV))
+        self.decisions = Counter("smartrouter_decisions", "Routing decisions", ["source", "arm"], registry=r)
+        self.fallbacks = Counter("smartrouter_fallbacks", "Decisions that fell back, by reason", ["reason"], registry=r)
+        self.latency = Histogram(
+            "smartrouter_decision_latency_seconds", "In-process decision latency", registry=r,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+        )
+        self.outcomes = Counter("smartrouter_outcomes", "Outcomes received", ["processor", "kind"], registry=r)
+        self.transitions = Counter(
+            "smartrouter_processor_transitions", "Processor health state changes", ["processor", "from_state", "to_state"], registry=r
+        )
+        self.states = Gauge("smartrouter_processor_state", "1 for the processor's current state", ["processor", "state"],
+                            registry=r, multiprocess_mode="livemax")
+        self.model = Gauge("smartrouter_model_info", "1 for the model version being served", ["version"], registry=r,
+                           multiprocess_mode="livemax")
+        self.model_versions_shown: set[str] = set()  # every version this worker has labelled
+        self.model_failed = Gauge("smartrouter_model_load_failed", "1 when the last model load was refused", registry=r,
+                                  multiprocess_mode="livemax")
+        self.reloads = Counter("smartrouter_model_reloads", "Model load attempts", ["result"], registry=r)
+        self.log_dropped = Gauge("smartrouter_decision_log_dropped", "Log records dropped (buffer full)", registry=r,
+                                 multiprocess_mode="livesum")
+        self.bad_requests = Counter("smartrouter_rejected_requests", "Requests answered 4xx", ["status"], registry=r)
+
+    def exposition(self) -> bytes:
+        """The text a scrape returns: this worker's registry, or every worker's files."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    def worker_exit(self) -> None:
+        """Drop this worker's live gauges from the shared files (counters stay: they are history)."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
+
+
+@dataclass
+class Service:
+    """Everything a handler needs: the router, the model holder, the decision log, metrics, and their state."""
+
+    settings: Settings
+    config: RoutingConfig
+    router: Router
+    holder: ModelHolder
+    decision_log: DecisionLog
+    metrics: Metrics
+    rules_source: str
+    poll: bool = True
+    notes: list[str] = field(default_factory=list)
+    online_features: str = "off"
+    bus: peers.PeerBus | None = None  # outcome sharing with the other workers (None: on its own)
+    share_outcomes: bool = True
+    seed_features: bool = False
+
+    # ------------------------------------------------------------------ outcomes, shared across workers
+    def on_peer_message(self, msg: peers.PeerMessage) -> None:
+        """Apply what another worker heard (runs on the event loop's thread, like the handlers)."""
+        if msg.kind == peers.RELOAD:
+            threading.Thread(target=self.holder.reload, name="peer-reload", daemon=True).start()
+            return
+        segment = tuple(msg.segment) if msg.segment is not None else None
+        if msg.kind == peers.FORWARD:  # we made this decision: resolve it, apply it, tell everyone
+            segment, card_bin, _ = self.router.resolve(msg.request_id, segment, msg.card_bin)
+            self._apply_and_share(msg.processor, msg.status, msg.error_code, msg.at, segment, card_bin)
+        elif msg.kind == peers.OUTCOME:
+            self.router.observe_outcome(msg.processor, msg.status, error_code=msg.error_code, at=msg.at,
+                                        segment=segment, card_bin=msg.card_bin)
+
+    def _apply_and_share(self, processor: str, status: str, error_code: str | None, at: float,
+                         segment: tuple | None, card_bin: str | None) -> str:
+        kind = self.router.observe_outcome(processor, status, error_code=error_code, at=at, segment=segment, card_bin=card_bin)
+        if self.bus is not None:
+            self.bus.publish(peers.message(peers.OUTCOME, self.bus.pid, processor=processor, status=status,
+                                           error_code=error_code, at=at, segment=segment, card_bin=card_bin))
+        return kind
+
+    def take_outcome(self, processor: str, status: str, error_code: str | None, at: float, request_id: str | None,
+                     segment: tuple | None, card_bin: str | None) -> str:
+        """One outcome from the merchant: applied here and in every other worker; returns its kind.
+
+        The worker that made the decision is the one that knows its segment and BIN: when the
+        request id names another live worker, the outcome goes there to be resolved and shared.
+        """
+        segment, card_bin, mine = self.router.resolve(request_id, segment, card_bin)
+        owner = owner_of(request_id)
+        bus = self.bus
+        if not mine and bus is not None and owner is not None and owner != bus.pid and bus.has_peer(owner):
+            sent = bus.send(owner, peers.message(peers.FORWARD, bus.pid, processor=processor, status=status,
+                                                 error_code=error_code, at=at, request_id=request_id,
+                                                 segment=segment, card_bin=card_bin))
+            if sent:
+                return outcome_kind(status, error_code)
+        return self._apply_and_share(processor, status, error_code, at, segment, card_bin)
+
+    def request_reload(self) -> str:
+        """Load the promoted version now (and tell the other workers to); returns the holder's result."""
+        result = self.holder.reload()
+        if self.bus is not None:  # the other workers load it now too, not at their next poll
+            self.bus.publish(peers.message(peers.RELOAD, self.bus.pid))
+        return result
+
+    # ------------------------------------------------------------------ metrics
+    def refresh_gauges(self) -> None:
+        """Bring the scrape-time gauges (states, model, log) up to date."""
+        m = self.metrics
+        for name, snap in self.router.health.snapshot().items():
+            for s in STATES:
+                m.states.labels(name, s).set(1.0 if snap["state"] == s else 0.0)
+        # not Gauge.clear(): prometheus_client does not implement it in multiprocess mode (the
+        # default, 2 workers), so a replaced version would keep reporting 1 next to the new one
+        current = self.holder.version
+        for version in m.model_versions_shown - {current}:
+            m.model.labels(version).set(0.0)
+        if current:
+            m.model.labels(current).set(1.0)
+            m.model_versions_shown.add(current)
+        m.model_failed.set(1.0 if self.holder.status.failed_version else 0.0)
+        m.log_dropped.set(self.decision_log.dropped)
+
+    # ------------------------------------------------------------------ life cycle
+    def startup(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start sharing outcomes, the decision log, the model poller and the feature seeding (on the event loop)."""
+        if self.share_outcomes:
+            try:
+                bus = peers.PeerBus(self.settings.state_dir / "peers").open()
+                peers.attach(bus, loop, self.on_peer_message)
+                self.bus = bus
+            except OSError as exc:  # serve on our own rather than not at all; /readyz says so
+                self.notes.append(f"outcomes not shared with other workers: {exc}")
+                log.warning("peer bus unavailable: %s", exc)
+        self.refresh_gauges()
+        freeze_heap()
+        self.decision_log.start()
+        if self.poll:
+            self.holder.start()
+        if self.seed_features and self.router.features is not None:
+            self.online_features = "seeding"
+            self.router.features_pending()
+            threading.Thread(target=seed_online_features, args=(self, loop), name="seed-features", daemon=True).start()
+
+    def shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop the poller, leave the peer bus, flush the decision log, drop this worker's gauges."""
+        self.holder.stop()
+        if self.bus is not None:
+            peers.detach(self.bus, loop)
+            self.bus.close()
+            self.bus = None
+        self.decision_log.close()
+        self.metrics.worker_exit()
+
+
+def seed_online_features(svc: Service, loop: asyncio.AbstractEventLoop) -> None:
+    """Seed the online feature state from the warehouse's last 28 days (background, best effort).
+
+    Until it is installed the router serves treatment payments by the static rules (see
+    `Router.features_pending`); the swap happens on the event loop's thread, so it never races a
+    decision or an outcome, and outcomes heard meanwhile are replayed into the new state.
+    """
+    try:
+        from smartrouter import features
+
+        until = datetime.now(timezone.utc).replace(tzinfo=None)
+        frame = features.outcome_history(svc.settings, until - timedelta(days=SEED_HISTORY_DAYS), until)
+        state = features.OnlineFeatureState.from_history(frame)
+        n = len(frame)
+        del frame
+    except Exception as exc:  # noqa: BLE001 - serve without history rather than not at all
+        svc.online_features = "failed"
+        svc.notes.append(f"online features not seeded from the warehouse ({exc}); the model waits until live "
+                         "outcomes cover the feature windows, static rules meanwhile")
+        log.warning("online features not seeded: %s", exc)
+        return
+
+    def install() -> None:
+        replayed = svc.router.install_features(state, until)
+        svc.online_features = "seeded"
+        log.warning("online features seeded from %d outcomes (+%d heard while loading)", n, replayed)
+        freeze_heap()
+
+    loop.call_soon_threadsafe(install)
+
+
+def freeze_heap() -> None:
+    """Move everything alive now (model, rules, seeded online state: ~0.5M objects) out of the GC's reach.
+
+    A full collection walks every tracked object; over the seeded state it takes ~0.5 s, a pause
+    every request queued behind it would see. These objects live as long as the process, so
+    tracking them buys nothing (gc.freeze, as CPython's docs advise for long-lived servers).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+@dataclass
+class ServiceDeps:
+    """What a service is built from; every field has the production default (tests inject fakes).
+
+    ``rules``: a RulesEngine, rule rows, or None to read them (warehouse view, then the model's
+    snapshot); ``features`` / ``fallback_router``: "auto" builds the package's own, None goes without.
+    """
+
+    settings: Settings | None = None
+    routing_config: RoutingConfig | None = None
+    model_loader: Callable[[Path], Any] | None = None
+    rules: Any = None
+    features: Any = "auto"
+    fallback_router: Any = "auto"
+    poll: bool = True
+    seed: int | None = None
+    rules_from_warehouse: bool = True
+    seed_features: bool = True
+    share_outcomes: bool = True
+
+    def build(self) -> Service:
+        """Load the model, the rules and the features, and assemble the service (nothing runs until `startup`)."""
+        settings = self.settings or load_settings()
+        config = self.routing_config or load_routing_config()
+        metrics = Metrics()
+        services: list[Service] = []  # filled below; the callbacks fire only once the service exists
+
+        def on_transition(tr: Transition) -> None:
+            metrics.transitions.labels(tr.processor, tr.old, tr.new).inc()
+            if services:  # gauges follow the change at once: a scrape may reach another worker
+                services[0].refresh_gauges()
+
+        def on_change(status: Any, result: str) -> None:
+            metrics.reloads.labels(result).inc()
+            if services:
+                services[0].refresh_gauges()
+
+        holder = ModelHolder(settings.registry_dir, loader=self.model_loader, poll_seconds=config.reload_poll_seconds,
+                             on_change=on_change)
+        holder.check()  # the first load happens before the first request
+        rules, rules_source = self._rules(settings, holder)
+        features, seed_features = self.features, self.seed_features
+        if features == "auto":
+            try:
+                from smartrouter.features import OnlineFeatureState
+
+                features = OnlineFeatureState()
+            except Exception:  # noqa: BLE001
+                features = None
+        else:
+            seed_features = False  # given features are the caller's to fill
+        fallback_router = self.fallback_router
+        if fallback_router == "auto":
+            try:
+                from smartrouter.policies import SuccessRateRouter
+
+                fallback_router = SuccessRateRouter()
+            except Exception:  # noqa: BLE001
+                fallback_router = None
+        router = Router(config, rules, holder, features=features, fallback_router=fallback_router,
+                        on_transition=on_transition, seed=self.seed)
+        dlog = DecisionLog(settings.state_dir / "decisions", config.decision_log.queue_size,
+                           config.decision_log.segment_records, config.decision_log.flush_seconds)
+        svc = Service(settings, config, router, holder, dlog, metrics, rules_source, poll=self.poll,
+                      share_outcomes=self.share_outcomes, seed_features=seed_features)
+        services.append(svc)
+        return svc
+
+    def _rules(self, settings: Settings, holder: ModelHolder) -> tuple[Any, str]:
+        rules = self.rules
+        if rules is None:
+            snapshot = holder.current.rules_rows if holder.current is not None else None
+            return rules_from_sources(settings if self.rules_from_warehouse else None, snapshot)
+        if isinstance(rules, list):
+            from smartrouter.rules import RulesEngine
+
+            rules = RulesEngine(rules)
+        return rules, "given"
