@@ -12,7 +12,13 @@ Order of precedence, each step explained in the decision's ``reasons``:
 4. failover: DOWN processors are skipped for the next best (``failover``), except for a small
    probe share that tests recovery (``exploration``);
 5. exploration: Thompson sampling may replace the model's choice, capped at a share of
-   traffic (``exploration``), and every choice carries its propensity.
+   traffic (``exploration``), and every choice carries its propensity;
+6. the decision record: ranked processors with probabilities, reasons, arm, propensity, and a
+   request id an outcome can name.
+
+`Router.decide` is these steps in order, one method each. Its collaborators are typed by the
+Protocols below (what the router calls on them), so a test double or another implementation
+says what it must provide.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -37,7 +43,7 @@ from smartrouter.routing.bandit import ThompsonBandit
 from smartrouter.routing.config import RoutingConfig
 from smartrouter.routing.experiment import CONTROL, TREATMENT, Experiment
 from smartrouter.routing.health import HealthTracker, Transition
-from smartrouter.routing.model_holder import ModelHolder
+from smartrouter.routing.model_holder import LoadedModel
 
 log = logging.getLogger("smartrouter.routing.policy")
 
@@ -59,6 +65,46 @@ def owner_of(request_id: str | None) -> int | None:
         return int(request_id[-_OWNER_DIGITS:], 16)
     except ValueError:
         return None
+
+
+# ---------------------------------------------------------------- what the router's collaborators provide
+class ServingModel(Protocol):
+    """A loaded model's serving form (H5's ServingModel). Optional: ``uncertain`` (processors it
+    has little history for, as a collection or {name: bool}) and ``contributions(payment, processor, k)``."""
+
+    def score(self, payment: dict) -> Mapping[str, float]: ...
+
+
+class ModelSource(Protocol):
+    """Holds the model being served (`ModelHolder`); ``current`` is None when none is loaded."""
+
+    current: LoadedModel | None
+
+
+class OnlineFeatures(Protocol):
+    """Online health and BIN-history features, kept from outcomes (`features.OnlineFeatureState`)."""
+
+    def health_features(self, at: datetime) -> Mapping[str, float]: ...
+
+    def bin_features(self, bin: str, at: datetime) -> Mapping[str, float]: ...
+
+    def observe(self, processor: str, created_at: datetime, status: str, error_category: str | None = None,
+                bin: str | None = None) -> None: ...
+
+
+class RulesSource(Protocol):
+    """The merchant's static routing rules (`rules.RulesEngine`)."""
+
+    def ranked(self, currency: str, brand: str, card_type: str, at: datetime | None = None,
+               candidates: Sequence[str] | None = None) -> list[str]: ...
+
+
+class FallbackRouter(Protocol):
+    """Orders processors when no static rule matches (`policies.SuccessRateRouter`)."""
+
+    def choose(self, segment: Any, candidates: Sequence[str], rng: np.random.Generator) -> Any: ...
+
+    def observe(self, segment: Any, processor: str, approved: bool | int) -> None: ...
 
 
 class NoEligibleProcessor(SmartrouterError):
@@ -142,11 +188,11 @@ class Router:
     def __init__(
         self,
         config: RoutingConfig,
-        rules: Any = None,
-        holder: ModelHolder | None = None,
+        rules: RulesSource | None = None,
+        holder: ModelSource | None = None,
         *,
-        features: Any = None,
-        fallback_router: Any = None,
+        features: OnlineFeatures | None = None,
+        fallback_router: FallbackRouter | None = None,
         on_transition: Callable[[Transition], None] | None = None,
         seed: int | None = None,
     ) -> None:
@@ -232,21 +278,41 @@ class Router:
         at: float | None = None,
         request_id: str | None = None,
     ) -> Decision:
-        """Rank the eligible processors for one payment (dict of upper-case attempt columns)."""
+        """Rank the eligible processors for one payment (dict of upper-case attempt columns).
+
+        The steps of the module docstring, in order; each appends its explanation to ``reasons``.
+        """
         t0 = time.perf_counter()
         at = time.time() if at is None else at
-        cfg = self.config
-        currency, brand, card_type = payment["CURRENCY"], payment["CARD_BRAND"], payment.get("CARD_TYPE")
         reasons: list[str] = []
+        eligible, hard, overridden = self._eligible(payment, candidates, reasons)
+        arm = self.experiment.assign(self.experiment.key_of(payment))
+        loaded = self.holder.current if self.holder is not None else None
+        scores, enriched, fallback_reason = self._score(payment, loaded, at)
+        rules_order, no_rule = self._rules_order(payment, eligible, scores, at)
+        model_order = self._model_order(loaded, eligible, scores)
+        order, source, fallback_reason = self._choose_order(
+            payment, eligible, hard, overridden, arm, loaded, scores, model_order, rules_order, no_rule,
+            fallback_reason, reasons)
+        chosen, acting, down, source, fallback_reason, propensity = self._failover(order, source, fallback_reason, reasons)
+        segment = self.bandit.segment_of(payment)
+        chosen, source, propensity = self._explore(segment, acting, chosen, source, propensity, reasons)
+        return self._decision(
+            payment, request_id, t0, at, arm, loaded, eligible, order, down, chosen, source, fallback_reason,
+            propensity, segment, scores, model_order, enriched, explain, reasons)
 
-        # 1. eligibility (the same for every payment of a brand and currency: computed once)
-        hit = self._eligibility.get((brand, currency))
+    # 1-2. eligibility: hard rules, disabled processors, candidates, BIN overrides
+    def _eligible(self, payment: dict, candidates: Iterable[str] | None, reasons: list[str],
+                  ) -> tuple[list[str], bool, bool]:
+        """(eligible processors, whether a hard rule or override decides, whether a BIN override applies)."""
+        brand, currency = payment["CARD_BRAND"], payment["CURRENCY"]
+        hit = self._eligibility.get((brand, currency))  # the same for every payment of a brand and currency
         if hit is None:
             hit = self._eligibility_of(brand, currency)
             if len(self._eligibility) < 1000:  # brands x currencies: bounded even if fed odd values
                 self._eligibility[(brand, currency)] = hit
-        eligible, hard, base_reasons = hit
-        eligible = list(eligible)
+        base, hard, base_reasons = hit
+        eligible = list(base)
         reasons.extend(base_reasons)
         if candidates is not None:
             wanted = set(candidates)
@@ -259,60 +325,72 @@ class Router:
                 f"no processor may take a {brand} card in {currency} with these candidates "
                 f"(active: {', '.join(self._active)}); send other candidates or enable a processor in routing.toml"
             )
-
-        # 2. BIN overrides
-        override = cfg.bin_overrides.get(str(payment.get("CARD_BIN") or ""))
+        override = self.config.bin_overrides.get(str(payment.get("CARD_BIN") or ""))
         if override:
             ov = [p for p in override if p in eligible]
             if ov:
                 eligible = ov
                 hard = True
                 reasons.append(f"BIN {payment['CARD_BIN']} override: {', '.join(ov)}")
+        return eligible, hard, bool(override)
 
-        # 3. arm and scores
-        key = self.experiment.key_of(payment)
-        arm = self.experiment.assign(key)
-        shadow = self.experiment.shadow
-        loaded = self.holder.current if self.holder is not None else None
-        scores: dict[str, float] | None = None
-        enriched = payment
-        fallback_reason: str | None = None
-        if loaded is not None and self.features is not None and not self._features_warm(at):
-            fallback_reason = "features_not_ready"
-        elif loaded is not None:
-            enriched = self._enrich(payment, at)
-            try:
-                scores = loaded.model.score(enriched)
-            except Exception:  # noqa: BLE001 - the rules route it instead
-                log.exception("model %s failed to score; using static rules", loaded.version)
-                scores = None
-                fallback_reason = "model_error"
-        rules_rank = self._rules_ranked(currency, brand, card_type, eligible, at)
+    # 3a. the model's scores (None when it cannot be trusted now) and the row it scored
+    def _score(self, payment: dict, loaded: LoadedModel | None, at: float,
+               ) -> tuple[dict[str, float] | None, dict, str | None]:
+        """(scores, the enriched payment, why there are no scores) for one payment."""
+        if loaded is None:
+            return None, payment, None
+        if self.features is not None and not self._features_warm(at):
+            return None, payment, "features_not_ready"
+        enriched = self._enrich(payment, at)
+        try:
+            return loaded.model.score(enriched), enriched, None
+        except Exception:  # noqa: BLE001 - the rules route it instead
+            log.exception("model %s failed to score; using static rules", loaded.version)
+            return None, enriched, "model_error"
+
+    def _rules_order(self, payment: dict, eligible: list[str], scores: dict[str, float] | None, at: float,
+                     ) -> tuple[list[str], bool]:
+        """(the static rules' order of the eligible processors, whether no rule matched)."""
+        rules_rank = self._rules_ranked(payment["CURRENCY"], payment["CARD_BRAND"], payment.get("CARD_TYPE"), eligible, at)
         no_rule = not rules_rank
-        rules_order = rules_rank + [p for p in eligible if p not in rules_rank]
         if no_rule and scores is None and len(eligible) > 1:
-            rules_order = self._fallback_order(payment, eligible)
+            return self._fallback_order(payment, eligible), True
+        return rules_rank + [p for p in eligible if p not in rules_rank], no_rule
 
-        model_order: list[str] | None = None
-        if scores is not None:
-            model_order = sorted(eligible, key=lambda p: -scores.get(p, 0.0))
-            flags = getattr(loaded.model, "uncertain", None) or ()
-            # H5's serving form flags every processor ({name: bool}); a plain collection lists the uncertain ones
-            uncertain = {p for p, f in flags.items() if f} if isinstance(flags, dict) else set(flags)
-            if cfg.policy.skip_uncertain and uncertain:
-                sure = [p for p in model_order if p not in uncertain]
-                if sure:
-                    model_order = sure + [p for p in model_order if p in uncertain]
+    def _model_order(self, loaded: LoadedModel | None, eligible: list[str], scores: dict[str, float] | None,
+                     ) -> list[str] | None:
+        """The eligible processors by score, the ones the model is unsure of last (None without scores)."""
+        if scores is None:
+            return None
+        model_order = sorted(eligible, key=lambda p: -scores.get(p, 0.0))
+        flags = getattr(loaded.model, "uncertain", None) or ()
+        # H5's serving form flags every processor ({name: bool}); a plain collection lists the uncertain ones
+        uncertain = {p for p, f in flags.items() if f} if isinstance(flags, dict) else set(flags)
+        if self.config.policy.skip_uncertain and uncertain:
+            sure = [p for p in model_order if p not in uncertain]
+            if sure:
+                model_order = sure + [p for p in model_order if p in uncertain]
+        return model_order
 
+    # 3b. which order routes: hard rule, the arm's (rules or model), or the rules as a fallback
+    def _choose_order(
+        self, payment: dict, eligible: list[str], hard: bool, overridden: bool, arm: str, loaded: LoadedModel | None,
+        scores: dict[str, float] | None, model_order: list[str] | None, rules_order: list[str], no_rule: bool,
+        fallback_reason: str | None, reasons: list[str],
+    ) -> tuple[list[str], str, str | None]:
+        """(order, source, fallback reason) before health is considered."""
+        shadow = self.experiment.shadow
         if hard or len(eligible) == 1:
-            order, source = eligible if override else (model_order or rules_order), "hard_rule"
             if not hard:
                 reasons.append(f"only {eligible[0]} is eligible")
-        elif arm == CONTROL or shadow or model_order is None:
-            order, source = rules_order, "rules"
+            return (eligible if overridden else (model_order or rules_order)), "hard_rule", fallback_reason
+        if arm == CONTROL or shadow or model_order is None:
+            source = "rules"
             if no_rule:
                 source, fallback_reason = "fallback", fallback_reason or "no_rule"
-                reasons.append(f"no static rule for {currency} {brand} {card_type}: fallback order")
+                reasons.append(f"no static rule for {payment['CURRENCY']} {payment['CARD_BRAND']} {payment.get('CARD_TYPE')}: "
+                               "fallback order")
             elif model_order is None and arm == TREATMENT and not shadow:
                 if fallback_reason == "model_error":
                     source = "fallback"
@@ -324,72 +402,82 @@ class Router:
                     reasons.append("no promoted model: static rules")
             else:
                 reasons.append(f"{'shadow mode' if shadow else 'control arm'}: static rules")
-        else:
-            healthy_first = next((p for p in model_order if not self.health.is_down(p)), model_order[0])
-            best_p = scores.get(healthy_first, 0.0)
-            if best_p < cfg.policy.min_confidence:
-                order, source, fallback_reason = rules_order, "fallback", "not_confident"
-                reasons.append(
-                    f"model not confident (best {healthy_first} p={best_p:.2f} < {cfg.policy.min_confidence:.2f}): static rules"
-                )
-            else:
-                order, source = model_order, "model"
-                reasons.append(f"model {loaded.version}: {healthy_first} p={best_p:.2f}")
+            return rules_order, source, fallback_reason
+        healthy_first = next((p for p in model_order if not self.health.is_down(p)), model_order[0])
+        best_p = scores.get(healthy_first, 0.0)
+        min_confidence = self.config.policy.min_confidence
+        if best_p < min_confidence:
+            reasons.append(f"model not confident (best {healthy_first} p={best_p:.2f} < {min_confidence:.2f}): static rules")
+            return rules_order, "fallback", "not_confident"
+        reasons.append(f"model {loaded.version}: {healthy_first} p={best_p:.2f}")
+        return model_order, "model", fallback_reason
 
-        # 4. failover around DOWN processors (and probes that test their recovery)
-        down = [p for p in order if self.health.is_down(p)]
+    # 4. failover around DOWN processors, the ramp of RECOVERING ones, and probes that test recovery
+    def _failover(self, order: list[str], source: str, fallback_reason: str | None, reasons: list[str],
+                  ) -> tuple[str, list[str], list[str], str, str | None, float]:
+        """(chosen, processors that may act, DOWN ones, source, fallback reason, propensity)."""
+        health = self.health
+        down = [p for p in order if health.is_down(p)]
         acting = [p for p in order if p not in down] if down else order
         propensity = 1.0
         if not acting:
-            chosen = order[0]
-            source, fallback_reason = "fallback", "all_down"
-            reasons.append(f"every eligible processor is down ({', '.join(self.health.describe(p) for p in down)}): sending to {chosen}")
-        else:
-            chosen = acting[0]
-            if chosen != order[0]:
-                reasons.append(f"{self.health.describe(order[0])}: next best {chosen}")
+            reasons.append(f"every eligible processor is down ({', '.join(health.describe(p) for p in down)}): "
+                           f"sending to {order[0]}")
+            return order[0], acting, down, "fallback", "all_down", propensity
+        chosen = acting[0]
+        if chosen != order[0]:
+            reasons.append(f"{health.describe(order[0])}: next best {chosen}")
+            if source != "hard_rule":
+                source = "failover"
+        for p in down:
+            if p != order[0]:
+                reasons.append(health.describe(p))
+        ramp = health.admit_share(chosen) if len(acting) > 1 else 1.0
+        if ramp < 1.0:  # RECOVERING: it gets a growing share of what it would win, the rest the next best
+            if self._rng.random() < ramp:
+                propensity = ramp
+                reasons.append(f"{health.describe(chosen)}: ramping up, {ramp:.0%} of its traffic")
+            else:
+                nxt = acting[1]
+                reasons.append(f"{health.describe(chosen)}: ramping up ({ramp:.0%} of its traffic), next best {nxt}")
+                chosen, propensity = nxt, 1.0 - ramp
                 if source != "hard_rule":
                     source = "failover"
-            for p in down:
-                if p != order[0]:
-                    reasons.append(self.health.describe(p))
-            ramp = self.health.admit_share(chosen) if len(acting) > 1 else 1.0
-            if ramp < 1.0:  # RECOVERING: it gets a growing share of what it would win, the rest the next best
-                if self._rng.random() < ramp:
-                    propensity = ramp
-                    reasons.append(f"{self.health.describe(chosen)}: ramping up, {ramp:.0%} of its traffic")
-                else:
-                    nxt = acting[1]
-                    reasons.append(f"{self.health.describe(chosen)}: ramping up ({ramp:.0%} of its traffic), next best {nxt}")
-                    chosen, propensity = nxt, 1.0 - ramp
-                    if source != "hard_rule":
-                        source = "failover"
-            share = cfg.health.probe_share
-            if down and share > 0:
-                if self._rng.random() < share:
-                    chosen = down[0]
-                    source, propensity = "exploration", share
-                    reasons.append(f"probe: {self.health.describe(chosen)}, testing recovery")
-                else:
-                    propensity *= 1.0 - share
+        share = self.config.health.probe_share
+        if down and share > 0:
+            if self._rng.random() < share:
+                chosen = down[0]
+                source, propensity = "exploration", share
+                reasons.append(f"probe: {health.describe(chosen)}, testing recovery")
+            else:
+                propensity *= 1.0 - share
+        return chosen, acting, down, source, fallback_reason, propensity
 
-        # 5. exploration (treatment arm, model decisions only), always counted for the cap
-        segment = self.bandit.segment_of(payment)
-        may_explore = source == "model" and len(acting) > 1
-        bc = self.bandit.decide(segment, acting, chosen, allow=may_explore)
+    # 5. exploration (treatment arm, model decisions only), always counted for the cap
+    def _explore(self, segment: tuple, acting: list[str], chosen: str, source: str, propensity: float,
+                 reasons: list[str]) -> tuple[str, str, float]:
+        """(chosen, source, propensity) after Thompson sampling had its say."""
+        bc = self.bandit.decide(segment, acting, chosen, allow=source == "model" and len(acting) > 1)
         if bc.explored and bc.chosen != chosen:
             reasons.append(f"exploring: Thompson sampling picked {bc.chosen} instead of {chosen}")
             chosen, source = bc.chosen, "exploration"
         elif bc.explored:
             source = "exploration"
             reasons.append(f"exploring: Thompson sampling kept {chosen}")
-        propensity *= bc.propensity
+        return chosen, source, propensity * bc.propensity
 
+    # 6. the decision record (and the request id an outcome will name)
+    def _decision(
+        self, payment: dict, request_id: str | None, t0: float, at: float, arm: str, loaded: LoadedModel | None,
+        eligible: list[str], order: list[str], down: list[str], chosen: str, source: str, fallback_reason: str | None,
+        propensity: float, segment: tuple, scores: dict[str, float] | None, model_order: list[str] | None,
+        enriched: dict, explain: bool, reasons: list[str],
+    ) -> Decision:
         top = [p for p in order if p != chosen]
-        ranked_names = ([chosen] + [p for p in top if p not in down] + [p for p in top if p in down])[: cfg.policy.top_k]
+        ranked_names = ([chosen] + [p for p in top if p not in down] + [p for p in top if p in down])[: self.config.policy.top_k]
         ranked = [(p, (round(float(scores[p]), 6) if scores is not None and p in scores else None)) for p in ranked_names]
         shadow_choice = None
-        if shadow and model_order is not None:
+        if self.experiment.shadow and model_order is not None:
             shadow_choice = next((p for p in model_order if not self.health.is_down(p)), model_order[0])
         contributions = None
         if explain and loaded is not None and scores is not None and hasattr(loaded.model, "contributions"):
