@@ -23,6 +23,8 @@ from smartrouter.pipeline import RunLock, Stage, run_pipeline
 
 NB = REPO_ROOT / "tests" / "notebooks"
 DRILL, DRILL_GATE = NB / "drill.ipynb", NB / "drill_gate.ipynb"
+# The drills declare none of the real stages' parameters, so they run under their own profiles file.
+DRILL_PROFILES = NB / "drill_profiles.toml"
 DIRS = ("RUNS", "REPORTS", "REGISTRY", "STATE", "LOCAL")
 
 
@@ -48,22 +50,24 @@ def cli(args: list[str], home: Path, tmp_path: Path, **popen) -> subprocess.Pope
     for name in DIRS:
         env[f"SMARTROUTER_{name}_DIR"] = str(tmp_path / name.lower())
     exe = Path(sys.executable).parent / "smartrouter"
-    return subprocess.Popen([str(exe), "run", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen([str(exe), "run", "--profiles", str(DRILL_PROFILES), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **popen)
 
 
 # ------------------------------------------------------------------ parameters, ids, input errors
 def test_profiles_merge_and_overrides() -> None:
-    p = pipeline.resolve_parameters("quick", ["01_extract_eda.lookback_days=7", '03_train.family="xgb"',
+    p = pipeline.resolve_parameters("quick", ["run.lookback_days=7", '03_train.family="xgb"',
                                               "runner.cell_timeout_s=5", "02_features.flag=true", "05_gate.name=word"])
-    assert p["01_extract_eda"]["lookback_days"] == 7
-    assert p["01_extract_eda"]["outage_bucket_minutes"] == 60  # inherited from default
-    assert p["03_train"]["family"] == "xgb" and p["02_features"]["flag"] is True and p["05_gate"]["name"] == "word"
-    assert p["runner"]["cell_timeout_s"] == 5 and p["runner"]["stage_timeout_s"] == 300
+    assert p.run == {"lookback_days": 7, "valid_days": 3, "test_days": 3, "seed": 0}  # seed from default
+    assert p.stages["01_extract_eda"]["outage_bucket_minutes"] == 60  # inherited from default
+    assert p.stages["01_extract_eda"]["check_sample_rows"] == 20000  # quick's
+    assert p.stages["03_train"]["family"] == "xgb" and p.stages["02_features"]["flag"] is True
+    assert p.stages["05_gate"]["name"] == "word"
+    assert p.runner["cell_timeout_s"] == 5 and p.runner["stage_timeout_s"] == 300
     assert set(pipeline.load_profiles()) >= {"quick", "default", "prod"}
     with pytest.raises(ConfigError, match="unknown profile 'nope'"):
         pipeline.resolve_parameters("nope")
-    with pytest.raises(ConfigError, match="no stage '09_x'"):
+    with pytest.raises(ConfigError, match="no section '09_x'"):
         pipeline.resolve_parameters("quick", ["09_x.a=1"])
     with pytest.raises(ConfigError, match="STAGE.KEY=VALUE"):
         pipeline.parse_override("lookback_days=7")
@@ -186,12 +190,12 @@ def test_failure_drill_then_recovery(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cell_timeout_and_stage_timeout_fail_the_run(settings) -> None:
     stage = [Stage("01_extract_eda", DRILL)]
-    r = run_pipeline(settings, profile="quick", stages=stage, echo=None, render=False,
+    r = run_pipeline(settings, profile="quick", stages=stage, echo=None, render=False, profiles_file=DRILL_PROFILES,
                      overrides=['01_extract_eda.mode="sleep"', "01_extract_eda.sleep_s=120", "runner.cell_timeout_s=3"])
     assert r.status == "failed" and r.failed_stage == "01_extract_eda"
     assert "timeout" in r.error.lower(), r.error
     t0 = time.monotonic()
-    r = run_pipeline(settings, profile="quick", stages=stage, echo=None, render=True,
+    r = run_pipeline(settings, profile="quick", stages=stage, echo=None, render=True, profiles_file=DRILL_PROFILES,
                      overrides=['01_extract_eda.mode="sleep"', "01_extract_eda.sleep_s=120", "runner.stage_timeout_s=4"])
     assert r.status == "failed" and "exceeded its 4 s timeout" in r.error, r.error
     assert time.monotonic() - t0 < 100  # the watchdog stopped the 120 s sleep
@@ -248,7 +252,15 @@ def test_whole_chain_on_small_world(settings, monkeypatch: pytest.MonkeyPatch) -
     assert m["status"] == "succeeded" and pipeline.is_run_id(m["run_id"]) and m["as_of"] == as_of
     assert [s["name"] for s in m["stages"]] == list(pipeline.STAGES)
     assert all(s["status"] == "succeeded" and s["duration_s"] > 0 for s in m["stages"])
+    assert m["run"] == {"as_of": as_of, "lookback_days": 14, "valid_days": 3, "test_days": 3, "seed": 0}
     assert m["parameters"]["01_extract_eda"]["lookback_days"] == 14 and m["parameters"]["01_extract_eda"]["run_dir"] == str(result.run_dir)
+    # what each stage ran with (papermill's record in the executed notebook) is what the manifest says
+    for stage in pipeline.STAGES:
+        used = json.loads((result.run_dir / f"{stage}.ipynb").read_text())["metadata"]["papermill"]["parameters"]
+        assert used == {k: v for k, v in m["parameters"][stage].items() if k in used}, stage
+        assert {k: used[k] for k in m["run"] if k in used} == {k: v for k, v in m["run"].items() if k in used}, stage
+    split = json.loads((result.run_dir / "split.json").read_text())
+    assert (split["valid_days"], split["test_days"]) == (m["run"]["valid_days"], m["run"]["test_days"])
     assert m["code"]["commit"] and len(m["code"]["commit"]) == 40
     assert m["packages"]["papermill"] and m["packages"]["pandas"]
     assert "tok-do-not-leak" not in json.dumps(m)

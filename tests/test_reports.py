@@ -127,7 +127,8 @@ def test_real_report_in_headless_chromium(settings, tmp_path: Path) -> None:
         pytest.fail(f"{CHROMIUM} is missing; install it with tests/ensure_chromium.sh (make test does)")
     from smartrouter.pipeline import Stage, run_pipeline
 
-    result = run_pipeline(settings, profile="quick", stages=[Stage("01_extract_eda", DRILL)], echo=None)
+    result = run_pipeline(settings, profile="quick", stages=[Stage("01_extract_eda", DRILL)], echo=None,
+                          profiles_file=DRILL.with_name("drill_profiles.toml"))
     assert result.ok, result.error
     pages = [settings.reports_dir / result.run_id / "01_extract_eda.html",
              settings.reports_dir / result.run_id / "index.html", settings.reports_dir / "index.html"]

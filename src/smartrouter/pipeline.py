@@ -9,12 +9,20 @@ executed notebook and its HTML stay in place and later stages (the gate included
 
 A file lock in the state folder keeps two runs from overlapping; the second one is told which run
 holds the lock and exits with code 3.
+
+Parameters come in two kinds. Run-level ones (``RUN_PARAMETERS``: as-of date, lookback, split, seed)
+have one value per run, set in ``[<profile>.run]`` or with ``-p run.NAME=VALUE`` (as_of with
+``--as-of``), and are injected into every stage notebook that declares them, so no two stages can
+disagree. Stage ones live in ``[<profile>.<stage>]`` / ``-p STAGE.NAME=VALUE``. Every name and
+value is checked against the notebook's parameters cell before the lock is taken or a run folder
+made; the manifest's ``run`` block and ``parameters`` are exactly what was injected.
 """
 
 from __future__ import annotations
 
 import ast
 import datetime as dt
+import difflib
 import getpass
 import importlib.metadata
 import json
@@ -42,7 +50,15 @@ STAGES: tuple[str, ...] = ("01_extract_eda", "02_features", "03_train", "04_eval
 PROFILES_FILE = PACKAGE_DIR / "profiles.toml"
 BASE_PROFILE = "default"
 RUNNER_SECTION = "runner"
-RUNNER_DEFAULTS: dict[str, Any] = {"stage_timeout_s": 900, "cell_timeout_s": 600}
+RUNNER_DEFAULTS: dict[str, Any] = {"stage_timeout_s": 900.0, "cell_timeout_s": 600.0}  # seconds
+RUN_SECTION = "run"
+# One value per run, injected into every stage notebook whose parameters cell declares the name.
+# as_of comes from --as-of (default today); the others from [<profile>.run], where the base profile
+# must set each of them (the one place their defaults live; notebooks repeat them for JupyterLab).
+RUN_PARAMETERS: tuple[str, ...] = ("as_of", "lookback_days", "valid_days", "test_days", "seed")
+AS_OF = "as_of"
+# Set by the runner for every stage; a profile or -p can never set it.
+RUNNER_INJECTED: tuple[str, ...] = ("run_dir",)
 MANIFEST_FILE = "manifest.json"
 GATE_FILE = "gate.json"
 LOCK_FILE = "run.lock"
@@ -153,7 +169,13 @@ def select_stages(stages: Sequence[Stage], spec: str | None) -> list[Stage]:
 
 
 def load_profiles(path: Path = PROFILES_FILE) -> dict[str, dict[str, dict[str, Any]]]:
-    """Read profiles.toml: {profile: {stage_or_runner: {key: value}}}."""
+    """Read and check profiles.toml: {profile: {stage | "run" | "runner": {key: value}}}.
+
+    Unknown sections and keys are errors (a misspelt key would otherwise be ignored): sections are
+    ``run``, ``runner`` or a stage; ``run`` holds only RUN_PARAMETERS (as_of excepted), ``runner``
+    only RUNNER_DEFAULTS' keys, a stage section never a run-level name. Whether a stage key is a
+    parameter of its notebook is checked against the notebook itself (``check_parameters``).
+    """
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -161,56 +183,253 @@ def load_profiles(path: Path = PROFILES_FILE) -> dict[str, dict[str, dict[str, A
         raise ConfigError(f"profiles file {path} is missing; reinstall the package (pip install -e .)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"profiles file {path} is not valid TOML ({exc}); fix the line it names") from None
+    _check_profiles(data, path)
     return data
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """Parse '-p stage.key=value' into (stage, key, value); the value is read as TOML (1, 0.5, true, "x")."""
+def _check_profiles(data: Mapping[str, Any], path: Path) -> None:
+    where = path.name
+    sections = (RUN_SECTION, RUNNER_SECTION, *STAGES)
+    if BASE_PROFILE not in data:
+        raise ConfigError(f"{where}: no [{BASE_PROFILE}.*] tables; the base profile '{BASE_PROFILE}' is required ({path})")
+    for profile, tables in data.items():
+        if not isinstance(tables, dict):
+            raise ConfigError(f"{where}: top-level key {profile!r} is not a profile table; "
+                              f"write it as [{profile}.run] / [{profile}.<stage>] tables ({path})")
+        for section, values in tables.items():
+            if section not in sections:
+                raise ConfigError(f"{where}: [{profile}.{section}] is not a section; use one of {', '.join(sections)} ({path})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{where}: {profile}.{section} must be a table [{profile}.{section}] ({path})")
+            for key in values:
+                problem = _section_key_problem(section, key)
+                if problem:
+                    raise ConfigError(f"{where}: [{profile}.{section}] {key}: {problem} ({path})")
+    missing = [k for k in RUN_PARAMETERS if k != AS_OF and k not in data[BASE_PROFILE].get(RUN_SECTION, {})]
+    if missing:
+        raise ConfigError(f"{where}: [{BASE_PROFILE}.{RUN_SECTION}] must set {', '.join(missing)} "
+                          f"(the run-level defaults) ({path})")
+
+
+def _section_key_problem(section: str, key: str) -> str | None:
+    """Why ``key`` cannot be set in ``section`` (None when it can); shared by profiles and -p."""
+    if key in RUNNER_INJECTED:
+        return f"{key} is set by the runner for every stage and cannot be overridden"
+    if section == RUNNER_SECTION:
+        if key not in RUNNER_DEFAULTS:
+            return f"unknown runner setting; the runner has {', '.join(RUNNER_DEFAULTS)}"
+    elif section == RUN_SECTION:
+        if key == AS_OF:
+            return "the run's as-of date is set with --as-of YYYY-MM-DD"
+        if key not in RUN_PARAMETERS:
+            return f"not a run-level parameter; those are {', '.join(RUN_PARAMETERS)}"
+    elif key in RUN_PARAMETERS:
+        how = "--as-of YYYY-MM-DD" if key == AS_OF else f"[<profile>.{RUN_SECTION}] or -p {RUN_SECTION}.{key}=VALUE"
+        return f"{key} is a run-level parameter (one value for every stage); set it with {how}"
+    return None
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``-p SECTION.KEY=VALUE``: the value read as TOML, and the text as typed."""
+
+    section: str
+    key: str
+    value: Any
+    raw: str
+    text: str
+
+
+def parse_override(text: str) -> Override:
+    """Parse '-p section.key=value'; the value is read as TOML (1, 0.5, true, "x"), a bare word is a string."""
     m = re.match(r"^\s*([A-Za-z0-9_]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$", text)
     if not m:
-        raise ConfigError(f"-p {text!r} is not STAGE.KEY=VALUE; e.g. -p 01_extract_eda.lookback_days=7")
-    stage, key, raw = m.group(1), m.group(2), m.group(3).strip()
+        raise ConfigError(f"-p {text!r} is not STAGE.KEY=VALUE or run.KEY=VALUE; "
+                          f"e.g. -p run.lookback_days=7 or -p 03_train.dnn_epochs=3")
+    section, key, raw = m.group(1), m.group(2), m.group(3).strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word is a string
-    return stage, key, value
+    return Override(section, key, value, raw, text.strip())
+
+
+@dataclass
+class Parameters:
+    """A run's merged parameters: run-level, runner, per stage, and which -p set what (for messages)."""
+
+    run: dict[str, Any]
+    runner: dict[str, Any]
+    stages: dict[str, dict[str, Any]]
+    overridden: dict[tuple[str, str], Override]
+    origin: dict[tuple[str, str], str]  # (section, key) -> the profile table that set it, e.g. "[quick.03_train]"
 
 
 def resolve_parameters(profile: str, overrides: Iterable[str] = (), stages: Sequence[str] = STAGES,
-                       profiles: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Merge default profile ← chosen profile ← overrides, for every stage and the runner."""
+                       profiles: Mapping[str, Any] | None = None, profiles_name: str = PROFILES_FILE.name) -> Parameters:
+    """Merge default profile <- chosen profile <- overrides, for the run, the runner and every stage.
+
+    Checks where names go (sections; run-level names never per stage) and the types of run and
+    runner values; names and types of stage values are checked against the notebooks by
+    ``check_parameters``.
+    """
     profiles = load_profiles() if profiles is None else profiles
     if profile not in profiles:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(profiles)} (see {PROFILES_FILE.name})")
-    sections = [*stages, RUNNER_SECTION]
+    sections = [RUN_SECTION, RUNNER_SECTION, *stages]
     merged: dict[str, dict[str, Any]] = {s: {} for s in sections}
     merged[RUNNER_SECTION].update(RUNNER_DEFAULTS)
-    layers = [profiles.get(BASE_PROFILE, {})] + ([profiles[profile]] if profile != BASE_PROFILE else [])
-    for layer in layers:
-        for section, values in layer.items():
+    origin: dict[tuple[str, str], str] = {}
+    for name in dict.fromkeys([BASE_PROFILE, profile]):
+        for section, values in profiles.get(name, {}).items():
             if section in merged and isinstance(values, dict):
                 merged[section].update(values)
+                origin.update({(section, k): f"{profiles_name} [{name}.{section}]" for k in values})
+    base_run = dict(merged[RUN_SECTION])
+    overridden: dict[tuple[str, str], Override] = {}
     for text in overrides:
-        stage, key, value = parse_override(text)
-        if stage not in merged:
-            raise ConfigError(f"-p {text!r}: no stage {stage!r}; use one of {', '.join(sections)}")
-        merged[stage][key] = value
-    return merged
+        o = parse_override(text)
+        if o.section not in merged:
+            raise ConfigError(f"-p {o.text}: no section {o.section!r}; use one of {', '.join(sections)}")
+        problem = _section_key_problem(o.section, o.key)
+        if problem:
+            raise ConfigError(f"-p {o.text}: {problem}")
+        value = o.value
+        if o.section in (RUN_SECTION, RUNNER_SECTION):
+            reference = (base_run if o.section == RUN_SECTION else RUNNER_DEFAULTS).get(o.key)
+            value = _coerce(value, o.raw, reference)
+            if value is _BAD:
+                raise ConfigError(f"-p {o.text}: {o.section}.{o.key} expects {_kind(reference)} "
+                                  f"(default {reference!r}), got {_describe(o.value)}")
+        merged[o.section][o.key] = value
+        overridden[(o.section, o.key)] = o
+    _check_run_values(merged[RUN_SECTION])
+    return Parameters(run=merged.pop(RUN_SECTION), runner=merged.pop(RUNNER_SECTION), stages=merged,
+                      overridden=overridden, origin=origin)
+
+
+_BAD = object()  # _coerce's answer for a value of the wrong type
+
+
+def _kind(reference: Any) -> str:
+    if isinstance(reference, bool):
+        return "true or false"
+    if isinstance(reference, int):
+        return "an integer"
+    if isinstance(reference, float):
+        return "a number"
+    if isinstance(reference, str):
+        return "a string"
+    return f"a {type(reference).__name__}"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"the {type(value).__name__} {value!r}"
+
+
+def _coerce(value: Any, raw: str | None, reference: Any) -> Any:
+    """``value`` as the type of ``reference`` (a parameter's default), or _BAD.
+
+    Integers widen to floats; nothing else converts (a float never truncates to an int, a number is
+    never a boolean). A string parameter takes the text as typed (-p 03_train.dnn_hidden=256).
+    ``reference`` None (a None default or an expression) accepts anything.
+    """
+    if reference is None:
+        return value
+    if isinstance(reference, bool):
+        return value if isinstance(value, bool) else _BAD
+    if isinstance(reference, int):
+        return value if isinstance(value, int) and not isinstance(value, bool) else _BAD
+    if isinstance(reference, float):
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _BAD
+    if isinstance(reference, str):
+        if isinstance(value, str):
+            return value
+        return raw if raw is not None and not isinstance(value, (list, dict)) else _BAD
+    return value if isinstance(value, type(reference)) else _BAD
+
+
+def _check_run_values(run: Mapping[str, Any]) -> None:
+    """Run-level values that cannot make a run: windows must be positive and leave training days."""
+    for key in ("lookback_days", "valid_days", "test_days"):
+        v = run.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"run.{key}={v!r} must be a whole number of days >= 1")
+    seed = run.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"run.seed={seed!r} must be an integer >= 0")
+    lookback, valid, test = run["lookback_days"], run["valid_days"], run["test_days"]
+    if valid + test >= lookback:
+        raise ConfigError(
+            f"run.valid_days={valid} + run.test_days={test} leave no training days in run.lookback_days={lookback}; "
+            f"lower them or widen the window (e.g. -p run.lookback_days={valid + test + 7})")
+
+
+def notebook_parameters(notebook: Path) -> dict[str, tuple[bool, Any]]:
+    """A notebook's parameters cell: name -> (is_literal, default); an expression default is its text."""
+    import papermill
+
+    out: dict[str, tuple[bool, Any]] = {}
+    for name, info in papermill.inspect_notebook(str(notebook)).items():
+        raw = info.get("default")
+        try:
+            out[name] = (True, ast.literal_eval(raw) if raw is not None else None)
+        except (ValueError, SyntaxError):
+            out[name] = (False, raw)
+    return out
 
 
 def notebook_defaults(notebook: Path) -> dict[str, Any]:
     """The defaults of a notebook's parameters cell (literals parsed; expressions kept as text)."""
-    import papermill
+    return {name: default for name, (_lit, default) in notebook_parameters(notebook).items()}
 
-    out: dict[str, Any] = {}
-    for name, info in papermill.inspect_notebook(str(notebook)).items():
-        raw = info.get("default")
-        try:
-            out[name] = ast.literal_eval(raw) if raw is not None else None
-        except (ValueError, SyntaxError):
-            out[name] = raw
-    return out
+
+def check_parameters(params: Parameters, stages: Sequence[Stage]) -> dict[str, dict[str, Any]]:
+    """Check every stage value against its notebook's parameters cell; return what each stage gets.
+
+    A name the notebook does not declare, or a value whose type differs from the default's, is a
+    ConfigError naming the parameter, the notebook and what it expects (papermill itself would only
+    warn, then fail inside the kernel). Run-level values go to every notebook that declares them,
+    checked the same way. The result is exactly what papermill injects (run_dir is added later).
+    """
+    inject: dict[str, dict[str, Any]] = {}
+    for stage in stages:
+        declared = notebook_parameters(stage.notebook)
+        out: dict[str, Any] = {}
+        for key, value in params.stages.get(stage.name, {}).items():
+            o = params.overridden.get((stage.name, key))
+            source = f"-p {o.text}" if o else f"{params.origin.get((stage.name, key), 'profile')} {key} = {value!r}"
+            if key not in declared:
+                near = difflib.get_close_matches(key, list(declared), n=1)
+                hint = ""
+                if near:
+                    hint = f" (did you mean {RUN_SECTION + '.' if near[0] in RUN_PARAMETERS else ''}{near[0]}?)"
+                names = ", ".join(k for k in declared if k not in RUN_PARAMETERS and k not in RUNNER_INJECTED)
+                raise ConfigError(f"{source}: {stage.notebook.name} has no parameter {key!r}{hint}; "
+                                  f"its parameters are {names or '(none)'}")
+            out[key] = _checked(key, value, o.raw if o else None, declared[key], source, stage)
+        for key, value in params.run.items():
+            if key in declared:
+                o = params.overridden.get((RUN_SECTION, key))
+                source = f"-p {o.text}" if o else f"{params.origin.get((RUN_SECTION, key), 'run')} {key} = {value!r}"
+                out[key] = _checked(key, value, None, declared[key], source, stage)
+        inject[stage.name] = out
+    return inject
+
+
+def _checked(key: str, value: Any, raw: str | None, declared: tuple[bool, Any], source: str, stage: Stage) -> Any:
+    literal, default = declared
+    if not literal:  # an expression default: papermill replaces it, whatever its type
+        return value
+    coerced = _coerce(value, raw, default)
+    if coerced is _BAD:
+        raise ConfigError(f"{source}: {stage.notebook.name} expects {_kind(default)} for {key} "
+                          f"(default {default!r}), got {_describe(value)}")
+    return coerced
 
 
 def redact(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -398,8 +617,8 @@ def describe_error(exc: BaseException) -> str:
     return f"{name}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
 
 
-def _data_window(as_of: dt.date, eda_params: Mapping[str, Any]) -> dict[str, Any]:
-    lookback = eda_params.get("lookback_days")
+def _data_window(as_of: dt.date, run: Mapping[str, Any]) -> dict[str, Any]:
+    lookback = run.get("lookback_days")
     start = (as_of - dt.timedelta(days=int(lookback))).isoformat() if isinstance(lookback, int) else None
     return {"start": start, "end_exclusive": as_of.isoformat(), "lookback_days": lookback}
 
@@ -432,25 +651,34 @@ def run_pipeline(
     stages: Sequence[Stage] | None = None,
     echo: Callable[[str], None] | None = print,
     render: bool = True,
+    profiles_file: Path | None = None,
 ) -> RunResult:
     """Run the stages in order into a new runs/<run_id>/; returns the result (never raises for a failed stage).
 
     ``stages`` replaces the notebooks/ stages (tests use their own notebooks); ``select`` picks a
-    subset ('01,02'). Raises ConfigError on bad input and RunLocked when another run is going.
+    subset ('01,02'); ``profiles_file`` replaces the package's profiles.toml. Raises ConfigError on
+    bad input (before the lock is taken or a folder made) and RunLocked when another run is going.
     """
     settings = settings or load_settings()
     say = echo or (lambda _msg: None)
     all_stages = list(stages) if stages is not None else default_stages(settings)
     chosen = select_stages(all_stages, select)
     as_of_date = as_of if isinstance(as_of, dt.date) else parse_as_of(as_of)
-    params = resolve_parameters(profile, overrides, stages=[s.name for s in all_stages])
-    runner = params.pop(RUNNER_SECTION)
+    profiles = load_profiles(profiles_file) if profiles_file is not None else None
+    params = resolve_parameters(profile, overrides, stages=[s.name for s in all_stages], profiles=profiles,
+                                profiles_name=(profiles_file or PROFILES_FILE).name)
+    runner = params.runner
     for key in ("stage_timeout_s", "cell_timeout_s"):
         if not isinstance(runner.get(key), (int, float)) or runner[key] <= 0:
             raise ConfigError(f"runner.{key}={runner.get(key)!r} must be a positive number of seconds")
     for stage in chosen:
         if not stage.notebook.is_file():
             raise ConfigError(f"stage {stage.name}: notebook {stage.notebook} is missing; restore it from git")
+    run_values = {AS_OF: as_of_date.isoformat(), **params.run}
+    params.run = run_values
+    # Every stage with a notebook is checked, not only the chosen ones: a typo in a profile shows
+    # on the first run, not on the day someone runs that stage.
+    inject = check_parameters(params, [s for s in all_stages if s.notebook.is_file()])
 
     lock = RunLock(settings.state_dir)
     with lock:
@@ -459,12 +687,12 @@ def run_pipeline(
         lock.set_holder(run_id, _iso(started))
         from smartrouter import lineage, reports
 
-        # inject: what papermill passes (profile + run_dir/as_of); stage_params: that merged over the
-        # notebook's own defaults, for the record (defaults that are expressions stay as their text).
-        inject: dict[str, dict[str, Any]] = {}
+        # inject: what papermill passes (checked stage values, run-level values the notebook declares,
+        # run_dir); stage_params: that over the notebook's own defaults, for the record (defaults that
+        # are expressions stay as their text).
         stage_params: dict[str, dict[str, Any]] = {}
         for stage in chosen:
-            inject[stage.name] = {**params.get(stage.name, {}), "run_dir": str(run_dir), "as_of": as_of_date.isoformat()}
+            inject[stage.name] = {**inject[stage.name], "run_dir": str(run_dir)}
             stage_params[stage.name] = {**notebook_defaults(stage.notebook), **inject[stage.name]}
         manifest: dict[str, Any] = {
             "run_id": run_id,
@@ -475,6 +703,7 @@ def run_pipeline(
             "profile": profile,
             "as_of": as_of_date.isoformat(),
             "overrides": list(overrides),
+            "run": redact(run_values),  # the run-level values every declaring stage received
             "parameters": redact(stage_params),
             "runner": dict(runner),
             "stages": [
@@ -488,7 +717,7 @@ def run_pipeline(
             "packages": package_versions(),
             "settings": settings.public_dict(),
             "host": {"name": socket.gethostname(), "pid": os.getpid(), "user": _user()},
-            "data": {"window": _data_window(as_of_date, stage_params.get(STAGES[0], {})), "fingerprint": None},
+            "data": {"window": _data_window(as_of_date, run_values), "fingerprint": None},
             "metrics": {},
             "model_version": None,
             "gate": None,
@@ -531,7 +760,7 @@ def run_pipeline(
             if exc_info is not None:
                 error = describe_error(exc_info) if not interrupted else "interrupted (Ctrl-C or SIGINT)"
                 if watchdog.fired:
-                    error = f"stage exceeded its {runner['stage_timeout_s']} s timeout ({error})"
+                    error = f"stage exceeded its {runner['stage_timeout_s']:g} s timeout ({error})"
                 entry.update(status="failed", error=error)
                 failed = stage.name
             else:
