@@ -106,3 +106,15 @@ def export_logistic(frame: pd.DataFrame, folder: Path, shuffle_labels: bool = Fa
     split = frame["SPLIT"].to_numpy()
     model = LogisticModel(min_rows=300, min_class=30, seed=seed).fit(data.subset(split == "train"), data.subset(split == "valid"))
     return model.export(folder, PassthroughEncoder(FEATURES).to_spec())
+
+
+def indifferent_log(n: int = 40_000, eps: float = 0.1, seed: int = 1):
+    """``synthetic_log`` in a world where the processor does not matter: every eligible processor of a row
+    approves with the same probability, so every routing policy has exactly the same true value."""
+    frame, _, mask = synthetic_log(n=n, eps=eps, seed=seed)
+    p_row = 1 / (1 + np.exp(-(1.0 + 0.8 * frame["X"].to_numpy())))
+    truth = np.where(mask, p_row[:, None], 0.0)
+    rng = np.random.default_rng(seed + 1)
+    action = POL.processor_index(frame["PROCESSOR"])
+    frame = frame.assign(APPROVED=(rng.random(n) < truth[np.arange(n), action]).astype(int))
+    return frame, truth, mask

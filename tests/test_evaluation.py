@@ -11,7 +11,7 @@ import pytest
 from smartrouter import catalog, evaluation as E, policies as POL
 from smartrouter.errors import ConfigError
 
-from eval_fakes import FakeOracle, FakeRules, model_probs, synthetic_log
+from eval_fakes import FakeOracle, FakeRules, indifferent_log, model_probs, synthetic_log
 
 P = len(catalog.PROCESSORS)
 NON_AMEX = [p for p in catalog.PROCESSORS if p != "AMEX"]
@@ -172,13 +172,55 @@ def test_poisson_bootstrap_shapes_and_determinism():
     assert abs(a[:, 0].std() - num[0].std() / np.sqrt(1000)) < 0.004
 
 
+def test_paired_lift_of_equal_policies_covers_zero_and_is_far_narrower_than_unpaired():
+    """Two policies with exactly the same true value (the processor does not matter in this world) that
+    disagree on ~8 % of rows: the paired interval covers 0 and is far narrower than either policy's own
+    interval, because the noise of the ~92 % rows they share cancels row by row."""
+    frame, truth, mask = indifferent_log(seed=1)
+    rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
+    logged = E.logged_data(frame, rules_idx)
+    a = POL.greedy_choice(model_probs(truth, 0.3, seed=11), mask)  # leaves the rules on ~70 % of rows
+    flip = np.random.default_rng(1).random(len(frame)) < 0.10
+    b = np.where(flip, POL.greedy_choice(model_probs(truth, 0.3, seed=21), mask), a)
+    share = float((a != b).mean())
+    assert 0.05 < share < 0.10
+    q = model_probs(truth, 0.3, seed=1)
+    vals = E.estimate_policies(logged, {"a": POL.one_hot(a), "b": POL.one_hot(b)}, q, n_boot=400, seed=3, truth_matrix=truth)
+    assert vals.truth["a"] == pytest.approx(vals.truth["b"], abs=1e-12)  # equal by construction
+    lift = vals.lift("a", "b", "DR")
+    assert lift["ci_low"] < 0 < lift["ci_high"], lift
+    t = vals.table.set_index(["policy", "estimator"])
+    unpaired = min(t.loc[(p, "DR"), "ci_high"] - t.loc[(p, "DR"), "ci_low"] for p in ("a", "b"))
+    # only the disagreeing rows carry noise into the difference: width ratio ~ sqrt(2 * share) ~ 0.4
+    assert lift["ci_high"] - lift["ci_low"] < 0.6 * unpaired, (lift, unpaired)
+    # one definition: the same numbers from the policies directly, and from the bootstrap's resamples
+    direct = E.paired_lift(logged, POL.one_hot(a), q, POL.one_hot(b), q, estimator="DR")
+    assert direct["lift"] == pytest.approx(lift["lift"], abs=1e-12) and direct["se"] == pytest.approx(lift["se"], rel=1e-9)
+    boot = vals.replicates[("a", "DR")] - vals.replicates[("b", "DR")]
+    # a bootstrap standard deviation from B resamples has relative Monte-Carlo error ~ 1/sqrt(2B)
+    assert abs(boot.std() / lift["se"] - 1) < 4 / np.sqrt(2 * len(boot))
+
+
+def test_paired_lift_of_a_policy_with_itself_is_exactly_zero(log):
+    frame, truth, mask = log
+    rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
+    pi = POL.greedy_policy(model_probs(truth, 0.3), mask)
+    for est in E.ESTIMATORS:
+        res = E.paired_lift(E.logged_data(frame, rules_idx), pi, truth, pi, truth, estimator=est)
+        assert res["lift"] == res["ci_low"] == res["ci_high"] == 0.0 and res["se"] == 0.0
+    with pytest.raises(ConfigError, match="estimator"):
+        E.paired_lift(E.logged_data(frame, rules_idx), pi, truth, pi, truth, estimator="AIPW")
+    with pytest.raises(ConfigError, match="level"):
+        E.paired_difference((np.ones(3), np.ones(3)), (np.ones(3), np.ones(3)), level=95)
+
+
 def test_lift_by_group_and_psi(log):
     frame, truth, mask = log
     rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
     logged = E.logged_data(frame, rules_idx)
     folds = E.time_folds(frame, 3)
     assert sorted(set(folds)) == ["fold1", "fold2", "fold3"]
-    res = E.lift_by_group(logged, POL.greedy_policy(truth, mask), POL.one_hot(rules_idx), truth, folds, n_boot=50)
+    res = E.lift_by_group(logged, POL.greedy_policy(truth, mask), POL.one_hot(rules_idx), truth, folds)
     assert len(res) == 3 and (res["lift"] > 0).all()
     x = np.random.default_rng(0).random(5000)
     assert E.psi(x, x) < 1e-6

@@ -1,5 +1,6 @@
 """Quality gates: a good first model promotes, a shuffled-label model is rejected with readable reasons,
-a corrupted artifact fails completeness, the same model vs itself passes regression."""
+a corrupted artifact fails completeness, the same model vs itself passes regression; family choice and
+champion replacement decide on the paired lift (superiority / non-inferiority), never on a noisy point."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from smartrouter import gates as G
 from smartrouter.errors import ConfigError
 from smartrouter.models.serving import load_serving_model
 
-from eval_fakes import FakeOracle, FakeRules, export_logistic, split_frame, synthetic_log
+from eval_fakes import FakeOracle, FakeRules, export_logistic, model_probs, split_frame, synthetic_log
 
 # small synthetic test window: intervals are wider than on the default world
-FAST = {"policy_value": {"bootstrap": 120}, "stability": {"max_interval_width": 0.08}}
+FAST = {"stability": {"max_interval_width": 0.08}}
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +49,37 @@ def setup(tmp_path_factory):
         return ev, probs, model.uncertain
 
     return {"root": root, "good": good, "broken": broken, "test": test, "evaluate": evaluate,
-            "train_counts": train_counts, "cfg": cfg}
+            "train_counts": train_counts, "cfg": cfg, "oracle": oracle, "truth": test_truth}
 
 
 def test_config_file_holds_every_gate_threshold():
     cfg = G.load_config()
-    for section in ("min_data", "auc", "regression", "stability", "completeness", "slices", "simpler"):
-        assert section in cfg
+    assert set(cfg) == set(G.SCHEMA) and all(set(cfg[k]) == set(G.SCHEMA[k]) for k in cfg)
     assert cfg["auc"]["min_auc"] == 0.65
     with pytest.raises(ConfigError, match="unknown"):
         G.load_config(overrides={"auc": {"nope": 1}})
+    with pytest.raises(ConfigError, match="regression.non_inferiority_margin.*number"):
+        G.load_config(overrides={"regression": {"non_inferiority_margin": "0.5pp"}})
+
+
+@pytest.mark.parametrize("edit, message", [
+    # the keys gates.toml used to carry that nothing read
+    (lambda t: t + '\n[evaluation]\noperating_threshold = 0.5\n', r"unknown table \[evaluation\]"),
+    (lambda t: t.replace('estimator = "DR"', 'estimator = "DR"\npropensity_mode = "pooled"'),
+     r"unknown key 'propensity_mode' in \[policy_value\]"),
+    (lambda t: t.replace("max_auc_drop = 0.02", "max_value_drop = 0.003\nmax_auc_drop = 0.02"),
+     r"unknown key 'max_value_drop' in \[regression\]"),
+    (lambda t: t.replace("min_auc = 0.65", 'min_auc = "0.65"'), r"min_auc = '0.65' must be a number"),
+    (lambda t: t.replace("time_folds = 3", "time_folds = 3.5"), r"time_folds = 3.5 must be an integer"),
+    (lambda t: t.replace("non_inferiority_margin = 0.005", ""), r"lacks \[regression\] non_inferiority_margin"),
+    (lambda t: t.replace('estimator = "DR"', 'estimator = "AIPW"'), r"estimator 'AIPW' is unknown"),
+])
+def test_config_file_rejects_unknown_missing_and_mistyped_keys(tmp_path, edit, message):
+    path = tmp_path / "gates.toml"
+    path.write_text(edit(G.CONFIG_PATH.read_text()))
+    with pytest.raises(ConfigError, match=message) as info:
+        G.load_config(path)
+    assert str(path) in str(info.value)  # names the file as well as the key
 
 
 def test_first_good_model_promotes_without_champion(setup):
@@ -82,9 +104,53 @@ def test_same_model_as_champion_passes_regression(setup):
     rep = G.run_gates(ev, train_counts=setup["train_counts"], serving_dirs={"logistic": setup["good"]},
                       uncertain={"logistic": unc}, champion=champ, config=setup["cfg"])
     res = {r.gate: r for r in rep.results}
-    assert res["regression"].passed and abs(res["regression"].value) < 1e-12
+    # the paired difference of a policy with itself is exactly 0 on every row: interval [0, 0]
+    assert res["regression"].passed and res["regression"].value == 0.0
     assert res["stability"].details["psi"] < 1e-9
     assert rep.decision == "promoted"
+
+
+def _shifted(probs: np.ndarray, delta: float) -> np.ndarray:
+    """Another model that scores every processor ``delta`` higher: the same routing choice on every row
+    (so exactly the same true policy value), a different DR estimate only through noise."""
+    return probs + delta
+
+
+def test_equal_same_family_candidate_is_accepted_as_non_inferior(setup):
+    ev, probs, unc = setup["evaluate"](setup["good"])
+    champ = G.Champion(version="v1", family="logistic", probs=_shifted(probs, 0.03))
+    rep = G.run_gates(ev, train_counts=setup["train_counts"], serving_dirs={"logistic": setup["good"]},
+                      uncertain={"logistic": unc}, champion=champ, config=setup["cfg"])
+    reg = {r.gate: r for r in rep.results}["regression"]
+    lift = reg.details["value_lift"]
+    assert lift["lift"] != 0.0 and lift["ci_low"] < 0 < lift["ci_high"]  # noise, in both directions
+    assert reg.passed and reg.details["test"] == "non-inferiority", reg.line()
+    assert reg.threshold == -setup["cfg"]["regression"]["non_inferiority_margin"] and reg.value == lift["ci_low"]
+    assert reg.reason.startswith("non-inferiority vs champion v1 (same family): paired DR lift ")
+    assert "95% CI" in reg.reason and "-0.50 pp" in reg.reason
+    gate_json = rep.to_json("v2")["gates"]
+    assert {g["gate"]: g for g in gate_json}["regression"]["details"]["test"] == "non-inferiority"
+
+
+def test_equal_candidate_of_another_family_does_not_replace_the_champion(setup):
+    ev, probs, unc = setup["evaluate"](setup["good"])
+    champ = G.Champion(version="v1", family="dnn", probs=_shifted(probs, 0.03))
+    rep = G.run_gates(ev, train_counts=setup["train_counts"], serving_dirs={"logistic": setup["good"]},
+                      uncertain={"logistic": unc}, champion=champ, config=setup["cfg"])
+    reg = {r.gate: r for r in rep.results}["regression"]
+    assert not reg.passed and reg.details["test"] == "superiority"
+    assert reg.reason.startswith("superiority vs champion v1 (dnn -> logistic): paired DR lift ")
+    assert rep.decision == "rejected" and rep.reasons[0].startswith("regression: superiority")
+
+
+def test_truly_better_candidate_of_another_family_replaces_the_champion(setup):
+    ev, probs, unc = setup["evaluate"](setup["good"])
+    weak = model_probs(setup["truth"], 1.5, seed=4)  # ranks the processors badly
+    champ = G.Champion(version="v1", family="dnn", probs=weak)
+    rep = G.run_gates(ev, train_counts=setup["train_counts"], serving_dirs={"logistic": setup["good"]},
+                      uncertain={"logistic": unc}, champion=champ, config=setup["cfg"])
+    reg = {r.gate: r for r in rep.results}["regression"]
+    assert reg.passed and reg.details["test"] == "superiority" and reg.value > 0, reg.line()
 
 
 def test_shuffled_label_model_is_rejected_with_readable_reasons(setup):
@@ -96,7 +162,9 @@ def test_shuffled_label_model_is_rejected_with_readable_reasons(setup):
     res = {r.gate: r for r in rep.results}
     assert rep.decision == "rejected"
     assert not res["auc"].passed and "below AUC 0.65" in res["auc"].reason
-    assert not res["regression"].passed and "vs champion v1" in res["regression"].reason
+    assert not res["regression"].passed and "non-inferiority vs champion v1 (same family)" in res["regression"].reason
+    assert res["regression"].details["test"] == "non-inferiority" and res["regression"].value < -0.005
+    assert any(r.startswith("regression: non-inferiority vs champion v1") for r in rep.reasons)
     assert any(r.startswith("auc: heads below AUC") for r in rep.reasons)
     assert all(":" in r and len(r) < 400 for r in rep.reasons)
 
@@ -148,7 +216,41 @@ def test_min_data_fails_for_established_processor_without_rows(setup):
     assert not md.passed and "WORLDPAY (10 rows)" in md.reason
 
 
-def test_pick_champion_prefers_simpler_on_near_tie(setup):
-    ev, probs, _ = setup["evaluate"](setup["good"])
-    ev2 = E.evaluate_run(setup["test"], {"logistic": probs, "xgb": probs}, FakeRules(), n_boot=30, compare_modes=False)
-    assert G.pick_champion(ev2, ["logistic", "xgb"], setup["cfg"]) == "logistic"
+def _two_families(setup, xgb_probs: np.ndarray, logistic_probs: np.ndarray | None = None) -> E.RunEvaluation:
+    _, probs, _ = setup["evaluate"](setup["good"])
+    return E.evaluate_run(setup["test"], {"logistic": probs if logistic_probs is None else logistic_probs, "xgb": xgb_probs},
+                          FakeRules(), oracle=setup["oracle"], n_boot=30, compare_modes=False)
+
+
+def test_richer_family_ahead_on_noise_is_not_chosen(setup):
+    """xgb routes exactly like logistic (same true value) but its DR estimate is +0.2 pp ahead: the old
+    0.1 pp point margin picked it; the paired interval covers 0, so the simpler family stays."""
+    ev0, probs, _ = setup["evaluate"](setup["good"])
+    # DR(shifted) − DR(logistic) = delta · mean(1 − w) per row (w: importance weight), so this delta
+    # puts the point lift at +0.2 pp exactly
+    pi = ev0.policies["model:logistic"][ev0.logged.rows]
+    w = pi[np.arange(len(ev0.logged)), ev0.logged.action] / ev0.logged.propensity
+    delta = 0.002 / (1 - w.mean())
+    assert abs(delta) < 0.2
+    ev = _two_families(setup, _shifted(probs, delta))
+    lift = ev.values.lift("model:xgb", "model:logistic")
+    assert lift["lift"] == pytest.approx(0.002, abs=1e-9) and lift["ci_low"] < 0
+    assert ev.values.truth["model:xgb"] == ev.values.truth["model:logistic"]
+    choice = G.pick_champion(ev, ["logistic", "xgb"], setup["cfg"])
+    assert choice.family == "logistic"
+    (cmp,) = choice.comparisons
+    assert cmp["test"] == "superiority" and cmp["richer"] == "xgb" and cmp["chosen"] == "logistic"
+    assert "not superior" in cmp["reason"] and "+0.20 pp" in cmp["reason"]
+    # the same through run_gates: gate.json says which comparison chose the family
+    rep = G.run_gates(ev, train_counts=setup["train_counts"], serving_dirs={}, config=setup["cfg"])
+    assert rep.champion_family == "logistic" and rep.to_json()["family_choice"][0]["test"] == "superiority"
+
+
+def test_truly_better_richer_family_is_chosen(setup):
+    weak = model_probs(setup["truth"], 1.5, seed=4)
+    ev = _two_families(setup, model_probs(setup["truth"], 0.05, seed=5), logistic_probs=weak)
+    assert ev.values.truth["model:xgb"] - ev.values.truth["model:logistic"] > 0.01  # truly better
+    choice = G.pick_champion(ev, ["logistic", "xgb"], setup["cfg"])
+    assert choice.family == "xgb" and choice.comparisons[0]["ci_low"] > 0
+    # order of the eligible list does not matter: the walk goes by simplicity_order
+    assert G.pick_champion(ev, ["xgb", "logistic"], setup["cfg"]).family == "xgb"

@@ -7,13 +7,19 @@ thresholds in ``gates.toml`` and returns a ``GateReport``: the run's champion fa
 - **min_data**: enough labelled training rows overall and per processor (processors the model
   flags ``uncertain`` are exempt and listed), enough first attempts in the test window;
 - **auc**: every head with enough test data has ROC-AUC >= the threshold;
-- **regression**: not worse than the promoted champion beyond a tolerance, both scored on the
-  same test window (paired bootstrap of the policy-value difference; overall AUC);
+- **regression**: against the promoted champion, both scored on the same test rows, on the *paired*
+  policy-value lift (``evaluation.paired_lift``) and its interval: a new version of the champion's
+  family must be *non-inferior* (lower end > −margin), a model of another family must be
+  *superior* (lower end > the superiority margin); overall AUC may not drop beyond a tolerance;
 - **stability**: no time fold where the candidate trails the static rules beyond a margin, a tight
   enough policy-value interval, prediction distribution vs the champion (PSI);
 - **completeness**: every processor has a head, every artifact present, loadable, checksums match;
 - **slices**: no major slice loses more than a margin of policy value vs the static rules;
 - **simpler_is_not_better**: the champion family beats logistic regression and the success-rate router.
+
+The run's champion family (``pick_champion``) is the simplest eligible family in
+``simplicity_order`` unless a richer one is *superior* to it on the paired lift: a point estimate
+ahead by less than its noise never switches the family.
 
 The first run with no champion promotes when the absolute gates pass (regression passes with
 "no champion").
@@ -37,7 +43,9 @@ from smartrouter.evaluation import (
     STATIC_RULES,
     RunEvaluation,
     estimate_policies,
+    ESTIMATORS,
     lift_by_group,
+    paired_lift,
     psi,
     slice_labels,
     SLICE_COLUMNS,
@@ -50,8 +58,40 @@ CONFIG_PATH = Path(__file__).resolve().parent / "gates.toml"
 GATES: tuple[str, ...] = ("min_data", "auc", "regression", "stability", "completeness", "slices", "simpler_is_not_better")
 
 
+# Every table and key gates.toml may hold, with its type: the file is checked against this on load,
+# so a misspelt or stale key is an error instead of a threshold silently left at nothing.
+SCHEMA: dict[str, dict[str, type]] = {
+    "policy_value": {"estimator": str, "level": float},
+    "champion": {"simplicity_order": list, "superiority_margin": float},
+    "min_data": {"min_train_rows": int, "min_rows_per_processor": int, "min_eval_rows": int},
+    "auc": {"min_auc": float, "min_test_rows": int, "min_class_rows": int},
+    "regression": {"non_inferiority_margin": float, "max_auc_drop": float},
+    "stability": {"time_folds": int, "max_fold_loss": float, "max_interval_width": float, "max_psi": float},
+    "completeness": {"max_load_seconds": float},
+    "slices": {"min_slice_rows": int, "max_slice_loss": float},
+    "simpler": {"min_margin_over_router": float},
+}
+
+
+def _check_value(where: str, key: str, value: Any, kind: type) -> Any:
+    ok = {
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        list: isinstance(value, list) and all(isinstance(v, str) for v in value),
+    }[kind]
+    if not ok:
+        want = {float: "a number", int: "an integer", str: "a string", list: "a list of strings"}[kind]
+        raise ConfigError(f"{where}: {key} = {value!r} must be {want}")
+    return float(value) if kind is float else value
+
+
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """Gate thresholds from gates.toml (or ``path``), with optional ``{section: {key: value}}`` overrides."""
+    """Gate thresholds from gates.toml (or ``path``), with optional ``{section: {key: value}}`` overrides.
+
+    The file must hold exactly the tables and keys of ``SCHEMA``: an unknown or missing key or
+    table, or a value of the wrong type, is a ConfigError naming it and the file.
+    """
     path = Path(path) if path else CONFIG_PATH
     try:
         cfg = tomllib.loads(path.read_text())
@@ -59,14 +99,42 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Mapping[
         raise ConfigError(f"gate config {path} does not exist; restore src/smartrouter/gates.toml") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"gate config {path} is not valid TOML ({exc}); fix the file") from None
-    for section, values in (overrides or {}).items():
-        if section not in cfg:
-            raise ConfigError(f"gate override section {section!r} is unknown; use one of {', '.join(cfg)}")
+    for section, values in cfg.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"gate config {path}: unknown table [{section}]; the tables are {', '.join(SCHEMA)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"gate config {path}: {section} must be a table [{section}], not a value")
         for key, value in values.items():
-            if key not in cfg[section]:
-                raise ConfigError(f"gate override {section}.{key} is unknown; keys: {', '.join(cfg[section])}")
-            cfg[section][key] = value
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"gate config {path}: unknown key {key!r} in [{section}]; "
+                                  f"keys there: {', '.join(SCHEMA[section])}")
+            values[key] = _check_value(f"gate config {path} [{section}]", key, value, SCHEMA[section][key])
+    missing = [f"[{sec}] {key}" for sec, keys in SCHEMA.items() for key in keys if key not in cfg.get(sec, {})]
+    if missing:
+        raise ConfigError(f"gate config {path} lacks {', '.join(missing)}; add them (see src/smartrouter/gates.toml)")
+    for section, values in (overrides or {}).items():
+        if section not in SCHEMA:
+            raise ConfigError(f"gate override section {section!r} is unknown; use one of {', '.join(SCHEMA)}")
+        for key, value in values.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"gate override {section}.{key} is unknown; keys: {', '.join(SCHEMA[section])}")
+            cfg[section][key] = _check_value("gate override", f"{section}.{key}", value, SCHEMA[section][key])
+    pv, ch = cfg["policy_value"], cfg["champion"]
+    if pv["estimator"] not in ESTIMATORS:
+        raise ConfigError(f"gate config {path}: [policy_value] estimator {pv['estimator']!r} is unknown; use one of {', '.join(ESTIMATORS)}")
+    if not 0.5 <= pv["level"] < 1.0:
+        raise ConfigError(f"gate config {path}: [policy_value] level {pv['level']} must be in [0.5, 1), e.g. 0.95")
+    for where, value in (("[champion] superiority_margin", ch["superiority_margin"]),
+                         ("[regression] non_inferiority_margin", cfg["regression"]["non_inferiority_margin"])):
+        if value < 0:
+            raise ConfigError(f"gate config {path}: {where} = {value} must be >= 0 (a share of approval, 0.005 = 0.5 pp)")
     return cfg
+
+
+def _pp(lift: Mapping[str, Any]) -> str:
+    """'+0.18 pp (95% CI -0.40..+0.76)' for a paired lift."""
+    return (f"{100 * lift['lift']:+.2f} pp ({round(100 * lift['level'])}% CI "
+            f"{100 * lift['ci_low']:+.2f}..{100 * lift['ci_high']:+.2f})")
 
 
 @dataclass
@@ -94,6 +162,7 @@ class GateReport:
     results: list[GateResult]
     family_checks: dict[str, list[GateResult]]
     champion_version: str | None = None
+    family_choice: list[dict[str, Any]] = field(default_factory=list)  # pick_champion's comparisons
 
     @property
     def passed(self) -> bool:
@@ -126,6 +195,7 @@ class GateReport:
             "reasons": self.reasons,
             "gates": [asdict(r) for r in self.results],
             "families": {f: [asdict(r) for r in rs] for f, rs in self.family_checks.items()},
+            "family_choice": self.family_choice,
         })
 
 
@@ -219,17 +289,37 @@ def _min_data(ev: RunEvaluation, train_counts: Mapping[str, int], uncertain: Map
                       f"{total} training rows, >= {c['min_rows_per_processor']} for every established processor{note}", details)
 
 
-def pick_champion(ev: RunEvaluation, eligible: list[str], cfg: dict[str, Any]) -> str:
-    """The run's champion family: highest estimated policy value, a simpler family winning near-ties."""
-    est = cfg["policy_value"]["estimator"]
-    pool = eligible or list(ev.families)
+@dataclass
+class FamilyChoice:
+    """The run's champion family and the paired comparisons that chose it."""
+
+    family: str
+    comparisons: list[dict[str, Any]]
+
+
+def pick_champion(ev: RunEvaluation, eligible: list[str], cfg: dict[str, Any]) -> FamilyChoice:
+    """The run's champion family: the simplest eligible one unless a richer one is superior to it.
+
+    Families are walked from simplest to richest (``simplicity_order``); each richer family is
+    compared with the current choice on the paired lift (same test rows) and replaces it only when
+    the lower end of the interval exceeds ``superiority_margin``.
+    """
+    est, level = cfg["policy_value"]["estimator"], cfg["policy_value"]["level"]
+    margin = cfg["champion"]["superiority_margin"]
     order = cfg["champion"]["simplicity_order"]
-    rank = {f: (order.index(f) if f in order else len(order)) for f in pool}
-    values = {f: ev.values.estimate(ev.family_policy(f), est) for f in pool}
-    best = max(pool, key=lambda f: values[f])
-    margin = cfg["champion"]["prefer_simpler_margin"]
-    simpler = [f for f in pool if rank[f] < rank[best] and values[f] >= values[best] - margin]
-    return min(simpler, key=lambda f: rank[f]) if simpler else best
+    pool = sorted(eligible or list(ev.families), key=lambda f: (order.index(f) if f in order else len(order), f))
+    choice, comparisons = pool[0], []
+    for fam in pool[1:]:
+        lift = ev.values.lift(ev.family_policy(fam), ev.family_policy(choice), est, level)
+        superior = bool(lift["ci_low"] > margin)
+        comparisons.append({"test": "superiority", "richer": fam, "simpler": choice, "chosen": fam if superior else choice,
+                            "margin": margin, **lift,
+                            "reason": f"{fam} vs {choice}: paired {est} lift {_pp(lift)}; "
+                                      f"{'superior' if superior else 'not superior'} (lower end "
+                                      f"{'>' if superior else '<='} {100 * margin:+.2f} pp), {fam if superior else choice} kept"})
+        if superior:
+            choice = fam
+    return FamilyChoice(choice, comparisons)
 
 
 def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dirs: Mapping[str, str | Path | None],
@@ -249,48 +339,53 @@ def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dir
     for fam in ev.families:
         fam_checks[fam] = [_auc_checks(ev, fam, cfg), _completeness(fam, serving_dirs.get(fam), cfg)]
     ok = [f for f, rs in fam_checks.items() if all(r.passed for r in rs)]
-    champ = pick_champion(ev, ok, cfg)
+    choice = pick_champion(ev, ok, cfg)
+    champ = choice.family
     pol = ev.family_policy(champ)
     results: list[GateResult] = [_min_data(ev, train_counts, uncertain.get(champ, {}), cfg)]
     results.extend(fam_checks[champ][:1])
 
-    # ---- regression vs the promoted champion, same window, paired
+    # ---- regression vs the promoted champion: same rows, paired lift, the test depends on the family
     c = cfg["regression"]
+    level = cfg["policy_value"]["level"]
+    same_family = champion is not None and champion.family == champ
+    test_name = "non-inferiority" if same_family else "superiority"
+    threshold = -c["non_inferiority_margin"] if same_family else cfg["champion"]["superiority_margin"]
     first_idx = ev.first_index
     if champion is None:
-        results.append(GateResult("regression", True, None, -c["max_value_drop"], "no promoted champion yet: first model, absolute gates only"))
+        results.append(GateResult("regression", True, None, None, "no promoted champion yet: first model, absolute gates only"))
     elif champion.probs is None:
-        results.append(GateResult("regression", True, None, -c["max_value_drop"],
+        results.append(GateResult("regression", True, None, None,
                                   f"promoted champion {champion.version} could not be loaded ({champion.load_error}); judged on absolute gates only"))
     else:
         cp = np.asarray(champion.probs, dtype=np.float64)
-        cpol = greedy_policy(cp[first_idx], ev.first_mask)
-        pv = estimate_policies(ev.logged, {"candidate": ev.policies[pol], "champion": cpol},
-                               {"candidate": ev.q_hat[pol], "champion": cp[first_idx]},
-                               n_boot=cfg["policy_value"]["bootstrap"], seed=cfg["policy_value"]["seed"])
-        lift = pv.lift("candidate", "champion", est)
+        lift = paired_lift(ev.logged, ev.policies[pol], ev.q_hat[pol], greedy_policy(cp[first_idx], ev.first_mask),
+                           cp[first_idx], estimator=est, level=level)
         y = ev.test["APPROVED"].to_numpy(dtype=np.float64)
         rows = np.arange(len(y))
         cand_auc = float(ev.heads[champ].set_index("processor").loc["ALL", "auc"])
         champ_auc = M.auc(y, cp[rows, ev.test_action])
-        problems = []
-        if lift["lift"] < -c["max_value_drop"]:
-            problems.append(f"policy value {100 * lift['lift']:+.2f} pp vs champion {champion.version} "
-                            f"(95% CI {100 * lift['ci_low']:+.2f}..{100 * lift['ci_high']:+.2f}), tolerance -{100 * c['max_value_drop']:.2f} pp")
+        # why this test: retraining the champion's family keeps the model fresh, so a new version only
+        # has to be not worse by more than the margin; another family has to earn the switch
+        kind = "same family" if same_family else f"{champion.family or 'unknown'} -> {champ}"
+        verdict = lift["ci_low"] > threshold
+        text = (f"{test_name} vs champion {champion.version} ({kind}): paired {est} lift {_pp(lift)}, "
+                f"lower end {'>' if verdict else '<='} {100 * threshold:+.2f} pp")
+        problems = [] if verdict else [text]
         if cand_auc < champ_auc - c["max_auc_drop"]:
             problems.append(f"overall AUC {cand_auc:.3f} vs champion's {champ_auc:.3f} (tolerance {c['max_auc_drop']})")
-        details = {"value_lift": lift, "auc": cand_auc, "champion_auc": champ_auc, "champion_family": champion.family}
+        details = {"test": test_name, "margin": abs(threshold), "value_lift": lift, "auc": cand_auc,
+                   "champion_auc": champ_auc, "champion_family": champion.family}
         if problems:
-            results.append(GateResult("regression", False, lift["lift"], -c["max_value_drop"], "; ".join(problems), details))
+            results.append(GateResult("regression", False, lift["ci_low"], threshold, "; ".join(problems), details))
         else:
-            results.append(GateResult("regression", True, lift["lift"], -c["max_value_drop"],
-                                      f"{100 * lift['lift']:+.2f} pp policy value and AUC {cand_auc:.3f} vs champion "
-                                      f"{champion.version} ({champ_auc:.3f}) on the same window", details))
+            results.append(GateResult("regression", True, lift["ci_low"], threshold,
+                                      f"{text}; AUC {cand_auc:.3f} vs {champ_auc:.3f}", details))
 
     # ---- stability: time folds, interval width, PSI vs champion
     c = cfg["stability"]
     folds = lift_by_group(ev.logged, ev.policies[pol], ev.policies[STATIC_RULES], ev.q_hat[pol],
-                          time_folds(ev.first, c["time_folds"]), estimator=est, n_boot=100, seed=cfg["policy_value"]["seed"])
+                          time_folds(ev.first, c["time_folds"]), estimator=est, level=level)
     worst_fold = float(folds["lift"].min())
     row = ev.values.table.set_index(["policy", "estimator"]).loc[(pol, est)]
     width = float(row["ci_high"] - row["ci_low"])
@@ -318,7 +413,7 @@ def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dir
     losers, worst, table = [], None, []
     for name in SLICE_COLUMNS:
         res = lift_by_group(ev.logged, ev.policies[pol], ev.policies[STATIC_RULES], ev.q_hat[pol],
-                            slice_labels(ev.first, name), estimator=est, n_boot=100, seed=cfg["policy_value"]["seed"],
+                            slice_labels(ev.first, name), estimator=est, level=level,
                             min_rows=c["min_slice_rows"])
         res.insert(0, "slice", name)
         table.append(res)
@@ -353,4 +448,4 @@ def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dir
         results.append(GateResult("simpler_is_not_better", True, margin, c["min_margin_over_router"],
                                   f"{champ} ({100 * v:.2f}%) beats {rival_txt} on {est} policy value", {"rivals": rivals}))
     return GateReport(champion_family=champ, results=results, family_checks=fam_checks,
-                      champion_version=champion.version if champion else None)
+                      champion_version=champion.version if champion else None, family_choice=choice.comparisons)
