@@ -50,8 +50,12 @@ test: setup ## run the whole test suite (sets everything up first, Chromium incl
 test-fast: setup ## unit tests only (skips slow whole-chain and load tests)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lab: setup ## JupyterLab on notebooks/ with the project kernel
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+# Jupyter refuses to start as root without --allow-root (containers and CI images run as root);
+# the flag is added only for root, so a normal user keeps Jupyter's own guard. LAB_FLAGS adds
+# server options, e.g. make lab LAB_FLAGS="--no-browser --port=8899".
+LAB_FLAGS ?=
+lab: setup ## JupyterLab on notebooks/ with the project kernel (works as root too; LAB_FLAGS="--port=8899")
+	$(BIN)/jupyter lab --notebook-dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_FLAGS)
 
 world: setup ## rebuild the local world (override DAYS= PER_DAY= SEED= END=YYYY-MM-DD)
 	$(BIN)/smartrouter world build --days $(DAYS) --per-day $(PER_DAY) --seed $(SEED) $(if $(END),--end $(END),)
