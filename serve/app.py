@@ -16,7 +16,7 @@ import os
 import re
 import time
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
@@ -34,7 +34,6 @@ from smartrouter.routing.policy import NoEligibleProcessor
 from smartrouter.routing.service import Service, ServiceDeps
 
 log = logging.getLogger("smartrouter.serve")
-_MISSING = re.compile(r"missing required field `([^`]+)`")
 
 # ---------------------------------------------------------------- request / response models
 Currency = Literal[catalog.CURRENCIES]  # type: ignore[valid-type]
@@ -46,9 +45,11 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Bin = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6,8}$", description="6-8 digit card BIN")]
 Country = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$", description="ISO 3166 alpha-2")]
 NonNeg = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
+# the codes the handlers accept, as the schema's enum (the catalog is the one list)
+ErrorCode = Literal[tuple(catalog.ERROR_CODES)]  # type: ignore[valid-type]
 
 
-class RouteRequest(msgspec.Struct, kw_only=True):
+class RouteRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The payment context the merchant's router sends for one attempt."""
 
     order_id: Id
@@ -66,7 +67,7 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     mci_msi_type: MessageType = "CIT"
     avs_checked: bool | None = None
     num_attempts_order: Annotated[int, msgspec.Meta(ge=1, le=20)] = 1
-    previous_order_error_code: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    previous_order_error_code: ErrorCode | None = None
     previous_processor: Processor | None = None
     sec_since_previous_attempt: NonNeg | None = None
     avg_sec_between_payment_attempts: NonNeg | None = None
@@ -114,7 +115,7 @@ class RouteResponse(msgspec.Struct):
     contributions: list[Contribution] | None = None
 
 
-class OutcomeRequest(msgspec.Struct, kw_only=True):
+class OutcomeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The outcome of one attempt, as the merchant's router saw it."""
 
     processor: Processor
@@ -122,7 +123,7 @@ class OutcomeRequest(msgspec.Struct, kw_only=True):
     request_id: Id | None = None
     order_id: Id | None = None
     attempt_id: Id | None = None
-    error_code: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    error_code: ErrorCode | None = None
     latency_ms: Annotated[float, msgspec.Meta(ge=0, le=600_000)] | None = None
     created_at: datetime | None = None
     card_bin: Bin | None = None
@@ -195,14 +196,74 @@ def _bad(key: str, message: str) -> ValidationException:
     return ValidationException(detail=f"Validation failed: {key}: {message}", extra=[{"key": key, "message": message, "source": "body"}])
 
 
+# ---------------------------------------------------------------- request bodies: strict, typed, never a 500
+# Litestar decodes a body to builtins and converts them with msgspec's strict=False (a string "1500"
+# becomes 1500.0), and lets UnicodeDecodeError / RecursionError through as 500s. Bodies are decoded
+# here instead, straight into the request Struct: types as declared, unknown fields refused (the
+# Structs forbid them), every failure a 400 that names the field or the problem.
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_FIELD = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
+_DECODERS: dict[Any, msgspec.json.Decoder] = {}
+
+
+def decode_body(raw: bytes, target: Any) -> Any:
+    """``raw`` JSON decoded strictly into ``target``; a 400 naming the field or the problem otherwise."""
+    decoder = _DECODERS.get(target)
+    if decoder is None:
+        decoder = _DECODERS[target] = msgspec.json.Decoder(target, strict=True)
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        at, field_ = _AT.search(message), _FIELD.search(message)
+        key = (at.group(1) if at else "") or (field_.group(1) if field_ else "body")
+        if "unknown field" in message:
+            message += "; check its spelling against the fields listed at /schema"
+        elif message.startswith("Invalid enum value"):
+            allowed = _allowed(target, key)
+            if allowed:
+                message += f"; use one of {', '.join(allowed)}"
+        raise _bad(key, message) from None
+    except msgspec.DecodeError as exc:
+        raise _bad("body", f"{exc}; send one JSON object") from None
+    except UnicodeDecodeError as exc:  # msgspec decodes JSON strings' bytes as UTF-8 and lets this through
+        raise _bad("body", f"a JSON string is not valid UTF-8 ({exc.reason} at byte {exc.start} of the string); "
+                           "send UTF-8 text") from None
+    except RecursionError:
+        raise _bad("body", "JSON nested deeper than the decoder's recursion limit; send a flat JSON object") from None
+
+
+def _allowed(target: Any, key: str) -> tuple[str, ...]:
+    """The literal values a top-level field of a Struct accepts (for the error message)."""
+    hints = {f.name: f.type for f in msgspec.structs.fields(target)} if isinstance(target, type) else {}
+    stack, out = [hints.get(key.split("[", 1)[0])], []
+    while stack:
+        t = stack.pop()
+        if get_origin(t) is Literal:
+            out.extend(str(a) for a in get_args(t))
+        else:
+            stack.extend(get_args(t))
+    return tuple(out)
+
+
+class StrictRequest(Request):
+    """The app's request class: its JSON body is `decode_body` into the handler's ``data`` type.
+
+    Litestar hands what `json()` returns to its signature model, which passes a Struct of the
+    declared type through unchanged; the OpenAPI schema is still generated from the declaration.
+    """
+
+    async def json(self) -> Any:
+        field_ = self.route_handler.parsed_data_field
+        return decode_body(await self.body(), field_.annotation if field_ is not None else Any)
+
+
 # ---------------------------------------------------------------- handlers
 @post("/v1/route", summary="Rank processors for one payment", status_code=200)
 async def route(data: RouteRequest, svc: Service, explain: bool = False) -> RouteResponse:
     """Eligible processors ranked with calibrated approval probabilities, the choice and why."""
     if data.amount > svc.config.policy.max_amount:
         raise _bad("amount", f"{data.amount} exceeds the maximum {svc.config.policy.max_amount:g}; send the amount in currency units")
-    if data.previous_order_error_code is not None and data.previous_order_error_code not in catalog.ERROR_CODES:
-        raise _bad("previous_order_error_code", f"unknown code {data.previous_order_error_code!r}; use one of {', '.join(catalog.ERROR_CODES)}")
     payment = {col: getattr(data, f) for f, col in PAYMENT_FIELD_COLUMNS.items()}
     at = _epoch(data.created_at) or time.time()
     payment["CREATED_AT"] = datetime.fromtimestamp(at, tz=timezone.utc).replace(tzinfo=None)
@@ -233,8 +294,6 @@ async def route(data: RouteRequest, svc: Service, explain: bool = False) -> Rout
 @post("/v1/outcomes", summary="Report the outcome of an attempt", status_code=202)
 async def outcomes(data: OutcomeRequest, svc: Service) -> OutcomeResponse:
     """Feeds processor health, exploration posteriors, online features and the decision log."""
-    if data.error_code is not None and data.error_code not in catalog.ERROR_CODES:
-        raise _bad("error_code", f"unknown code {data.error_code!r}; use one of {', '.join(catalog.ERROR_CODES)}")
     at = _epoch(data.created_at) or time.time()
     segment = None
     if data.currency and data.card_brand and data.card_type and data.request_id is None:
@@ -328,7 +387,8 @@ async def constant() -> dict[str, str]:
 
 
 @post("/v1/constant", include_in_schema=False, status_code=200)
-async def constant_post(data: dict[str, Any]) -> dict[str, str]:
+async def constant_post(request: Request) -> dict[str, str]:
+    decode_body(await request.body(), dict[str, Any])  # the same body, decoded the way /v1/route's is
     return {"chosen": "WORLDPAY"}
 
 
@@ -339,19 +399,8 @@ def _client_error(request: Request, exc: HTTPException) -> Response:
     body: dict[str, Any] = {"status_code": exc.status_code, "detail": exc.detail}
     extra = getattr(exc, "extra", None)
     if extra:
-        if isinstance(extra, list):
-            extra = [_name_missing_field(e) for e in extra]
         body["extra"] = extra
     return Response(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-
-def _name_missing_field(item: Any) -> Any:
-    """msgspec reports a missing field against the whole body ('data'); name the field instead."""
-    if isinstance(item, dict) and item.get("key") == "data":
-        match = _MISSING.search(str(item.get("message", "")))
-        if match:
-            return {**item, "key": match.group(1)}
-    return item
 
 
 def _server_error(request: Request, exc: Exception) -> Response:
@@ -382,6 +431,7 @@ def create_app(settings: Settings | None = None, **options: Any) -> Litestar:
         on_startup=[lambda app: svc.startup(asyncio.get_running_loop())],
         on_shutdown=[lambda app: svc.shutdown(asyncio.get_running_loop())],
         exception_handlers={HTTPException: _client_error, Exception: _server_error},
+        request_class=StrictRequest,
         request_max_body_size=svc.config.max_body_bytes,
         logging_config=None,  # uvicorn / the host configures logging; no per-request log lines
         openapi_config=OpenAPIConfig(title="smartrouter", version="1.0.0", path="/schema"),
