@@ -187,6 +187,12 @@ def test_rejected_model_is_registered_but_champion_stays_promoted(setup, tmp_pat
     assert reg.promoted()[0] == "v1"
     assert {r["version"]: r["status"] for r in reg.list()} == {"v1": "promoted", "v2": "rejected"}
     assert reg.show("v2")["version"]["reasons"][0].startswith("auc:")
+    # the model card says which test the regression gate applied, with the paired lift and the margin
+    card_gates = reg.show("v2")["card"]["gates"]
+    regression = {g["gate"]: g for g in card_gates["results"]}["regression"]
+    assert regression["details"]["test"] == "non-inferiority" and regression["details"]["margin"] == 0.005
+    assert {"lift", "ci_low", "ci_high", "se"} <= set(regression["details"]["value_lift"])
+    assert card_gates["family_choice"] == []  # one family: nothing to compare
 
 
 def test_corrupted_candidate_fails_completeness(setup, tmp_path):

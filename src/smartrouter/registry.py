@@ -305,7 +305,10 @@ class Registry:
             "metrics": {"overall": metrics.get("overall"), "per_head": metrics.get("heads"),
                         "by_slice": metrics.get("slices"), "headline": metrics.get("headline")},
             "policy_value": metrics.get("policy_value"),
-            "gates": {"decision": gates.get("decision"), "reasons": gates.get("reasons"), "results": gates.get("gates")},
+            # results: each gate's verdict; the regression line's details name its test (non-inferiority or
+            # superiority), the paired lift, its interval and the margin; family_choice: how the family was chosen
+            "gates": {"decision": gates.get("decision"), "reasons": gates.get("reasons"), "results": gates.get("gates"),
+                      "family_choice": gates.get("family_choice")},
             "intended_use": INTENDED_USE,
             "known_limits": limits,
             "rollout_history": [],
