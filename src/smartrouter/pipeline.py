@@ -180,7 +180,8 @@ def load_profiles(path: Path = PROFILES_FILE) -> dict[str, dict[str, dict[str, A
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"profiles file {path} is missing; reinstall the package (pip install -e .)") from None
+        fix = "reinstall the package (pip install -e .)" if path == PROFILES_FILE else "check the --profiles path"
+        raise ConfigError(f"profiles file {path} is missing; {fix}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"profiles file {path} is not valid TOML ({exc}); fix the line it names") from None
     _check_profiles(data, path)
@@ -222,7 +223,7 @@ def _section_key_problem(section: str, key: str) -> str | None:
         if key == AS_OF:
             return "the run's as-of date is set with --as-of YYYY-MM-DD"
         if key not in RUN_PARAMETERS:
-            return f"not a run-level parameter; those are {', '.join(RUN_PARAMETERS)}"
+            return f"not a run-level parameter; those are {', '.join(k for k in RUN_PARAMETERS if k != AS_OF)}"
     elif key in RUN_PARAMETERS:
         how = "--as-of YYYY-MM-DD" if key == AS_OF else f"[<profile>.{RUN_SECTION}] or -p {RUN_SECTION}.{key}=VALUE"
         return f"{key} is a run-level parameter (one value for every stage); set it with {how}"
@@ -293,7 +294,7 @@ def resolve_parameters(profile: str, overrides: Iterable[str] = (), stages: Sequ
             raise ConfigError(f"-p {o.text}: no section {o.section!r}; use one of {', '.join(sections)}")
         problem = _section_key_problem(o.section, o.key)
         if problem:
-            raise ConfigError(f"-p {o.text}: {problem}")
+            raise ConfigError(f"-p {o.text}: {problem.replace('=VALUE', '=' + o.raw)}")
         value = o.value
         if o.section in (RUN_SECTION, RUNNER_SECTION):
             reference = (base_run if o.section == RUN_SECTION else RUNNER_DEFAULTS).get(o.key)
