@@ -128,8 +128,9 @@ def test_equal_same_family_candidate_is_accepted_as_non_inferior(setup):
     assert reg.threshold == -setup["cfg"]["regression"]["non_inferiority_margin"] and reg.value == lift["ci_low"]
     assert reg.reason.startswith("non-inferiority vs champion v1 (same family): paired DR lift ")
     assert "95% CI" in reg.reason and "-0.50 pp" in reg.reason
-    gate_json = rep.to_json("v2")["gates"]
-    assert {g["gate"]: g for g in gate_json}["regression"]["details"]["test"] == "non-inferiority"
+    gate_json = rep.to_json("v2")
+    assert {g["gate"]: g for g in gate_json["gates"]}["regression"]["details"]["test"] == "non-inferiority"
+    assert rep.passed and gate_json["reasons"][1] == f"regression: {reg.reason}"  # the run report shows it
 
 
 def test_equal_candidate_of_another_family_does_not_replace_the_champion(setup):

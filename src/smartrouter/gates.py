@@ -178,7 +178,10 @@ class GateReport:
         if failed:
             return failed
         base = f"all {len(self.results)} gates passed for {self.champion_family}"
-        return [base + (f" (compared with champion {self.champion_version})" if self.champion_version else " (no champion yet)")]
+        out = [base + (f" (compared with champion {self.champion_version})" if self.champion_version else " (no champion yet)")]
+        # which test let it replace the champion, and why this family: the decisions a reader asks about
+        out += [f"regression: {r.reason}" for r in self.results if r.gate == "regression" and r.details.get("test")]
+        return out + [f"family: {c['reason']}" for c in self.family_choice]
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([{k: v for k, v in asdict(r).items() if k != "details"} for r in self.results])
