@@ -15,6 +15,7 @@ notebook, papermill, a test or the service sees the same paths whatever the work
 | SMARTROUTER_STATE_DIR | `$HOME/data/state` | lineage store, decision log, locks |
 | SMARTROUTER_HOST / SMARTROUTER_PORT | `127.0.0.1` / `8000` | routing service bind address |
 | SMARTROUTER_WORKERS | `2` | routing service worker processes (they share outcomes; 2 fills this 2-core machine) |
+| SMARTROUTER_STATE_STORE | `local` | where service workers share processor health and exploration posteriors: `local` (one host: a peer bus + a snapshot file in the state dir) or `redis://host:port/db` (several hosts: a Redis stream) |
 | SMARTROUTER_ADMIN_TOKEN | (unset: admin endpoints refuse all calls) | bearer token for `/admin/*` |
 | SMARTROUTER_KERNEL | `smartrouter` | Jupyter kernel papermill runs stages with |
 
@@ -25,6 +26,7 @@ Snowflake credentials never live here: the connector reads its own `connections.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +59,7 @@ class Settings:
     host: str
     port: int
     workers: int
+    state_store: str
     admin_token: str | None = field(repr=False)
     kernel: str
 
@@ -82,6 +85,7 @@ class Settings:
             "host": self.host,
             "port": self.port,
             "workers": self.workers,
+            "state_store": re.sub(r"//[^@/]*@", "//***@", self.state_store),  # never a Redis password
             "kernel": self.kernel,
         }
 
@@ -109,6 +113,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             raise ValueError
     except ValueError:
         raise ConfigError(f"SMARTROUTER_WORKERS={workers_raw!r} is not a worker count; set it to a number in 1..64") from None
+    state_store = (env.get("SMARTROUTER_STATE_STORE") or "local").strip()
+    if state_store != "local" and not state_store.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"SMARTROUTER_STATE_STORE={state_store!r} is not a state store; set it to local or a Redis URL (redis://host:port/db)"
+        )
     return Settings(
         home=home,
         warehouse=warehouse,
@@ -121,6 +130,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         host=env.get("SMARTROUTER_HOST") or "127.0.0.1",
         port=port,
         workers=workers,
+        state_store=state_store,
         admin_token=env.get("SMARTROUTER_ADMIN_TOKEN") or None,
         kernel=env.get("SMARTROUTER_KERNEL") or "smartrouter",
     )

@@ -12,6 +12,7 @@ stale. Outcome kinds: APPROVED; TIMEOUT = a decline whose ERROR_CATEGORY is PROC
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import time
 from collections import deque
@@ -24,7 +25,10 @@ import numpy as np
 import pandas as pd
 
 from smartrouter import catalog
+from smartrouter.clock import EventClock
 from smartrouter.errors import ConfigError
+
+_log = logging.getLogger("smartrouter.features")
 
 # ---------------------------------------------------------------- constants of the definition
 EPOCH = datetime(1970, 1, 1)
@@ -37,6 +41,8 @@ LOCAL_UTC_OFFSET_HOURS = -6
 # Queries may come up to this much earlier than the newest time a counter has seen (requests
 # arriving slightly out of order); older history is dropped to keep memory bounded.
 ONLINE_SLACK_MINUTES = 60
+# A feature failure on the request path is logged at most once per this many seconds (counted always).
+FEATURE_ERROR_LOG_SECONDS = 60.0
 
 APPROVED, TIMEOUT, DECLINED = 0, 1, 2  # outcome kinds (index into count vectors)
 # Health columns the models do not see: a processor's 24-hour approval and decline rates follow
@@ -687,12 +693,25 @@ class OnlineFeatureState:
     compares). Memory is bounded by 28 days of per-minute counts per (BIN, processor) in use.
     """
 
-    def __init__(self, processors: Iterable[str] = catalog.PROCESSORS) -> None:
+    def __init__(self, processors: Iterable[str] = catalog.PROCESSORS, clock: EventClock | None = None) -> None:
         self.processors = tuple(processors)
         self._health: dict[str, dict[str, WindowedCounts]] = {}
         self._prior: dict[str, WindowedCounts] = {}
         self._bins: dict[tuple[str, str], WindowedCounts] = {}
         self.observed = 0
+        # Event times are checked against this clock: an outcome further ahead than it admits is
+        # not stored (it would slide every window past the real outcomes), and a query is never
+        # answered for a time past it. Default: the wall clock (history and live outcomes are in the past).
+        self.clock = clock or EventClock()
+        self.rejected_future = 0
+        # the newest minute an outcome or a query has reached: a query earlier than this by more than
+        # ONLINE_SLACK_MINUTES is answered as of that bound (the counters dropped older minutes)
+        self._head: int | None = None
+        # feature failures on the request path: counted, logged once per FEATURE_ERROR_LOG_SECONDS,
+        # read by /readyz (never silent, never a traceback per payment)
+        self.errors = 0
+        self.last_error: str | None = None
+        self._error_logged = -float("inf")
         # Per-minute memo of the features every payment in that minute shares (health columns, the
         # processors' BIN priors). Exact, not approximate: a query counts outcomes strictly before its
         # minute, so only a late outcome (an earlier minute than the memo's) can change them; observe()
@@ -709,12 +728,21 @@ class OnlineFeatureState:
             self._prior[processor] = WindowedCounts(BIN_HISTORY_MINUTES, 2)
 
     def observe(self, processor: str, created_at: datetime, status: str, error_category: str | None = None,
-                bin: str | None = None) -> None:
-        """Record one attempt's outcome (created at ``created_at``); PROCESSING is ignored."""
+                bin: str | None = None) -> bool:
+        """Record one attempt's outcome (created at ``created_at``); PROCESSING is ignored.
+
+        Returns False when the outcome is not stored: not an outcome, or further ahead of the
+        clock than it admits (counted in ``rejected_future``).
+        """
         kind = outcome_kind(status, error_category)
         if kind is None:
-            return
+            return False
         minute = minute_number(created_at)
+        if not self.clock.admits(minute * 60.0):
+            self.rejected_future += 1
+            return False
+        if self._head is None or minute > self._head:
+            self._head = minute
         if self._memo_minute is not None and minute < self._memo_minute:
             self._memo_minute = None
         self._ensure(processor)
@@ -722,7 +750,7 @@ class OnlineFeatureState:
             wc.add(minute, kind)
         self.observed += 1
         if not counts_toward_bin_history(kind):
-            return
+            return True
         # prior and BIN counters hold [issuer decisions, approved]
         extra = (1,) if kind == APPROVED else ()
         self._prior[processor].add(minute, 0, *extra)
@@ -732,6 +760,34 @@ class OnlineFeatureState:
             if wc is None:
                 wc = self._bins[key] = WindowedCounts(BIN_HISTORY_MINUTES, 2)
             wc.add(minute, 0, *extra)
+        return True
+
+    def _query_minute(self, at: datetime) -> int:
+        """The minute a query is answered for: ``at``, kept within what the counters hold exactly.
+
+        Never past the clock's limit (a request stamped in the future must not slide the windows
+        past every real outcome), never more than ONLINE_SLACK_MINUTES before the newest minute seen
+        (the counters dropped older minutes).
+        """
+        minute = minute_number(at)
+        limit = self.clock.limit()
+        if limit != float("inf"):
+            minute = min(minute, int(limit // 60))
+        head = self._head
+        if head is None or minute > head:
+            self._head = minute
+        elif minute < head - ONLINE_SLACK_MINUTES:
+            minute = head - ONLINE_SLACK_MINUTES
+        return minute
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if now - self._error_logged >= FEATURE_ERROR_LOG_SECONDS:
+            self._error_logged = now
+            _log.error("online features failed (%d so far; logged once per %.0f s): %s", self.errors,
+                       FEATURE_ERROR_LOG_SECONDS, self.last_error, exc_info=exc)
 
     def _shared(self, minute: int) -> tuple[Mapping[str, float], dict[str, float]]:
         """(health columns, BIN prior per processor) for ``minute``, computed once per minute."""
@@ -755,13 +811,24 @@ class OnlineFeatureState:
     def health_features(self, at: datetime) -> Mapping[str, float]:
         """Health columns (names as in the training table) as of ``at``: outcomes strictly before its minute.
 
-        Read-only mapping, shared by every query in the same minute.
+        Read-only mapping, shared by every query in the same minute. A failure is counted and
+        logged (see ``errors``), and the columns are then missing (the model reads them as NaN).
         """
-        return self._shared(minute_number(at))[0]
+        try:
+            return self._shared(self._query_minute(at))[0]
+        except Exception as exc:  # noqa: BLE001 - counted and logged; the payment is still decided
+            self._failed(exc)
+            return {}
 
     def bin_features(self, bin: str, at: datetime) -> dict[str, float]:
-        """BIN x processor columns (names as in the training table) as of ``at``."""
-        minute = minute_number(at)
+        """BIN x processor columns (names as in the training table) as of ``at`` (failures as in `health_features`)."""
+        try:
+            return self._bin_features(bin, self._query_minute(at))
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+            return {}
+
+    def _bin_features(self, bin: str, minute: int) -> dict[str, float]:
         priors = self._shared(minute)[1]
         bins = self._bins
         key = str(bin)
@@ -780,12 +847,12 @@ class OnlineFeatureState:
         return out
 
     @classmethod
-    def from_history(cls, frame: pd.DataFrame) -> "OnlineFeatureState":
+    def from_history(cls, frame: pd.DataFrame, clock: EventClock | None = None) -> "OnlineFeatureState":
         """Seed from past attempts (PROCESSOR, CREATED_AT, STATUS, ERROR_CATEGORY, CARD_BIN), e.g. the last 28 days."""
         missing = {"PROCESSOR", "CREATED_AT", "STATUS", "ERROR_CATEGORY", "CARD_BIN"} - set(frame.columns)
         if missing:
             raise ConfigError(f"history frame lacks columns {sorted(missing)}; select them from the attempts view")
-        state = cls()
+        state = cls(clock=clock)
         ordered = frame.sort_values("CREATED_AT", kind="stable")
         created = [t.to_pydatetime() for t in pd.to_datetime(ordered["CREATED_AT"])]
         cats = ordered["ERROR_CATEGORY"].astype(object).where(ordered["ERROR_CATEGORY"].notna(), None)

@@ -62,6 +62,19 @@ class ThompsonBandit:
             ab[0 if approved else 1] += 1.0
             self._seg_version[segment] = self._seg_version.get(segment, 0) + 1
 
+    def export_state(self) -> list[list]:
+        """The posteriors, JSON-able: [[processor, segment, alpha, beta], ...] (for a worker that starts later)."""
+        with self._lock:
+            return [[p, list(seg), ab[0], ab[1]] for (p, seg), ab in self._post.items()]
+
+    def import_state(self, rows: list[list]) -> int:
+        """Take over `export_state()`'s posteriors (replacing this worker's); returns how many."""
+        with self._lock:
+            self._post = {(str(p), tuple(seg)): [float(a), float(b)] for p, seg, a, b in rows}
+            self._seg_version = {seg: v + _REFRESH_OUTCOMES for seg, v in self._seg_version.items()}  # recompute cached TS
+            self._ts_cache.clear()
+        return len(rows)
+
     @property
     def share(self) -> float:
         """Share of decisions so far that explored."""

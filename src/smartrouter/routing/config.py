@@ -44,6 +44,10 @@ class HealthConfig:
     probe_share: float = 0.02
     recovery_successes: int = 5
     recovery_ramp_start: float = 0.10
+    # event-time reference (smartrouter.clock): "wall" or "event", and how far ahead of it
+    # a created_at may be
+    clock: str = "wall"
+    max_ahead_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,13 @@ def _validate(cfg: RoutingConfig, where: str) -> None:
     _share(h.recovery_ramp_start, "[health].recovery_ramp_start", where, 0.0, 1.0)
     if h.recent_outcomes < 2 or h.recovery_successes < 1 or h.down_min_failures < 1:
         raise ConfigError(f"{where}: [health] recent_outcomes >= 2, recovery_successes >= 1, down_min_failures >= 1")
+    if h.clock not in ("wall", "event"):
+        raise ConfigError(f"{where}: [health].clock = {h.clock!r}; use \"wall\" (the host's clock) or \"event\" (simulated time)")
+    from smartrouter.features import ONLINE_SLACK_MINUTES  # a query may lag the newest event by this much, exactly
+
+    if not 0 <= h.max_ahead_seconds <= 60 * ONLINE_SLACK_MINUTES:
+        raise ConfigError(f"{where}: [health].max_ahead_seconds = {h.max_ahead_seconds:g} must be within "
+                          f"0..{60 * ONLINE_SLACK_MINUTES} (the online features' slack)")
     e = cfg.experiment
     if e.key not in EXPERIMENT_KEYS:
         raise ConfigError(f"{where}: [experiment].key = {e.key!r}; use one of {', '.join(EXPERIMENT_KEYS)}")

@@ -14,9 +14,9 @@ to ``on_transition`` (the service counts them in its metrics).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +24,7 @@ from typing import Callable
 
 from smartrouter import catalog
 from smartrouter.routing.config import HealthConfig
+from smartrouter.clock import EventClock
 
 log = logging.getLogger("smartrouter.routing.health")
 
@@ -61,6 +62,7 @@ class _Proc:
     since: float = 0.0
     events: deque = field(default_factory=deque)  # (ts, failed: bool), newest right
     consecutive_ok: int = 0
+    newest: float = float("-inf")  # newest outcome time seen
     outcomes: int = 0
     failures: int = 0
 
@@ -82,8 +84,11 @@ class HealthTracker:
         config: HealthConfig,
         processors: tuple[str, ...] = catalog.PROCESSORS,
         on_transition: Callable[[Transition], None] | None = None,
+        clock: EventClock | None = None,
     ) -> None:
         self.config = config
+        self.clock = clock or EventClock.from_config(config)
+        self.rejected_future = 0  # outcomes too far ahead of the clock, not recorded
         self._procs: dict[str, _Proc] = {p: _Proc() for p in processors}
         self._lock = threading.Lock()
         self._on_transition = on_transition
@@ -123,15 +128,17 @@ class HealthTracker:
 
     def snapshot(self, at: float | None = None) -> dict[str, dict]:
         """Each processor's state, since and recent rates (for /v1/processors/health)."""
-        at = time.time() if at is None else at
+        at = self.clock.now() if at is None else at
+        horizon = at - self.config.window_seconds
         out: dict[str, dict] = {}
         with self._lock:
             for name, p in self._procs.items():
-                self._trim(p, at)
-                n = len(p.events)
-                fails = sum(1 for _, f in p.events if f)
-                recent = list(p.events)[-self.config.recent_outcomes :]
-                r_fail = sum(1 for _, f in recent if f)
+                # read-only: a health read at another time than the outcomes' must not drop any of them
+                window = [f for t, f in p.events if horizon <= t <= at]
+                n = len(window)
+                fails = sum(window)
+                recent = window[-self.config.recent_outcomes :]
+                r_fail = sum(recent)
                 out[name] = {
                     "state": p.state,
                     "since": p.since,
@@ -146,8 +153,16 @@ class HealthTracker:
 
     # ------------------------------------------------------------------ writes
     def observe(self, processor: str, kind: str, at: float | None = None) -> Transition | None:
-        """Record one outcome (kind from `outcome_kind`); returns the state change it caused, if any."""
-        at = time.time() if at is None else at
+        """Record one outcome (kind from `outcome_kind`); returns the state change it caused, if any.
+
+        An outcome further ahead of the reference clock than it allows is not recorded (counted in
+        ``rejected_future``): it would move the window past every real outcome. A late one is placed
+        in time order and never moves the window back or forward.
+        """
+        at = self.clock.now() if at is None else at
+        if not self.clock.admits(at):
+            self.rejected_future += 1
+            return None
         failed = kind == FAILURE
         with self._lock:
             p = self._procs.get(processor)
@@ -155,8 +170,15 @@ class HealthTracker:
                 return None
             p.outcomes += 1
             p.failures += failed
-            p.events.append((at, failed))
-            self._trim(p, at)
+            p.newest = max(p.newest, at)
+            if at < p.newest - self.config.window_seconds:
+                return None  # too late to be inside the window: counted in the totals only
+            ev = p.events
+            if not ev or ev[-1][0] <= at:
+                ev.append((at, failed))
+            else:  # out of order: keep time order, so "the last N outcomes" means the newest N
+                ev.insert(bisect.bisect_right([t for t, _ in ev], at), (at, failed))
+            self._trim(p, self._horizon_now(p))
             p.consecutive_ok = 0 if failed else p.consecutive_ok + 1
             change = self._next_state(p, failed)
             if change is None:
@@ -175,11 +197,48 @@ class HealthTracker:
             self._on_transition(tr)
         return tr
 
+    def _horizon_now(self, p: _Proc) -> float:
+        """The time the window ends at: the newest outcome, but never past the reference clock.
+
+        So an outcome admitted a little ahead of the clock does not push real, recent outcomes out.
+        """
+        return min(p.newest, self.clock.now())
+
     def _trim(self, p: _Proc, at: float) -> None:
         horizon = at - self.config.window_seconds
         ev = p.events
         while ev and ev[0][0] < horizon:
             ev.popleft()
+
+    # ------------------------------------------------------------------ hand-over to a starting worker
+    def export_state(self) -> dict:
+        """What a worker that starts now needs to continue from this one's state (JSON-able, small).
+
+        Only the newest ``recent_outcomes`` outcomes per processor are kept: they alone decide the
+        state machine's next step.
+        """
+        keep = self.config.recent_outcomes
+        with self._lock:
+            return {name: {"state": p.state, "since": p.since, "newest": p.newest, "consecutive_ok": p.consecutive_ok,
+                           "outcomes": p.outcomes, "failures": p.failures,
+                           "events": [[t, bool(f)] for t, f in list(p.events)[-keep:]]}
+                    for name, p in self._procs.items()}
+
+    def import_state(self, state: dict) -> list[str]:
+        """Take over ``export_state()``'s result (from a live worker or the shared store); returns the processors not UP."""
+        not_up = []
+        with self._lock:
+            for name, s in state.items():
+                p = self._procs.get(name)
+                if p is None:
+                    continue
+                p.state, p.since = str(s["state"]), float(s["since"])
+                p.newest = float(s.get("newest", 0.0))
+                p.consecutive_ok, p.outcomes, p.failures = int(s["consecutive_ok"]), int(s["outcomes"]), int(s["failures"])
+                p.events = deque((float(t), bool(f)) for t, f in s["events"])
+                if p.state != UP:
+                    not_up.append(f"{name} {p.state}")
+        return not_up
 
     def _next_state(self, p: _Proc, failed: bool) -> tuple[str, str] | None:
         c = self.config

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from smartrouter.config import Settings, load_settings
-from smartrouter.routing import peers
+from smartrouter.routing import peers, state_store
 from smartrouter.routing.config import RoutingConfig, load_routing_config
 from smartrouter.routing.decision_log import DecisionLog
 from smartrouter.routing.health import STATES, Transition, outcome_kind
@@ -107,6 +107,8 @@ class Service:
     bus: peers.PeerBus | None = None  # outcome sharing with the other workers (None: on its own)
     share_outcomes: bool = True
     seed_features: bool = False
+    store: Any = None  # state_store.LocalStore | RedisStore: hands state to starting workers (and hosts)
+    state_note: str | None = None  # what this worker started from (the store's words)
 
     # ------------------------------------------------------------------ outcomes, shared across workers
     def on_peer_message(self, msg: peers.PeerMessage) -> None:
@@ -125,7 +127,9 @@ class Service:
     def _apply_and_share(self, processor: str, status: str, error_code: str | None, at: float,
                          segment: tuple | None, card_bin: str | None) -> str:
         kind = self.router.observe_outcome(processor, status, error_code=error_code, at=at, segment=segment, card_bin=card_bin)
-        if self.bus is not None:
+        if self.store is not None and self.store.shares_outcomes:  # Redis: every worker of every host reads it
+            self.store.publish(state_store.outcome(processor, status, error_code, at, segment, card_bin))
+        elif self.bus is not None:
             self.bus.publish(peers.message(peers.OUTCOME, self.bus.pid, processor=processor, status=status,
                                            error_code=error_code, at=at, segment=segment, card_bin=card_bin))
         return kind
@@ -136,7 +140,9 @@ class Service:
 
         The worker that made the decision is the one that knows its segment and BIN: when the
         request id names another live worker, the outcome goes there to be resolved and shared.
+        Raises `EventTimeError` (answered 400) for an outcome stamped too far ahead of the clock.
         """
+        self.router.health.clock.check(at)
         segment, card_bin, mine = self.router.resolve(request_id, segment, card_bin)
         owner = owner_of(request_id)
         bus = self.bus
@@ -184,6 +190,9 @@ class Service:
             except OSError as exc:  # serve on our own rather than not at all; /readyz says so
                 self.notes.append(f"outcomes not shared with other workers: {exc}")
                 log.warning("peer bus unavailable: %s", exc)
+            self._start_store(loop)
+        if self.router.features is not None:  # one reference clock for health and features
+            self.router.features.clock = self.router.health.clock
         self.refresh_gauges()
         freeze_heap()
         self.decision_log.start()
@@ -194,8 +203,25 @@ class Service:
             self.router.features_pending()
             threading.Thread(target=seed_online_features, args=(self, loop), name="seed-features", daemon=True).start()
 
+    def _start_store(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take over the current state (before this worker serves), then keep handing it on."""
+        try:
+            store = state_store.open_store(self.settings, self.config)
+            note = store.load(self.router)
+        except (ConnectionError, ImportError, OSError) as exc:  # serve on this host's view rather than not at all
+            self.notes.append(f"shared state store unavailable, this worker shares with its host only: {exc}")
+            log.error("state store %s unavailable: %s", self.settings.state_store, exc)
+            store = state_store.LocalStore(self.settings.state_dir, self.config.health.window_seconds)
+            note = store.load(self.router)
+        store.start(self.router, loop, lambda outcomes: state_store.apply_outcomes(self.router, outcomes))
+        self.store, self.state_note = store, note
+        log.warning("worker %d: %s", os.getpid(), note)
+
     def shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop the poller, leave the peer bus, flush the decision log, drop this worker's gauges."""
+        if self.store is not None:
+            self.store.stop()
+            self.store = None
         self.holder.stop()
         if self.bus is not None:
             peers.detach(self.bus, loop)
@@ -217,7 +243,7 @@ def seed_online_features(svc: Service, loop: asyncio.AbstractEventLoop) -> None:
 
         until = datetime.now(timezone.utc).replace(tzinfo=None)
         frame = features.outcome_history(svc.settings, until - timedelta(days=SEED_HISTORY_DAYS), until)
-        state = features.OnlineFeatureState.from_history(frame)
+        state = features.OnlineFeatureState.from_history(frame, clock=svc.router.health.clock)
         n = len(frame)
         del frame
     except Exception as exc:  # noqa: BLE001 - serve without history rather than not at all
