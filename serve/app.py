@@ -31,6 +31,7 @@ from smartrouter import catalog
 from smartrouter.config import Settings
 from smartrouter.errors import SmartrouterError
 from smartrouter.routing.policy import NoEligibleProcessor
+from smartrouter.clock import EventTimeError
 from smartrouter.routing.service import Service, ServiceDeps
 
 log = logging.getLogger("smartrouter.serve")
@@ -299,7 +300,10 @@ async def outcomes(data: OutcomeRequest, svc: Service) -> OutcomeResponse:
     if data.currency and data.card_brand and data.card_type and data.request_id is None:
         payment = {"CURRENCY": data.currency, "CARD_BRAND": data.card_brand, "CARD_TYPE": data.card_type}
         segment = svc.router.bandit.segment_of(payment)
-    kind = svc.take_outcome(data.processor, data.status, data.error_code, at, data.request_id, segment, data.card_bin)
+    try:
+        kind = svc.take_outcome(data.processor, data.status, data.error_code, at, data.request_id, segment, data.card_bin)
+    except EventTimeError as exc:  # a future stamp would slide every window past the real outcomes
+        raise _bad("created_at", str(exc)) from None
     svc.metrics.outcomes.labels(data.processor, kind).inc()
     svc.decision_log.append_lazy(_outcome_record, data, kind, at)
     return OutcomeResponse(True, data.processor, kind, svc.router.health.state(data.processor))

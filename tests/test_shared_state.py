@@ -259,3 +259,34 @@ def test_a_feature_failure_is_counted_logged_once_and_exposed(caplog, monkeypatc
             assert state.bin_features("411111", now) == {}
     assert state.errors == 100 and "counter corrupted" in state.last_error
     assert len([r for r in caplog.records if "online features failed" in r.getMessage()]) == 1
+
+
+def test_post_outcome_an_hour_ahead_is_400_and_later_decisions_keep_their_features(home):
+    from litestar.testing import TestClient
+
+    from smartrouter.cli.serve import import_app_module
+
+    env = {"SMARTROUTER_HOME": str(home), "SMARTROUTER_STATE_DIR": str(home / "state"),
+           "SMARTROUTER_REGISTRY_DIR": str(home / "models")}
+    app = import_app_module().create_app(load_settings(env), model_loader=fake_loader, rules=list(RULE_ROWS),
+                                         rules_from_warehouse=False, poll=False, seed=3, seed_features=False,
+                                         share_outcomes=False)
+    svc = app.state.service
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    with TestClient(app) as client:
+        for i in range(20):
+            r = client.post("/v1/outcomes", json={"processor": "ELAVON", "status": "TIMEOUT" if i % 2 else "APPROVED",
+                                                  "card_bin": "411111", "created_at": (now - timedelta(minutes=5, seconds=-i)).isoformat()})
+            assert r.status_code == 202
+        before = dict(svc.router._enrich(payment(), time.time()))
+        health_before = svc.router.health.snapshot()
+        r = client.post("/v1/outcomes", json={"processor": "ELAVON", "status": "APPROVED",
+                                              "created_at": (now + timedelta(hours=1)).isoformat()})
+        assert r.status_code == 400 and "created_at" in r.text and "ahead" in r.text
+        after = dict(svc.router._enrich(payment(), time.time()))
+        assert set(features.HEALTH_COLUMNS) <= set(after) and after == before
+        assert svc.router.features.errors == 0
+        assert svc.router.health.snapshot() == health_before  # the failure window survives
+        r = client.post("/v1/route", json={"order_id": "O-9", "amount": 10.0, "currency": "MXN", "card_bin": "411111",
+                                           "card_brand": "VISA", "card_type": "CREDIT"})
+        assert r.status_code == 200 and r.json()["source"] in ("model", "failover", "exploration")
