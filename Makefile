@@ -21,7 +21,7 @@ AS_OF   ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run test test-fast lab world serve bench bench-world bench-features bench-models bench-serve bench-run clean
+.PHONY: help setup run test test-fast lab world serve bench bench-world bench-features bench-models bench-serve bench-failover bench-run clean
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,7 +60,15 @@ lab: setup ## JupyterLab on notebooks/ with the project kernel (works as root to
 world: setup ## rebuild the local world (override DAYS= PER_DAY= SEED= END=YYYY-MM-DD)
 	$(BIN)/smartrouter world build --days $(DAYS) --per-day $(PER_DAY) --seed $(SEED) $(if $(END),--end $(END),)
 
-serve: setup ## start the routing service on the promoted model (rules if none)
+serve: setup ## start the routing service on the promoted model (rules if none); SMARTROUTER_STATE_STORE=redis://127.0.0.1:PORT/0 starts a local Redis
+	@case "$${SMARTROUTER_STATE_STORE:-local}" in \
+	  redis://127.0.0.1:*|redis://localhost:*) \
+	    bash tests/ensure_redis.sh; \
+	    port=$$(echo "$$SMARTROUTER_STATE_STORE" | sed -E 's#redis://[^:]+:([0-9]+).*#\1#'); \
+	    redis-cli -p $$port ping >/dev/null 2>&1 || { mkdir -p data/state/redis && \
+	      redis-server --port $$port --bind 127.0.0.1 --save "" --appendonly no --dir data/state/redis --daemonize yes \
+	        --logfile redis.log && echo "started redis-server on port $$port (data/state/redis)"; } ;; \
+	esac
 	$(BIN)/smartrouter serve
 
 bench-world: setup ## world generation time, peak memory, approval and headroom
@@ -69,6 +77,10 @@ bench-world: setup ## world generation time, peak memory, approval and headroom
 bench-serve: setup ## HTTP load test of the routing service (wrk) + in-process decision latency
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/bench_serve.py
+
+bench-failover: setup ## kill -9 one service worker under the bench-serve load: throughput back within 10 % in 10 s
+	@command -v wrk >/dev/null || { echo "installing wrk (Debian)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python bench/bench_failover.py
 
 bench-features: setup ## default-world feature build time + encoder latency
 	$(BIN)/python bench/bench_features.py
@@ -79,7 +91,7 @@ bench-models: setup ## model training time per family, serving latency p50/p99, 
 bench-run: setup ## the whole daily run on the default world vs the 10-minute budget
 	$(BIN)/python bench/bench_run.py
 
-bench: bench-world bench-features bench-models bench-serve bench-run ## every benchmark
+bench: bench-world bench-features bench-models bench-serve bench-failover bench-run ## every benchmark
 
 clean: ## remove the virtualenv, local world, runs, reports and registry
 	rm -rf $(VENV) data runs/[0-9]* reports/[0-9]* reports/index.html models .pytest_cache

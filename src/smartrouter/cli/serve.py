@@ -16,7 +16,9 @@ from types import ModuleType
 from smartrouter.config import REPO_ROOT, load_settings
 from smartrouter.errors import ConfigError
 
-APP_FACTORY = "serve.app:create_app"
+# serve/app.py's application behind bounded keep-alive lifetimes (serve/keepalive.py): after a
+# worker dies and is respawned, clients spread over the workers again within seconds
+APP_FACTORY = "serve.keepalive:create_app"
 
 
 def import_app_module() -> ModuleType:
@@ -81,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers", type=int, default=None,
         help="worker processes (default: SMARTROUTER_WORKERS or 2); they share outcomes, so health, "
-             "exploration and online features agree across them",
+             "exploration and online features agree across them; uvicorn respawns a worker that dies, "
+             "and the new one takes over the current state before it serves",
     )
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every request (slows the service)")
