@@ -247,7 +247,8 @@ def test_richer_family_ahead_on_noise_is_not_chosen(setup):
     assert choice.family == "logistic"
     (cmp,) = choice.comparisons
     assert cmp["test"] == "superiority" and cmp["richer"] == "xgb" and cmp["chosen"] == "logistic"
-    assert "not superior" in cmp["reason"] and "+0.20 pp" in cmp["reason"]
+    assert cmp["reason"].startswith("superiority of xgb over logistic: paired DR lift +0.20 pp (95% CI -")
+    assert cmp["reason"].endswith("lower end <= +0.00 pp: logistic chosen")
     # the same through run_gates: gate.json says which comparison chose the family
     rep = G.run_gates(ev, train_counts=setup["train_counts"], serving_dirs={}, config=setup["cfg"])
     assert rep.champion_family == "logistic" and rep.to_json()["family_choice"][0]["test"] == "superiority"

@@ -42,7 +42,6 @@ from smartrouter.evaluation import (
     SUCCESS_RATE,
     STATIC_RULES,
     RunEvaluation,
-    estimate_policies,
     ESTIMATORS,
     lift_by_group,
     paired_lift,
@@ -315,13 +314,12 @@ def pick_champion(ev: RunEvaluation, eligible: list[str], cfg: dict[str, Any]) -
     for fam in pool[1:]:
         lift = ev.values.lift(ev.family_policy(fam), ev.family_policy(choice), est, level)
         superior = bool(lift["ci_low"] > margin)
-        comparisons.append({"test": "superiority", "richer": fam, "simpler": choice, "chosen": fam if superior else choice,
+        chosen = fam if superior else choice
+        comparisons.append({"test": "superiority", "richer": fam, "simpler": choice, "chosen": chosen,
                             "margin": margin, **lift,
-                            "reason": f"{fam} vs {choice}: paired {est} lift {_pp(lift)}; "
-                                      f"{'superior' if superior else 'not superior'} (lower end "
-                                      f"{'>' if superior else '<='} {100 * margin:+.2f} pp), {fam if superior else choice} kept"})
-        if superior:
-            choice = fam
+                            "reason": f"superiority of {fam} over {choice}: paired {est} lift {_pp(lift)}, lower end "
+                                      f"{'>' if superior else '<='} {100 * margin:+.2f} pp: {chosen} chosen"})
+        choice = chosen
     return FamilyChoice(choice, comparisons)
 
 
