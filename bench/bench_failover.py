@@ -58,12 +58,6 @@ end
 """
 
 
-def worker_pids(server_pid: int) -> list[int]:
-    import psutil
-
-    return [c.pid for c in psutil.Process(server_pid).children() if c.is_running()]
-
-
 def wait_ready(url: str, server: subprocess.Popen, workers: int, seconds: float = 300) -> dict[int, dict]:
     """Every worker answering /readyz, sharing outcomes and done seeding its online features."""
     seen: dict[int, dict] = {}
@@ -125,13 +119,13 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     killed: dict = {}
     try:
-        wait_ready(url, server, args.workers)
+        serving = sorted(wait_ready(url, server, args.workers))  # the workers' pids, as they report them
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
             fh.write(_lua("/v1/route") + PER_SECOND)
             script = fh.name
 
         def kill_one() -> None:
-            victim = worker_pids(server.pid)[0]
+            victim = serving[0]
             os.kill(victim, signal.SIGKILL)
             killed.update(pid=victim, at=int(time.time()))
 
@@ -142,7 +136,7 @@ def main() -> int:
                               "-s", script, url], capture_output=True, text=True, check=True).stdout
         timer.cancel()
         os.unlink(script)
-        respawned = worker_pids(server.pid)
+        respawned = sorted(wait_ready(url, server, args.workers, seconds=30))
     finally:
         server.terminate()
         try:
