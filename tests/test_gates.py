@@ -133,23 +133,42 @@ def test_equal_same_family_candidate_is_accepted_as_non_inferior(setup):
     assert rep.passed and gate_json["reasons"][1] == f"regression: {reg.reason}"  # the run report shows it
 
 
-def test_equal_candidate_of_another_family_does_not_replace_the_champion(setup):
+def _richer_than(cfg, champion_family, candidate_family):
+    """The gate config with ``simplicity_order`` such that the candidate's family is the richer one."""
+    rest = [f for f in cfg["champion"]["simplicity_order"] if f not in (champion_family, candidate_family)]
+    return {**cfg, "champion": {**cfg["champion"], "simplicity_order": [champion_family, *rest, candidate_family]}}
+
+
+def test_equal_candidate_of_a_richer_family_does_not_replace_the_champion(setup):
     ev, probs, unc = setup["evaluate"](setup["good"])
     champ = G.Champion(version="v1", family="dnn", probs=_shifted(probs, 0.03))
+    cfg = _richer_than(setup["cfg"], "dnn", "logistic")
     rep = G.run_gates(ev, train_counts=setup["train_counts"], serving_dirs={"logistic": setup["good"]},
-                      uncertain={"logistic": unc}, champion=champ, config=setup["cfg"])
+                      uncertain={"logistic": unc}, champion=champ, config=cfg)
     reg = {r.gate: r for r in rep.results}["regression"]
     assert not reg.passed and reg.details["test"] == "superiority"
     assert reg.reason.startswith("superiority vs champion v1 (dnn -> logistic): paired DR lift ")
     assert rep.decision == "rejected" and rep.reasons[0].startswith("regression: superiority")
 
 
-def test_truly_better_candidate_of_another_family_replaces_the_champion(setup):
+def test_equal_candidate_of_a_simpler_family_replaces_a_richer_champion(setup):
+    """Prefer the simpler family unless the richer one is better with confidence: a richer champion
+    must not block every retrain once the run's family choice falls back to the simpler one."""
+    ev, probs, unc = setup["evaluate"](setup["good"])
+    champ = G.Champion(version="v1", family="dnn", probs=_shifted(probs, 0.03))
+    rep = G.run_gates(ev, train_counts=setup["train_counts"], serving_dirs={"logistic": setup["good"]},
+                      uncertain={"logistic": unc}, champion=champ, config=setup["cfg"])
+    reg = {r.gate: r for r in rep.results}["regression"]
+    assert reg.passed and reg.details["test"] == "non-inferiority", reg.line()
+    assert reg.reason.startswith("non-inferiority vs champion v1 (dnn -> logistic, simpler): paired DR lift ")
+
+
+def test_truly_better_candidate_of_a_richer_family_replaces_the_champion(setup):
     ev, probs, unc = setup["evaluate"](setup["good"])
     weak = model_probs(setup["truth"], 1.5, seed=4)  # ranks the processors badly
     champ = G.Champion(version="v1", family="dnn", probs=weak)
     rep = G.run_gates(ev, train_counts=setup["train_counts"], serving_dirs={"logistic": setup["good"]},
-                      uncertain={"logistic": unc}, champion=champ, config=setup["cfg"])
+                      uncertain={"logistic": unc}, champion=champ, config=_richer_than(setup["cfg"], "dnn", "logistic"))
     reg = {r.gate: r for r in rep.results}["regression"]
     assert reg.passed and reg.details["test"] == "superiority" and reg.value > 0, reg.line()
 

@@ -9,8 +9,8 @@ thresholds in ``gates.toml`` and returns a ``GateReport``: the run's champion fa
 - **auc**: every head with enough test data has ROC-AUC >= the threshold;
 - **regression**: against the promoted champion, both scored on the same test rows, on the *paired*
   policy-value lift (``evaluation.paired_lift``) and its interval: a new version of the champion's
-  family must be *non-inferior* (lower end > −margin), a model of another family must be
-  *superior* (lower end > the superiority margin); overall AUC may not drop beyond a tolerance;
+  family (or of a simpler family) must be *non-inferior* (lower end > −margin), a model of a richer
+  family must be *superior* (lower end > the superiority margin); overall AUC may not drop beyond a tolerance;
 - **stability**: no time fold where the candidate trails the static rules beyond a margin, a tight
   enough policy-value interval, prediction distribution vs the champion (PSI);
 - **completeness**: every processor has a head, every artifact present, loadable, checksums match;
@@ -350,8 +350,15 @@ def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dir
     c = cfg["regression"]
     level = cfg["policy_value"]["level"]
     same_family = champion is not None and champion.family == champ
-    test_name = "non-inferiority" if same_family else "superiority"
-    threshold = -c["non_inferiority_margin"] if same_family else cfg["champion"]["superiority_margin"]
+    # a simpler family than the champion's only has to be non-inferior (the simpler model is
+    # preferred unless the richer one is better with confidence, as in pick_champion); otherwise a
+    # richer champion would block every retrain once today's run prefers the simpler family
+    order = cfg["champion"]["simplicity_order"]
+    simpler = (champion is not None and champion.family in order and champ in order
+               and order.index(champ) < order.index(champion.family))
+    non_inferiority = same_family or simpler
+    test_name = "non-inferiority" if non_inferiority else "superiority"
+    threshold = -c["non_inferiority_margin"] if non_inferiority else cfg["champion"]["superiority_margin"]
     first_idx = ev.first_index
     if champion is None:
         results.append(GateResult("regression", True, None, None, "no promoted champion yet: first model, absolute gates only"))
@@ -368,7 +375,8 @@ def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dir
         champ_auc = M.auc(y, cp[rows, ev.test_action])
         # why this test: retraining the champion's family keeps the model fresh, so a new version only
         # has to be not worse by more than the margin; another family has to earn the switch
-        kind = "same family" if same_family else f"{champion.family or 'unknown'} -> {champ}"
+        kind = ("same family" if same_family else
+                f"{champion.family or 'unknown'} -> {champ}{', simpler' if simpler else ''}")
         verdict = lift["ci_low"] > threshold
         text = (f"{test_name} vs champion {champion.version} ({kind}): paired {est} lift {_pp(lift)}, "
                 f"lower end {'>' if verdict else '<='} {100 * threshold:+.2f} pp")
