@@ -24,7 +24,7 @@ from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from smartrouter import catalog
@@ -169,6 +169,8 @@ class ReadyResponse(msgspec.Struct):
     model_error: str | None
     decision_log_dropped: int
     notes: list[str]
+    not_ready: list[str] = []  # why this worker should get no traffic (empty when ready)
+    serving_note: str | None = None  # why the served version is not the promoted one
     online_features: str = "off"  # off | seeding | seeded | failed: history the health/BIN features start from
     worker: int = 0  # this worker's pid
     peers: int = 0  # other workers it shares outcomes with
@@ -341,11 +343,17 @@ def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         raise NotAuthorizedException(detail="admin call refused: send 'Authorization: Bearer <SMARTROUTER_ADMIN_TOKEN>'")
 
 
-@post("/admin/reload", guards=[admin_guard], summary="Load the promoted model now", status_code=200, sync_to_thread=True)
-def admin_reload(svc: Service) -> ReloadResponse:
-    """Loads and warms the promoted version in a worker thread, then swaps it in."""
+@post("/admin/reload", guards=[admin_guard], summary="Load the promoted model now", status_code=200, sync_to_thread=True,
+      responses={409: ResponseSpec(ReloadResponse, description="the promoted version was refused; the old one serves")})
+def admin_reload(svc: Service) -> Response[ReloadResponse]:
+    """Loads and warms the promoted version in a worker thread, then swaps it in.
+
+    200 when the promoted version serves (or nothing is promoted); 409 when it was refused: the
+    body names the version still serving and why.
+    """
     result = svc.request_reload()
-    return ReloadResponse(result, svc.holder.version, svc.holder.status.last_error)
+    body = ReloadResponse(result, svc.holder.version, svc.holder.status.last_error)
+    return Response(body, status_code=409 if result == "failed" else 200)
 
 
 @get("/healthz", summary="Liveness", media_type=MediaType.JSON)
@@ -355,16 +363,16 @@ async def healthz() -> dict[str, str]:
 
 @get("/readyz", summary="Readiness: what is serving and what is degraded")
 async def readyz(svc: Service) -> Response[ReadyResponse]:
+    """200 when this worker should get traffic; 503 naming every reason when not (see `Service.readiness`)."""
     h = svc.holder
+    readiness = svc.readiness()
     notes = list(svc.notes)
-    if svc.rules_source.startswith("none"):
-        notes.append("no static rules loaded: fallback order for rule-routed payments")
     if h.status.last_error:
         notes.append(h.status.last_error)
     if svc.decision_log.error:
         notes.append(svc.decision_log.error)
     body = ReadyResponse(
-        ready=True,
+        ready=readiness.ready,
         model_version=h.version,
         serving="model" if h.version else "rules",
         rules_source=svc.rules_source,
@@ -375,8 +383,10 @@ async def readyz(svc: Service) -> Response[ReadyResponse]:
         worker=os.getpid(),
         peers=len(svc.bus.peers) if svc.bus is not None else 0,
         peer_messages_dropped=svc.bus.dropped if svc.bus is not None else 0,
+        not_ready=readiness.reasons,
+        serving_note=h.status.serving_note,
     )
-    return Response(body, status_code=200)
+    return Response(body, status_code=200 if readiness.ready else 503)
 
 
 @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST, include_in_schema=False)

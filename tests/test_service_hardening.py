@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
+from datetime import datetime, timedelta, timezone
+
 import pytest
 from litestar.testing import TestClient
 
@@ -139,3 +143,257 @@ def test_the_schema_lists_the_error_codes_the_handlers_accept(client):
     assert_400(client.post("/v1/route", json=body(previous_order_error_code="ZZ")), key="previous_order_error_code")
     good = sorted(catalog.ERROR_CODES)[0]
     assert client.post("/v1/outcomes", json={"processor": "MIT", "status": "DECLINED", "error_code": good}).status_code == 202
+
+
+# ---------------------------------------------------------------- 13: no invented rules outside the local world
+def failing_reader(*args, **kwargs):
+    raise ConnectionError("warehouse unreachable (test)")
+
+
+def test_snowflake_without_rules_never_routes_by_the_world_rules(tmp_path, monkeypatch):
+    from smartrouter import warehouse
+
+    monkeypatch.setattr(warehouse, "query_frame", failing_reader)
+    env = {"SMARTROUTER_HOME": str(tmp_path), "SMARTROUTER_WAREHOUSE": "snowflake"}
+    settings = load_settings(env)
+    assert settings.warehouse == "snowflake"
+    svc = ServiceDeps(settings=settings, routing_config=load_routing_config(overrides=QUIET), model_loader=fake_loader,
+                      rules=None, poll=False, seed_features=False, share_outcomes=False, seed=5).build()
+    assert svc.router.rules is None
+    assert svc.rules_source.startswith("none") and "warehouse unreachable" in svc.rules_source
+    assert "synthetic world" in svc.rules_source and "SMARTROUTER_WAREHOUSE=snowflake" in svc.rules_source
+    r = svc.readiness()
+    assert not r.ready and any("no static rules source" in x for x in r.reasons)
+    d = svc.router.decide({"ORDER_ID": "O1", "CURRENCY": "MXN", "CARD_BRAND": "VISA", "CARD_TYPE": "CREDIT", "AMOUNT": 10.0})
+    assert d.source == "fallback" and d.fallback_reason == "no_rule"  # success rates / catalog order, no invented rules
+    # the warehouse comes back: the retry (every RULES_RETRY_SECONDS in a served worker) loads the merchant's rules
+    import pandas as pd
+
+    monkeypatch.setattr(warehouse, "query_frame", lambda *a, **k: pd.DataFrame(RULE_ROWS))
+    assert svc.retry_rules() and svc.rules_source == "warehouse" and svc.readiness().ready
+    assert svc.router.decide({"ORDER_ID": "O2", "CURRENCY": "MXN", "CARD_BRAND": "VISA", "CARD_TYPE": "CREDIT",
+                              "AMOUNT": 10.0}).source == "rules"
+
+
+def test_the_local_world_still_falls_back_to_its_own_rules(tmp_path, monkeypatch):
+    from smartrouter import warehouse
+    from smartrouter.routing.policy import rules_from_sources
+
+    monkeypatch.setattr(warehouse, "query_frame", failing_reader)
+    rules, source = rules_from_sources(load_settings({"SMARTROUTER_HOME": str(tmp_path)}))
+    assert rules is not None and source == "package default (world rules)"
+
+
+def test_no_rules_source_is_a_503_over_http(tmp_path, monkeypatch):
+    from smartrouter import warehouse
+
+    monkeypatch.setattr(warehouse, "query_frame", failing_reader)
+    app = app_module.create_app(load_settings({"SMARTROUTER_HOME": str(tmp_path), "SMARTROUTER_WAREHOUSE": "snowflake"}),
+                                routing_config=load_routing_config(overrides=QUIET), model_loader=fake_loader,
+                                poll=False, seed_features=False, share_outcomes=False)
+    with TestClient(app) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and not r.json()["ready"]
+        assert any("no static rules source" in x for x in r.json()["not_ready"])
+        assert c.post("/v1/route", json=body()).json()["source"] == "fallback"
+
+
+# ---------------------------------------------------------------- 12b: readiness is real
+def test_ready_when_all_is_well(client):
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["ready"] and r.json()["not_ready"] == []
+
+
+def test_readiness_waits_for_online_features_while_a_model_is_meant_to_serve(tmp_path):
+    from routing_fakes import write_version
+
+    write_version(tmp_path / "models", "v1")
+    with TestClient(make_app(tmp_path, seed_features=True)) as c:  # no warehouse here: seeding fails
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").json()["online_features"] == "seeding" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["online_features"] == "failed"
+        assert any("online features failed" in x for x in r.json()["not_ready"])
+        # live outcomes that cover the warm-up (60 min) make the model trustworthy: ready again
+        start = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=61)
+        c.post("/v1/outcomes", json={"processor": "MIT", "status": "APPROVED", "created_at": start.isoformat()})
+        assert c.get("/readyz").status_code == 200
+
+
+class CountingFeatures:
+    """Online features whose computation fails (counted, like OnlineFeatureState's `errors`)."""
+
+    def __init__(self):
+        self.errors = 0
+        self.last_error = None
+
+    def health_features(self, at):
+        self.errors += 1
+        self.last_error = "ValueError: boom"
+        return {}
+
+    def bin_features(self, bin, at):
+        return {}
+
+    def observe(self, *a, **k):
+        pass
+
+
+def test_failing_online_features_make_the_worker_unready_until_they_stop(tmp_path):
+    from routing_fakes import write_version
+
+    write_version(tmp_path / "models", "v1")
+    feats = CountingFeatures()
+    with TestClient(make_app(tmp_path, features=feats)) as c:
+        assert c.get("/readyz").status_code == 200
+        for i in range(3):
+            assert c.post("/v1/route", json=body(order_id=f"F{i}")).status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 503 and any("failing for payments (3 errors" in x for x in r.json()["not_ready"])
+        assert c.get("/readyz").status_code == 200  # no new failures since the last probe
+
+
+def test_sigterm_starts_draining_before_the_server_shuts_down(tmp_path):
+    import signal
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))  # stands in for uvicorn's handler
+    try:
+        app = make_app(tmp_path)
+        svc = app.state.service
+        with TestClient(app) as c:
+            assert svc.install_drain_signal()  # startup runs off the main thread under TestClient; uvicorn's is main
+            assert c.get("/readyz").status_code == 200
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while not seen and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert seen == [signal.SIGTERM]  # the server's own handler still runs
+            r = c.get("/readyz")
+            assert r.status_code == 503 and any(x.startswith("draining") for x in r.json()["not_ready"])
+            assert c.post("/v1/route", json=body()).status_code == 200  # what still arrives is answered
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------- 12c/d: reload status, errors cleared, a fleet that converges
+def admin(c):
+    return c.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def test_reload_of_a_refused_version_is_409_and_the_error_clears_when_the_pointer_is_fixed(tmp_path):
+    from routing_fakes import promote_pointer, write_version
+
+    reg = tmp_path / "models"
+    write_version(reg, "v1")
+    with TestClient(make_app(tmp_path)) as c:
+        assert admin(c).status_code == 200
+        write_version(reg, "v2", broken=True)
+        r = admin(c)
+        assert r.status_code == 409, r.text
+        assert r.json()["result"] == "failed" and r.json()["model_version"] == "v1" and "v2 refused" in r.json()["last_error"]
+        assert "v2 refused" in c.get("/readyz").json()["model_error"]
+        promote_pointer(reg, "v1")  # the operator points back at the good version
+        svc = c.app.state.service
+        assert svc.holder.check() == "unchanged"  # what the poller does
+        ready = c.get("/readyz").json()
+        assert ready["model_error"] is None and ready["model_version"] == "v1" and not any("refused" in n for n in ready["notes"])
+        assert "smartrouter_model_load_failed 0.0" in c.get("/metrics").text
+        assert admin(c).status_code == 200
+
+
+def test_a_worker_started_while_the_pointer_names_a_corrupt_version_serves_what_the_fleet_serves(tmp_path):
+    from routing_fakes import write_version
+
+    reg = tmp_path / "models"
+    write_version(reg, "v1")
+    first = deps(tmp_path).build()  # an older worker: loaded v1 (and recorded it for the fleet)
+    assert first.holder.version == "v1"
+    write_version(reg, "v2", broken=True)
+    assert first.holder.check() == "failed" and first.holder.version == "v1"
+    with TestClient(make_app(tmp_path)) as c:  # a worker (re)started now
+        d = c.post("/v1/route", json=body()).json()
+        assert d["model_version"] == "v1" and d["source"] == "model"
+        r = c.get("/readyz")
+        ready = r.json()
+        assert r.status_code == 200 and ready["serving"] == "model" and ready["model_version"] == "v1"
+        assert "serving v1" in ready["serving_note"] and "v2 refused" in ready["serving_note"]
+        write_version(reg, "v3")  # a good promotion: everyone moves on, the note goes
+        assert c.app.state.service.holder.check() == "loaded"
+        assert c.get("/readyz").json()["serving_note"] is None
+
+
+def test_without_a_fleet_record_a_fresh_worker_falls_back_to_the_registry_history(tmp_path):
+    import json as _json
+
+    from routing_fakes import write_version
+
+    reg = tmp_path / "models"
+    write_version(reg, "v1")
+    write_version(reg, "v2", broken=True)
+    (reg / "history.jsonl").write_text("\n".join(_json.dumps(e) for e in [
+        {"action": "promote", "version": "v1"}, {"action": "promote", "version": "v2", "previous": "v1"}]) + "\n")
+    svc = deps(tmp_path).build()
+    assert svc.holder.version == "v1" and svc.holder.status.failed_version == "v2"
+    assert "earlier promotion" in svc.holder.status.serving_note
+
+
+# ---------------------------------------------------------------- 12a: a killed worker's gauges
+_WORKER = """
+import os, signal, sys, time
+from smartrouter.routing.service import Metrics
+m = Metrics()
+state = sys.argv[1]
+for s in ("UP", "DEGRADED", "DOWN", "RECOVERING"):
+    m.states.labels("WORLDPAY", s).set(1.0 if s == state else 0.0)
+print("written", flush=True)
+if sys.argv[2] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)  # no exit hook runs, as with kill -9
+time.sleep(60)
+"""
+
+
+def test_a_killed_workers_gauges_are_dropped_and_the_latest_state_wins(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    dead = subprocess.run([sys.executable, "-c", _WORKER, "DOWN", "kill"], env=env, capture_output=True, text=True)
+    assert "written" in dead.stdout and dead.returncode == -9
+    alive = subprocess.Popen([sys.executable, "-c", _WORKER, "UP", "live"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert alive.stdout.readline().strip() == "written"
+        assert any(f"_{alive.pid}.db" in n for n in os.listdir(folder))
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+        from smartrouter.routing.service import Metrics
+
+        text = Metrics().exposition().decode()
+        assert 'smartrouter_processor_state{processor="WORLDPAY",state="DOWN"} 0.0' in text, text
+        assert 'smartrouter_processor_state{processor="WORLDPAY",state="UP"} 1.0' in text
+        assert not any(n.startswith("gauge_live") and f"_{alive.pid}.db" not in n for n in os.listdir(folder))
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+# ---------------------------------------------------------------- routing.toml is read strictly
+@pytest.mark.parametrize("text,named", [
+    ("[reload]\npoll_second = 5\n", "poll_second"),
+    ("[http]\nmax_body = 1\n", "max_body"),
+    ("[reload]\npoll_seconds = \"5\"\n", "[reload].poll_seconds"),
+    ("[http]\nmax_body_bytes = 2048.5\n", "[http].max_body_bytes"),
+    ("[polcy]\nmin_confidence = 0.3\n", "polcy"),
+    ("[policy]\nmin_confidance = 0.3\n", "min_confidance"),
+    ("policy = 3\n", "policy"),
+])
+def test_routing_toml_rejects_unknown_keys_and_wrong_types_naming_key_and_file(tmp_path, text, named):
+    from smartrouter.errors import ConfigError
+
+    path = tmp_path / "routing.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_routing_config(path)
+    assert named in str(exc.value) and str(path) in str(exc.value)

@@ -77,6 +77,16 @@ class DecisionLogConfig:
 
 
 @dataclass(frozen=True)
+class ReloadConfig:
+    poll_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    max_body_bytes: int = 16_384
+
+
+@dataclass(frozen=True)
 class RoutingConfig:
     """All routing settings (one object, built from routing.toml)."""
 
@@ -92,7 +102,9 @@ class RoutingConfig:
 
 
 def _section(raw: dict[str, Any], name: str, cls: type, where: str) -> Any:
-    values = dict(raw.get(name, {}) or {})
+    values = raw.get(name, {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: {name} = {values!r} must be a table [{name}] of keys, not a value")
     known = set(cls.__dataclass_fields__)
     unknown = sorted(set(values) - known)
     if unknown:
@@ -221,16 +233,12 @@ def load_routing_config(path: str | Path | None = None, overrides: dict[str, Any
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; valid sections are {', '.join(sorted(known))}")
-    overrides_raw = raw.get("bin_overrides", {}) or {}
+    overrides_raw = raw.get("bin_overrides", {})
     if not isinstance(overrides_raw, dict) or not all(isinstance(v, list) for v in overrides_raw.values()):
         raise ConfigError(f"{where}: [bin_overrides] must map a BIN string to a list of processors")
-    reload_raw = raw.get("reload", {}) or {}
-    http_raw = raw.get("http", {}) or {}
-    try:
-        poll = float(reload_raw.get("poll_seconds", 5.0))
-        max_body = int(http_raw.get("max_body_bytes", 16_384))
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: [reload].poll_seconds and [http].max_body_bytes must be numbers") from None
+    # every table through _section: unknown keys and wrong types fail here, naming the key and the file
+    poll = _section(raw, "reload", ReloadConfig, where).poll_seconds
+    max_body = _section(raw, "http", HttpConfig, where).max_body_bytes
     cfg = RoutingConfig(
         policy=_section(raw, "policy", PolicyConfig, where),
         bin_overrides={str(k): tuple(v) for k, v in overrides_raw.items()},

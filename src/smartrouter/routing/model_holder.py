@@ -5,7 +5,12 @@ its serving form lives in ``<registry>/<version>/serving/``. A poll thread (and 
 behind ``POST /admin/reload``) loads a new version and warms it *off the request path*, then
 swaps one attribute (atomic in CPython): a request sees either the old model or the new one,
 never a half-loaded one. A version that fails to load or warm is refused and remembered; the
-old one keeps serving and `status()` says why (shown in /readyz and the metrics).
+old one keeps serving and `status` says why (shown in /readyz and the metrics).
+
+The fleet converges on one version: every successful load is recorded in ``fleet_record``
+(shared by the workers of a host), and a worker that starts while the pointer names a version it
+cannot load serves the version recorded there (else the latest earlier promotion in the
+registry's history that loads), as the workers that refused it keep doing, instead of the rules.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from smartrouter import catalog
+from smartrouter import atomic, catalog
 from smartrouter.errors import ArtifactError
 
 log = logging.getLogger("smartrouter.routing.model_holder")
 
 POINTER = "PROMOTED"
+HISTORY = "history.jsonl"  # the registry's event log (smartrouter.registry), read for earlier promotions
+_PROMOTIONS = ("promote", "force", "rollback")
+_FALLBACK_TRIES = 3  # versions tried when the promoted one is refused at start (each load takes ~1 s at most)
 
 # A plausible payment used to warm a freshly loaded model (first-call costs happen here, not
 # on a customer's payment) and to check it answers sane probabilities before it may serve.
@@ -55,6 +63,7 @@ class HolderStatus:
     reloads: int = 0
     failures: int = 0
     events: list[str] = field(default_factory=list)
+    serving_note: str | None = None  # why the served version is not the promoted one (None when it is)
 
 
 def default_loader(path: Path) -> Any:
@@ -99,8 +108,10 @@ class ModelHolder:
     """The current serving model: poll + explicit reload, load and warm off the request path."""
 
     def __init__(self, registry_dir: str | Path, loader: Callable[[Path], Any] | None = None,
-                 poll_seconds: float = 5.0, on_change: Callable[[HolderStatus, str], None] | None = None) -> None:
+                 poll_seconds: float = 5.0, on_change: Callable[[HolderStatus, str], None] | None = None,
+                 fleet_record: str | Path | None = None) -> None:
         self.registry_dir = Path(registry_dir)
+        self.fleet_record = Path(fleet_record) if fleet_record is not None else None
         self._loader = loader or default_loader
         self.poll_seconds = poll_seconds
         self._on_change = on_change
@@ -129,24 +140,34 @@ class ModelHolder:
             except ArtifactError as exc:
                 self.status.last_error = str(exc)
                 self._event(str(exc), "failed")
+                if self.current is None:
+                    self._fall_back(None)
                 return "failed"
             if version is None:
                 return "none"
             if self.current is not None and version == self.current.version:
+                if self.status.last_error is not None or self.status.serving_note is not None:
+                    # the pointer names what we serve again: an earlier refusal is history, not a fault
+                    self._clear_error()
+                    self._event(f"pointer names {version} again, which is serving; earlier error cleared", "unchanged")
                 return "unchanged"
             if version == self.status.failed_version and not force:
                 return "refused"
-            return self._load(version)
+            result = self._load(version)
+            if result == "failed" and self.current is None:
+                self._fall_back(version)
+            return result
+
+    def _clear_error(self) -> None:
+        self.status.failed_version = None
+        self.status.last_error = None
+        self.status.serving_note = None
 
     def _load(self, version: str) -> str:
         path = self.registry_dir / version / "serving"
         t0 = time.perf_counter()
         try:
-            if not path.is_dir():
-                raise ArtifactError(f"promoted version {version} has no serving form at {path}; re-register it")
-            model = self._loader(path)
-            warm(model)
-            rules_rows = _rules_snapshot(path)
+            model, rules_rows = self._read(version, path)
         except Exception as exc:  # noqa: BLE001 - any failure means: refuse it, keep the old one
             self.status.failures += 1
             self.status.failed_version = version
@@ -154,18 +175,73 @@ class ModelHolder:
             log.error("model %s refused, still serving %s: %s", version, self.version, exc)
             self._event(self.status.last_error, "failed")
             return "failed"
-        seconds = time.perf_counter() - t0
+        old = self.version
+        self._swap(version, model, path, time.perf_counter() - t0, rules_rows)
+        self._clear_error()
+        self._event(f"serving {version} (was {old})", "loaded")
+        return "loaded"
+
+    def _read(self, version: str, path: Path) -> tuple[Any, list[dict] | None]:
+        """Load and warm one version's serving form (raises whatever refuses it)."""
+        if not path.is_dir():
+            raise ArtifactError(f"version {version} has no serving form at {path}; re-register it")
+        model = self._loader(path)
+        warm(model)
+        return model, _rules_snapshot(path)
+
+    def _swap(self, version: str, model: Any, path: Path, seconds: float, rules_rows: list[dict] | None) -> None:
         old = self.version
         self.current = LoadedModel(version, model, path, time.time(), seconds, rules_rows)  # the atomic swap
         self.status.version = version
         self.status.loaded_at = self.current.loaded_at
         self.status.reloads += 1
-        self.status.failed_version = None
-        self.status.last_error = None
         log.warning("serving model %s (was %s), loaded and warmed in %.3f s", version, old, seconds)
-        self._event(f"serving {version} (was {old})", "loaded")
-        return "loaded"
+        if self.fleet_record is not None:  # the other workers (and the next to start) converge on it
+            try:
+                atomic.write_json(self.fleet_record, {"version": version, "loaded_at": time.time()})
+            except OSError as exc:
+                log.warning("could not record the served version in %s: %s", self.fleet_record, exc)
 
+    def _fallback_versions(self, refused: str | None) -> list[tuple[str, str]]:
+        """(version, where it came from) to serve instead of a refused promotion, best first."""
+        out: list[tuple[str, str]] = []
+        if self.fleet_record is not None:
+            try:
+                recorded = json.loads(self.fleet_record.read_text(encoding="utf-8")).get("version")
+                if isinstance(recorded, str) and recorded:
+                    out.append((recorded, f"the version this host's workers last loaded ({self.fleet_record})"))
+            except (OSError, ValueError, AttributeError):
+                pass
+        try:
+            lines = (self.registry_dir / HISTORY).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            lines = []
+        for line in reversed(lines):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a torn line after a crash
+            if isinstance(event, dict) and event.get("action") in _PROMOTIONS and isinstance(event.get("version"), str):
+                out.append((event["version"], f"an earlier promotion in {HISTORY}"))
+        seen: set[str] = {refused} if refused else set()
+        return [(v, src) for v, src in out if not (v in seen or seen.add(v))][:_FALLBACK_TRIES]
+
+    def _fall_back(self, refused: str | None) -> None:
+        """Nothing serves and the promoted version is refused: serve the version the fleet last loaded."""
+        why = self.status.last_error
+        for version, source in self._fallback_versions(refused):
+            path = self.registry_dir / version / "serving"
+            t0 = time.perf_counter()
+            try:
+                model, rules_rows = self._read(version, path)
+            except Exception as exc:  # noqa: BLE001 - try the next one
+                log.error("fallback version %s refused too: %s", version, exc)
+                continue
+            self._swap(version, model, path, time.perf_counter() - t0, rules_rows)
+            self.status.serving_note = (f"serving {version}, {source}, because the promoted one is refused ({why}); "
+                                        "fix or re-promote it, then POST /admin/reload")
+            self._event(self.status.serving_note, "fallback")
+            return
     def reload(self) -> str:
         """Explicit reload (POST /admin/reload): also retries a version refused before."""
         return self.check(force=True)

@@ -145,11 +145,15 @@ class Decision:
 _RECORD_FIELDS = tuple(f.name for f in fields(Decision) if f.name != "contributions")
 
 
-def rules_from_sources(settings=None, snapshot: list[dict] | None = None) -> tuple[Any, str]:
+def rules_from_sources(settings: Any = None, snapshot: list[dict] | None = None, *,
+                       read_warehouse: bool = True) -> tuple[Any, str]:
     """The static-rules engine and where its rows came from, never raising.
 
-    Warehouse view first (the merchant's live rules), then a snapshot saved with the model,
-    then the world's default rules shipped with the package; ("none", None) if all fail.
+    The warehouse's rules view first (the merchant's live rules; skipped without ``settings`` or
+    with ``read_warehouse=False``), then the snapshot saved with the model. The synthetic world's
+    rules (shipped with the package) are the last resort only in the local world (or without
+    settings, in tests): outside it they are invented rules, and routing a real merchant's
+    payments by them is worse than having none. (None, "none (<why>)") if nothing serves.
     """
     try:
         from smartrouter.rules import RulesEngine
@@ -157,7 +161,7 @@ def rules_from_sources(settings=None, snapshot: list[dict] | None = None) -> tup
         log.error("static rules unavailable: %s", exc)
         return None, f"none (smartrouter.rules not importable: {exc})"
     errors: list[str] = []
-    if settings is not None:
+    if settings is not None and read_warehouse:
         try:
             from smartrouter import warehouse
 
@@ -172,12 +176,16 @@ def rules_from_sources(settings=None, snapshot: list[dict] | None = None) -> tup
             return RulesEngine(snapshot), "model snapshot"
         except Exception as exc:  # noqa: BLE001
             errors.append(f"snapshot: {exc}")
-    try:
-        from smartrouter.world import World, WorldParams
+    if settings is not None and not settings.is_local:
+        errors.append(f"the package's default rules are the synthetic world's, never used with "
+                      f"SMARTROUTER_WAREHOUSE={settings.warehouse}")
+    else:
+        try:
+            from smartrouter.world import World, WorldParams
 
-        return RulesEngine(World(WorldParams()).rules_frame()), "package default (world rules)"
-    except Exception as exc:  # noqa: BLE001
-        errors.append(f"package default: {exc}")
+            return RulesEngine(World(WorldParams()).rules_frame()), "package default (world rules)"
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"package default: {exc}")
     log.error("no static rules: %s", "; ".join(errors))
     return None, "none (" + "; ".join(errors) + ")"
 
@@ -216,6 +224,11 @@ class Router:
         self._warm_since: float | None = None
         self._live_while_pending: list[tuple] = []
         self._id_suffix = f"{self.pid & 0xFFFFFFFF:08x}"
+
+    def set_rules(self, rules: RulesSource | None) -> None:
+        """Serve these static rules from now on (the cached rankings were the old rules')."""
+        self.rules = rules
+        self._rules_cache = {}
 
     # ------------------------------------------------------------------ helpers
     def _eligibility_of(self, brand: str, currency: str) -> tuple[tuple[str, ...], bool, tuple[str, ...]]:
@@ -340,7 +353,7 @@ class Router:
         """(scores, the enriched payment, why there are no scores) for one payment."""
         if loaded is None:
             return None, payment, None
-        if self.features is not None and not self._features_warm(at):
+        if self.features is not None and not self.features_warm(at):
             return None, payment, "features_not_ready"
         enriched = self._enrich(payment, at)
         try:
@@ -602,7 +615,8 @@ class Router:
         self._live_while_pending = []
         return replayed
 
-    def _features_warm(self, at: float) -> bool:
+    def features_warm(self, at: float) -> bool:
+        """Whether the online features may be trusted at ``at`` (seeded, or live outcomes cover the warm-up)."""
         if self.features_ready:
             return True
         if self._warm_since is not None and at - self._warm_since >= 60.0 * self.config.policy.features_warmup_minutes:

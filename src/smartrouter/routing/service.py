@@ -13,6 +13,8 @@ import asyncio
 import gc
 import logging
 import os
+import re
+import signal
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -32,6 +34,12 @@ from smartrouter.routing.policy import Router, owner_of, rules_from_sources
 log = logging.getLogger("smartrouter.serve")
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Where a host's workers record the model version they last loaded (see ModelHolder: a worker that
+# starts while the pointer names a version it cannot load serves this one, like the others).
+FLEET_RECORD = "model/serving.json"
+# How often a worker without static rules tries to read them again (the warehouse may be back).
+RULES_RETRY_SECONDS = 30.0
+_DB_PID = re.compile(r"_(\d+)\.db$")
 # How far back the online features' history reaches when a worker starts (the longest feature window is 24 h;
 # the BIN history reads 28 days).
 SEED_HISTORY_DAYS = 28
@@ -42,8 +50,11 @@ class Metrics:
 
     With several workers (`smartrouter serve --workers N` sets PROMETHEUS_MULTIPROC_DIR), every
     worker writes its values to files there and a scrape of any worker reports all of them:
-    counters and the histogram summed over workers, gauges as the maximum over live workers
-    (processor state: 1 if any worker sees it; all workers share outcomes, so they agree).
+    counters and the histogram summed over workers (a dead worker's counts stay: they are history).
+    Processor state and model version are states every worker agrees on (they share outcomes and
+    the registry pointer): they report the most recent value any live worker wrote, so a state
+    left behind by a worker that was killed (kill -9 runs no exit hook) never shows next to the
+    current one; the files of dead workers' live gauges are removed at scrape time.
     Health transitions are counted by every worker that makes them.
     """
 
@@ -61,9 +72,9 @@ class Metrics:
             "smartrouter_processor_transitions", "Processor health state changes", ["processor", "from_state", "to_state"], registry=r
         )
         self.states = Gauge("smartrouter_processor_state", "1 for the processor's current state", ["processor", "state"],
-                            registry=r, multiprocess_mode="livemax")
+                            registry=r, multiprocess_mode="livemostrecent")
         self.model = Gauge("smartrouter_model_info", "1 for the model version being served", ["version"], registry=r,
-                           multiprocess_mode="livemax")
+                           multiprocess_mode="livemostrecent")
         self.model_versions_shown: set[str] = set()  # every version this worker has labelled
         self.model_failed = Gauge("smartrouter_model_load_failed", "1 when the last model load was refused", registry=r,
                                   multiprocess_mode="livemax")
@@ -78,6 +89,7 @@ class Metrics:
             return generate_latest(self.registry)
         from prometheus_client import multiprocess
 
+        reap_dead_workers(os.environ[MULTIPROCESS_ENV])
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
@@ -88,6 +100,40 @@ class Metrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())
+
+
+def reap_dead_workers(folder: str) -> list[int]:
+    """Remove the live-gauge files of worker processes that no longer exist; returns their pids.
+
+    A worker killed with SIGKILL never runs `worker_exit`, so its live gauges would be reported
+    for ever. ``os.kill(pid, 0)`` asks whether the pid exists (PermissionError: it does, another
+    user's). A reused pid keeps a dead worker's file until that process exits too: harmless, as
+    the most recent value wins for the states that matter.
+    """
+    from prometheus_client import multiprocess
+
+    dead: list[int] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return dead
+    for pid in {int(m.group(1)) for n in names if n.startswith("gauge_live") and (m := _DB_PID.search(n))}:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, folder)
+            dead.append(pid)
+        except PermissionError:
+            pass
+    return dead
+
+
+@dataclass
+class Readiness:
+    """Whether this worker should get traffic, and every reason it should not."""
+
+    ready: bool
+    reasons: list[str]
 
 
 @dataclass
@@ -107,6 +153,10 @@ class Service:
     bus: peers.PeerBus | None = None  # outcome sharing with the other workers (None: on its own)
     share_outcomes: bool = True
     seed_features: bool = False
+    rules_from_warehouse: bool = True
+    draining: bool = False  # set when the worker is told to stop: /readyz answers 503 so a balancer drains it
+    _feature_errors_seen: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
     store: Any = None  # state_store.LocalStore | RedisStore: hands state to starting workers (and hosts)
     state_note: str | None = None  # what this worker started from (the store's words)
 
@@ -161,6 +211,82 @@ class Service:
             self.bus.publish(peers.message(peers.RELOAD, self.bus.pid))
         return result
 
+    # ------------------------------------------------------------------ readiness
+    def readiness(self) -> Readiness:
+        """Ready unless: no static rules, the model waits for online features, features fail, or draining.
+
+        Called by each /readyz probe; "features fail" means the feature state counted new errors
+        since the previous probe (a balancer probes every few seconds).
+        """
+        reasons: list[str] = []
+        if self.draining:
+            reasons.append("draining: the worker is shutting down (SIGTERM); send new payments elsewhere")
+        if self.rules_source.startswith("none"):
+            reasons.append(f"no static rules source: {self.rules_source}; rule-routed payments get the fallback "
+                           f"order (model / success rates); retried every {RULES_RETRY_SECONDS:g} s")
+        router = self.router
+        if self.holder.current is not None and router.features is not None \
+                and not router.features_warm(router.health.clock.now()):
+            reasons.append(f"online features {self.online_features}: the model waits for their history, "
+                           "static rules route its payments meanwhile")
+        errors = getattr(router.features, "errors", None)
+        if isinstance(errors, int):
+            if errors > self._feature_errors_seen:
+                reasons.append(f"online features failing for payments ({errors - self._feature_errors_seen} errors "
+                               f"since the last probe, {errors} in all; last: {getattr(router.features, 'last_error', None)}): "
+                               "the model scores without them")
+            self._feature_errors_seen = errors
+        return Readiness(not reasons, reasons)
+
+    def begin_drain(self) -> None:
+        """Stop being ready (a balancer drains this worker); requests already here are still answered."""
+        if not self.draining:
+            self.draining = True
+            log.warning("worker %d draining: /readyz answers 503", os.getpid())
+
+    def install_drain_signal(self) -> bool:
+        """Chain `begin_drain` in front of the server's SIGTERM handler (uvicorn's, in the worker's main thread).
+
+        The server's own shutdown (stop accepting, finish in-flight requests) runs as before; the
+        lifespan's shutdown hook comes only after in-flight requests are done, too late to tell a
+        balancer. Returns False where there is no Python handler to chain (not the main thread,
+        or no server installed one): nothing to drain then.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):
+            return False
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            self.begin_drain()
+            previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        return True
+
+    # ------------------------------------------------------------------ static rules
+    def retry_rules(self) -> bool:
+        """Read the static rules again (warehouse, then the served model's snapshot); True once they serve."""
+        current = self.holder.current
+        rules, source = rules_from_sources(self.settings, current.rules_rows if current is not None else None,
+                                           read_warehouse=self.rules_from_warehouse)
+        if rules is None:
+            self.rules_source = source
+            return False
+        self.router.set_rules(rules)
+        self.rules_source = source
+        log.warning("static rules loaded from %s", source)
+        return True
+
+    def _retry_rules_until_loaded(self) -> None:
+        while not self._stop.wait(RULES_RETRY_SECONDS):
+            try:
+                if self.retry_rules():
+                    return
+            except Exception:  # pragma: no cover - never let the retry thread die
+                log.exception("reading the static rules failed")
+
     # ------------------------------------------------------------------ metrics
     def refresh_gauges(self) -> None:
         """Bring the scrape-time gauges (states, model, log) up to date."""
@@ -193,11 +319,14 @@ class Service:
             self._start_store(loop)
         if self.router.features is not None:  # one reference clock for health and features
             self.router.features.clock = self.router.health.clock
+        self.install_drain_signal()
         self.refresh_gauges()
         freeze_heap()
         self.decision_log.start()
         if self.poll:
             self.holder.start()
+        if self.rules_source.startswith("none"):
+            threading.Thread(target=self._retry_rules_until_loaded, name="rules-retry", daemon=True).start()
         if self.seed_features and self.router.features is not None:
             self.online_features = "seeding"
             self.router.features_pending()
@@ -219,6 +348,8 @@ class Service:
 
     def shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop the poller, leave the peer bus, flush the decision log, drop this worker's gauges."""
+        self.begin_drain()
+        self._stop.set()
         if self.store is not None:
             self.store.stop()
             self.store = None
@@ -311,7 +442,7 @@ class ServiceDeps:
                 services[0].refresh_gauges()
 
         holder = ModelHolder(settings.registry_dir, loader=self.model_loader, poll_seconds=config.reload_poll_seconds,
-                             on_change=on_change)
+                             on_change=on_change, fleet_record=settings.state_dir / FLEET_RECORD)
         holder.check()  # the first load happens before the first request
         rules, rules_source = self._rules(settings, holder)
         features, seed_features = self.features, self.seed_features
@@ -337,7 +468,8 @@ class ServiceDeps:
         dlog = DecisionLog(settings.state_dir / "decisions", config.decision_log.queue_size,
                            config.decision_log.segment_records, config.decision_log.flush_seconds)
         svc = Service(settings, config, router, holder, dlog, metrics, rules_source, poll=self.poll,
-                      share_outcomes=self.share_outcomes, seed_features=seed_features)
+                      share_outcomes=self.share_outcomes, seed_features=seed_features,
+                      rules_from_warehouse=self.rules_from_warehouse)
         services.append(svc)
         return svc
 
@@ -345,7 +477,7 @@ class ServiceDeps:
         rules = self.rules
         if rules is None:
             snapshot = holder.current.rules_rows if holder.current is not None else None
-            return rules_from_sources(settings if self.rules_from_warehouse else None, snapshot)
+            return rules_from_sources(settings, snapshot, read_warehouse=self.rules_from_warehouse)
         if isinstance(rules, list):
             from smartrouter.rules import RulesEngine
 
