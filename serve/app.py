@@ -361,7 +361,8 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="Readiness: what is serving and what is degraded")
+@get("/readyz", summary="Readiness: what is serving and what is degraded",
+     responses={503: ResponseSpec(ReadyResponse, description="not ready: `not_ready` says why")})
 async def readyz(svc: Service) -> Response[ReadyResponse]:
     """200 when this worker should get traffic; 503 naming every reason when not (see `Service.readiness`)."""
     h = svc.holder

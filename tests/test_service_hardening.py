@@ -397,3 +397,102 @@ def test_routing_toml_rejects_unknown_keys_and_wrong_types_naming_key_and_file(t
     with pytest.raises(ConfigError) as exc:
         load_routing_config(path)
     assert named in str(exc.value) and str(path) in str(exc.value)
+
+
+# ---------------------------------------------------------------- 12a for real: `smartrouter serve --workers 2`, kill -9
+def _http(url: str, payload: dict | None = None) -> tuple[int, bytes]:
+    import json as _json
+    import urllib.error
+    import urllib.request
+
+    data = _json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:  # a new connection each time: any worker may answer
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _state_lines(text: str, processor: str) -> dict[str, float]:
+    import re
+
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        rf'smartrouter_processor_state\{{processor="{processor}",state="(\w+)"\}} ([\d.]+)', text)}
+
+
+@pytest.mark.slow
+def test_metrics_after_kill_9_of_a_worker_report_one_state_per_processor():
+    import json as _json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    from smartrouter.config import REPO_ROOT
+
+    home = tempfile.mkdtemp(prefix="sr-metrics-")  # short: the peer bus' socket paths are limited
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, SMARTROUTER_HOME=home, SMARTROUTER_STATE_DIR=home, SMARTROUTER_PORT=str(port),
+               SMARTROUTER_WAREHOUSE="local", SMARTROUTER_LOCAL_DIR=os.path.join(home, "no-warehouse"))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    server = subprocess.Popen([sys.executable, "-m", "smartrouter", "serve", "--workers", "2", "--port", str(port)],
+                              env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def workers(want: set | None = None, seconds: float = 120) -> dict[int, dict]:
+        seen: dict[int, dict] = {}
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (len(seen) == 2 and all(w["peers"] == 1 for w in seen.values())):
+            assert server.poll() is None, server.stdout.read().decode()[-3000:]
+            try:
+                status, raw = _http(url + "/readyz")
+                r = _json.loads(raw)
+                seen[r["worker"]] = r
+            except (OSError, ValueError):
+                time.sleep(0.2)
+        return seen
+
+    def states_everywhere(processor: str, state: str, seconds: float = 30) -> bool:
+        deadline = time.monotonic() + seconds
+        seen: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            h = _json.loads(_http(url + "/v1/processors/health")[1])
+            seen[h["worker"]] = next(p["state"] for p in h["processors"] if p["processor"] == processor)
+            if len(seen) == 2 and set(seen.values()) == {state}:
+                return True
+        return False
+
+    try:
+        first = workers()
+        assert len(first) == 2, first
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        for i in range(25):  # WORLDPAY times out, on whichever worker takes each outcome
+            _http(url + "/v1/outcomes", {"processor": "WORLDPAY", "status": "TIMEOUT",
+                                         "created_at": (now - timedelta(seconds=60 - i)).isoformat()})
+        assert states_everywhere("WORLDPAY", "DOWN")
+        for _ in range(4):  # both workers have written DOWN = 1
+            assert _state_lines(_http(url + "/metrics")[1].decode(), "WORLDPAY")["DOWN"] == 1.0
+        victim = sorted(first)[0]
+        os.kill(victim, signal.SIGKILL)  # no exit hook: its gauge file stays behind
+        after = workers()
+        assert len(after) == 2 and victim not in after, after
+        for i in range(12):  # WORLDPAY is back: a success makes it RECOVERING, 5 in a row UP
+            _http(url + "/v1/outcomes", {"processor": "WORLDPAY", "status": "APPROVED",
+                                         "created_at": (now - timedelta(seconds=20 - i)).isoformat()})
+        assert states_everywhere("WORLDPAY", "UP")
+        for _ in range(6):  # any worker answers the scrape: each reports one state, the current one
+            states = _state_lines(_http(url + "/metrics")[1].decode(), "WORLDPAY")
+            assert states == {"UP": 1.0, "DEGRADED": 0.0, "DOWN": 0.0, "RECOVERING": 0.0}, states
+        leftovers = [n for n in os.listdir(os.path.join(home, "prometheus")) if n.startswith("gauge_live") and str(victim) in n]
+        assert not leftovers, leftovers
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
