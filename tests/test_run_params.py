@@ -194,3 +194,20 @@ def test_run_lookback_override_changes_the_training_window(settings) -> None:
         assert used == {k: v for k, v in m["parameters"][stage].items() if k in used}
         assert {k: used[k] for k in m["run"] if k in used} == {k: v for k, v in m["run"].items() if k in used}
     assert m["parameters"]["01_extract_eda"]["lookback_days"] == m["parameters"]["02_features"]["lookback_days"] == 7
+
+
+def test_a_split_the_data_cannot_fill_fails_instead_of_shrinking(settings) -> None:
+    """02 once shortened valid/test silently on short data; now the run fails naming what to change."""
+    from smartrouter import warehouse
+    from smartrouter.world import World, WorldParams
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = warehouse.write_world(World(WorldParams.small(days=10, per_day=300)), settings, progress=False)
+    # as of 4 days after the world's last day: the 3-day test window of the quick profile holds no rows
+    as_of = dt.date.fromisoformat(summary.start[:10]) + dt.timedelta(days=14)
+    result = pipeline.run_pipeline(settings, profile="quick", as_of=as_of, select="02", echo=None, render=False)
+    assert result.status == "failed" and result.failed_stage == "02_features"
+    assert "the test window holds no rows" in result.error and "-p run.valid_days" in result.error, result.error
+    m = json.loads((result.run_dir / "manifest.json").read_text())
+    assert (m["run"]["valid_days"], m["run"]["test_days"]) == (3, 3) and not (result.run_dir / "split.json").exists()
