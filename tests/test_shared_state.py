@@ -163,6 +163,16 @@ def test_hosts_agree_through_redis_and_a_late_host_starts_from_the_stream(home, 
         take_down(a, "MIT")  # every outcome reaches host A only
         assert wait_for(lambda: b.router.health.state("MIT") == "DOWN", loop=loop), "host B never heard the outage"
         assert share_to(b, "MIT") <= MAX_SHARE_TO_DOWN
+        # a decision made on host B whose outcome reaches host A: B resolves its segment and BIN from the stream
+        pay = payment(ORDER_ID="O-x", CARD_BIN="522222")
+        d = b.router.decide(pay, at=time.time())
+        segment = b.router.bandit.segment_of(pay)
+        prior = a.router.bandit.posterior(d.chosen, segment)
+        a.take_outcome(d.chosen, "APPROVED", None, time.time(), d.request_id, None, None)
+        later = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(minutes=1)
+        for host in (a, b):
+            assert wait_for(lambda: host.router.bandit.posterior(d.chosen, segment) == (prior[0] + 1, prior[1]), loop=loop)
+            assert host.router.features.bin_features("522222", later)[f"BIN_{d.chosen}_OUTCOMES"] == 1.0
         third = Path(tempfile.mkdtemp(prefix="sr-host3-"))
         write_version(third / "models", "v1")
         c = make_service(third, redis_url)  # a host that starts after the outage
@@ -222,9 +232,10 @@ def test_online_features_ignore_a_future_outcome_and_a_future_query():
     clean, poisoned = features.OnlineFeatureState(), features.OnlineFeatureState()
     _history(clean, now)
     _history(poisoned, now)
-    assert poisoned.observe("MIT", now + timedelta(hours=1), "DECLINED", "PROCESSOR_ERROR", "411111") is False
+    # 90 minutes ahead: past the counters' slack, so before the fix every later query raised
+    assert poisoned.observe("MIT", now + timedelta(minutes=90), "DECLINED", "PROCESSOR_ERROR", "411111") is False
     assert poisoned.rejected_future == 1
-    poisoned.health_features(now + timedelta(hours=1))  # a request stamped an hour ahead
+    poisoned.health_features(now + timedelta(minutes=90))  # a request stamped that far ahead
     for minute in range(3):
         at = now + timedelta(minutes=minute)
         assert dict(poisoned.health_features(at)) == dict(clean.health_features(at))

@@ -762,6 +762,26 @@ class OnlineFeatureState:
             wc.add(minute, 0, *extra)
         return True
 
+    def observe_bin(self, processor: str, created_at: datetime, approved: bool, bin: str) -> bool:
+        """Count an issuer's decision in the BIN x processor history only.
+
+        For an outcome already counted by `observe` without its BIN (the worker that took it could not
+        resolve the payment; the worker that decided it supplies the BIN later): health and the
+        processor's prior already hold it.
+        """
+        minute = minute_number(created_at)
+        if not self.clock.admits(minute * 60.0):
+            self.rejected_future += 1
+            return False
+        if self._memo_minute is not None and minute < self._memo_minute:
+            self._memo_minute = None
+        key = (str(bin), processor)
+        wc = self._bins.get(key)
+        if wc is None:
+            wc = self._bins[key] = WindowedCounts(BIN_HISTORY_MINUTES, 2)
+        wc.add(minute, 0, *((1,) if approved else ()))
+        return True
+
     def _query_minute(self, at: datetime) -> int:
         """The minute a query is answered for: ``at``, kept within what the counters hold exactly.
 

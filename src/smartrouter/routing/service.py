@@ -175,10 +175,11 @@ class Service:
                                         segment=segment, card_bin=msg.card_bin)
 
     def _apply_and_share(self, processor: str, status: str, error_code: str | None, at: float,
-                         segment: tuple | None, card_bin: str | None) -> str:
+                         segment: tuple | None, card_bin: str | None, unresolved: str | None = None) -> str:
         kind = self.router.observe_outcome(processor, status, error_code=error_code, at=at, segment=segment, card_bin=card_bin)
         if self.store is not None and self.store.shares_outcomes:  # Redis: every worker of every host reads it
-            self.store.publish(state_store.outcome(processor, status, error_code, at, segment, card_bin))
+            # an id no worker of this host holds may be another host's: its owner resolves it from the stream
+            self.store.publish(state_store.outcome(processor, status, error_code, at, segment, card_bin, unresolved))
         elif self.bus is not None:
             self.bus.publish(peers.message(peers.OUTCOME, self.bus.pid, processor=processor, status=status,
                                            error_code=error_code, at=at, segment=segment, card_bin=card_bin))
@@ -202,7 +203,8 @@ class Service:
                                                  segment=segment, card_bin=card_bin))
             if sent:
                 return outcome_kind(status, error_code)
-        return self._apply_and_share(processor, status, error_code, at, segment, card_bin)
+        unresolved = request_id if (not mine and request_id is not None and segment is None) else None
+        return self._apply_and_share(processor, status, error_code, at, segment, card_bin, unresolved)
 
     def request_reload(self) -> str:
         """Load the promoted version now (and tell the other workers to); returns the holder's result."""
@@ -342,7 +344,7 @@ class Service:
             log.error("state store %s unavailable: %s", self.settings.state_store, exc)
             store = state_store.LocalStore(self.settings.state_dir, self.config.health.window_seconds)
             note = store.load(self.router)
-        store.start(self.router, loop, lambda outcomes: state_store.apply_outcomes(self.router, outcomes))
+        store.start(self.router, loop, lambda outcomes: state_store.apply_outcomes(self.router, outcomes, store.publish))
         self.store, self.state_note = store, note
         log.warning("worker %d: %s", os.getpid(), note)
 

@@ -29,9 +29,11 @@ import queue
 import socket
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from smartrouter import atomic
+from smartrouter.routing.health import FAILURE, SUCCESS, outcome_kind
 
 log = logging.getLogger("smartrouter.routing.state_store")
 
@@ -280,24 +282,62 @@ class RedisStore:
 
 
 def _observe(router: Any, o: dict) -> None:
-    """Apply one shared outcome (the dict `outcome()` builds) to ``router``."""
+    """Apply one shared outcome (the dict `outcome()` or `resolution()` builds) to ``router``."""
     seg = o.get("segment")
+    segment = tuple(seg) if seg is not None else None
+    if o.get("resolves"):
+        _apply_resolution(router, o, segment)
+        return
     router.observe_outcome(o["processor"], o["status"], error_code=o.get("error_code"), at=o["at"],
-                           segment=tuple(seg) if seg is not None else None, card_bin=o.get("card_bin"))
+                           segment=segment, card_bin=o.get("card_bin"))
+
+
+def _apply_resolution(router: Any, o: dict, segment: tuple | None) -> None:
+    """The part of an outcome only its decision's segment and BIN make possible (health already has it)."""
+    kind = outcome_kind(o["status"], o.get("error_code"))
+    if kind == FAILURE:  # a processor failure counts in health only, never for the segment's issuers
+        return
+    approved = kind == SUCCESS
+    if segment is not None:
+        router.bandit.observe(o["processor"], segment, approved)
+        fallback = getattr(router, "fallback_router", None)
+        if fallback is not None and hasattr(fallback, "observe"):
+            fallback.observe(tuple(str(v) for v in segment[:3]), o["processor"], approved)
+    if o.get("card_bin") and getattr(router, "features", None) is not None:
+        when = datetime.fromtimestamp(o["at"], tz=timezone.utc).replace(tzinfo=None)
+        router.features.observe_bin(o["processor"], when, approved, o["card_bin"])
 
 
 def outcome(processor: str, status: str, error_code: str | None, at: float, segment: tuple | None,
-            card_bin: str | None) -> dict:
-    """One outcome as the stores carry it."""
-    return {"processor": processor, "status": status, "error_code": error_code, "at": at,
-            "segment": list(segment) if segment is not None else None, "card_bin": card_bin}
+            card_bin: str | None, request_id: str | None = None) -> dict:
+    """One outcome as the stores carry it; ``request_id`` when the worker that took it could not resolve it."""
+    o = {"processor": processor, "status": status, "error_code": error_code, "at": at,
+         "segment": list(segment) if segment is not None else None, "card_bin": card_bin}
+    if request_id is not None:
+        o["request_id"] = request_id
+    return o
 
 
-def apply_outcomes(router: Any, outcomes: list[dict]) -> None:
-    """Apply outcomes heard from other workers (on the event loop's thread, like the handlers)."""
+def apply_outcomes(router: Any, outcomes: list[dict], publish: Callable[[dict], None] | None = None) -> None:
+    """Apply outcomes heard from other workers (on the event loop's thread, like the handlers).
+
+    An outcome taken on another host names its request id when that host could not resolve it;
+    the worker that made the decision (the one holding the id) publishes its segment and BIN as a
+    resolution, which every worker applies to the posteriors and the BIN history.
+    """
     for o in outcomes:
         try:
             _observe(router, o)
+            rid = o.get("request_id")
+            if rid and publish is not None:
+                segment, card_bin, mine = router.resolve(rid, None, o.get("card_bin"))
+                if mine:
+                    # a BIN the outcome carried was counted when it was taken: only one it lacked is added now
+                    bin_only = None if o.get("card_bin") else card_bin
+                    r = dict(outcome(o["processor"], o["status"], o.get("error_code"), o["at"], segment, bin_only),
+                             resolves=rid)
+                    _apply_resolution(router, r, segment)
+                    publish(r)
         except Exception:  # noqa: BLE001 - one bad entry must not stop the rest
             log.exception("shared outcome %r not applied", o)
 
