@@ -496,3 +496,58 @@ def test_metrics_after_kill_9_of_a_worker_report_one_state_per_processor():
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_on_a_real_server_drains_for_drain_seconds_then_stops(tmp_path):
+    import json as _json
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from smartrouter.config import REPO_ROOT
+    from smartrouter.routing.config import DEFAULT_PATH
+
+    drain = 3.0
+    cfg = tmp_path / "routing.toml"
+    cfg.write_text(DEFAULT_PATH.read_text().replace("drain_seconds = 0", f"drain_seconds = {drain}"))
+    assert load_routing_config(cfg).drain_seconds == drain
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = str(tmp_path)
+    env = dict(os.environ, SMARTROUTER_HOME=home, SMARTROUTER_STATE_DIR=home, SMARTROUTER_PORT=str(port),
+               SMARTROUTER_WAREHOUSE="local", SMARTROUTER_LOCAL_DIR=os.path.join(home, "no-warehouse"),
+               SMARTROUTER_ROUTING_CONFIG=str(cfg))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    server = subprocess.Popen([sys.executable, "-m", "smartrouter", "serve", "--workers", "1", "--port", str(port)],
+                              env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        status = None
+        while time.monotonic() < deadline and status != 200:
+            assert server.poll() is None, server.stdout.read().decode()[-3000:]
+            try:
+                status = _http(url + "/readyz")[0]
+            except OSError:
+                time.sleep(0.2)
+        assert status == 200
+        server.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        seen_draining = False
+        routed = 0
+        while time.monotonic() - t0 < drain - 1.0:  # inside the drain window: not ready, still serving
+            status, raw = _http(url + "/readyz")
+            assert status == 503, raw
+            seen_draining = seen_draining or any(x.startswith("draining") for x in _json.loads(raw)["not_ready"])
+            routed += _http(url + "/v1/route", body())[0] == 200
+            time.sleep(0.1)
+        assert seen_draining and routed >= 5
+        server.wait(timeout=30)  # then it stops by itself
+        assert time.monotonic() - t0 >= drain - 0.5
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

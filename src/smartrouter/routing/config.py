@@ -84,6 +84,7 @@ class ReloadConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     max_body_bytes: int = 16_384
+    drain_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class RoutingConfig:
     decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
     reload_poll_seconds: float = 5.0
     max_body_bytes: int = 16_384
+    drain_seconds: float = 0.0  # after SIGTERM: answer /readyz 503 this long before the server stops
     source: str = "defaults"
 
 
@@ -205,6 +207,8 @@ def _validate(cfg: RoutingConfig, where: str) -> None:
         raise ConfigError(f"{where}: [reload].poll_seconds must be positive")
     if cfg.max_body_bytes < 1024:
         raise ConfigError(f"{where}: [http].max_body_bytes must be at least 1024")
+    if not 0 <= cfg.drain_seconds <= 300:
+        raise ConfigError(f"{where}: [http].drain_seconds = {cfg.drain_seconds:g} must be within 0..300 seconds")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +242,7 @@ def load_routing_config(path: str | Path | None = None, overrides: dict[str, Any
         raise ConfigError(f"{where}: [bin_overrides] must map a BIN string to a list of processors")
     # every table through _section: unknown keys and wrong types fail here, naming the key and the file
     poll = _section(raw, "reload", ReloadConfig, where).poll_seconds
-    max_body = _section(raw, "http", HttpConfig, where).max_body_bytes
+    http = _section(raw, "http", HttpConfig, where)
     cfg = RoutingConfig(
         policy=_section(raw, "policy", PolicyConfig, where),
         bin_overrides={str(k): tuple(v) for k, v in overrides_raw.items()},
@@ -247,7 +251,8 @@ def load_routing_config(path: str | Path | None = None, overrides: dict[str, Any
         exploration=_section(raw, "exploration", ExplorationConfig, where),
         decision_log=_section(raw, "decision_log", DecisionLogConfig, where),
         reload_poll_seconds=poll,
-        max_body_bytes=max_body,
+        max_body_bytes=http.max_body_bytes,
+        drain_seconds=http.drain_seconds,
         source=where,
     )
     _validate(cfg, where)

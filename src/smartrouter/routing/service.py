@@ -246,23 +246,31 @@ class Service:
             self.draining = True
             log.warning("worker %d draining: /readyz answers 503", os.getpid())
 
-    def install_drain_signal(self) -> bool:
+    def install_drain_signal(self, loop: asyncio.AbstractEventLoop | None = None) -> bool:
         """Chain `begin_drain` in front of the server's SIGTERM handler (uvicorn's, in the worker's main thread).
 
-        The server's own shutdown (stop accepting, finish in-flight requests) runs as before; the
-        lifespan's shutdown hook comes only after in-flight requests are done, too late to tell a
-        balancer. Returns False where there is no Python handler to chain (not the main thread,
-        or no server installed one): nothing to drain then.
+        The lifespan's shutdown hook comes only after the server has stopped accepting and
+        finished in-flight requests, too late to tell a balancer. Here the worker stops being
+        ready at once and, with ``[http].drain_seconds``, keeps serving that long (on ``loop``)
+        before the server's own shutdown starts; a second SIGTERM stops it at once. Returns False
+        where there is no Python handler to chain (not the main thread, or no server installed one).
         """
         if threading.current_thread() is not threading.main_thread():
             return False
         previous = signal.getsignal(signal.SIGTERM)
         if not callable(previous):
             return False
+        delay = self.config.drain_seconds
 
         def on_sigterm(signum: int, frame: Any) -> None:
+            if self.draining or delay <= 0 or loop is None:
+                self.begin_drain()
+                previous(signum, frame)
+                return
             self.begin_drain()
-            previous(signum, frame)
+            log.warning("worker %d stops in %g s ([http].drain_seconds)", os.getpid(), delay)
+            # the handler may interrupt the loop mid-step: hand the timer to it the thread-safe way
+            loop.call_soon_threadsafe(loop.call_later, delay, previous, signum, None)
 
         signal.signal(signal.SIGTERM, on_sigterm)
         return True
@@ -321,7 +329,7 @@ class Service:
             self._start_store(loop)
         if self.router.features is not None:  # one reference clock for health and features
             self.router.features.clock = self.router.health.clock
-        self.install_drain_signal()
+        self.install_drain_signal(loop)
         self.refresh_gauges()
         freeze_heap()
         self.decision_log.start()
