@@ -14,7 +14,7 @@ to ``on_transition`` (the service counts them in its metrics).
 
 from __future__ import annotations
 
-import bisect
+import itertools
 import logging
 import threading
 from collections import deque
@@ -93,6 +93,7 @@ class HealthTracker:
         self._lock = threading.Lock()
         self._on_transition = on_transition
         self.transitions: deque[Transition] = deque(maxlen=200)
+        self.transition_count = 0  # every state change so far (the snapshot writer hands them on at once)
 
     # ------------------------------------------------------------------ reads
     def state(self, processor: str) -> str:
@@ -177,7 +178,10 @@ class HealthTracker:
             if not ev or ev[-1][0] <= at:
                 ev.append((at, failed))
             else:  # out of order: keep time order, so "the last N outcomes" means the newest N
-                ev.insert(bisect.bisect_right([t for t, _ in ev], at), (at, failed))
+                i = len(ev)  # a late outcome is usually only a little late: search from the newest end
+                while i > 0 and ev[i - 1][0] > at:
+                    i -= 1
+                ev.insert(i, (at, failed))
             self._trim(p, self._horizon_now(p))
             p.consecutive_ok = 0 if failed else p.consecutive_ok + 1
             change = self._next_state(p, failed)
@@ -192,6 +196,7 @@ class HealthTracker:
                 if new == RECOVERING:
                     p.events.append((at, False))
         self.transitions.append(tr)
+        self.transition_count += 1
         log.warning("processor %s: %s -> %s at %s (%s)", processor, tr.old, tr.new, clock_label(at), reason)
         if self._on_transition is not None:
             self._on_transition(tr)
@@ -221,7 +226,7 @@ class HealthTracker:
         with self._lock:
             return {name: {"state": p.state, "since": p.since, "newest": p.newest, "consecutive_ok": p.consecutive_ok,
                            "outcomes": p.outcomes, "failures": p.failures,
-                           "events": [[t, bool(f)] for t, f in list(p.events)[-keep:]]}
+                           "events": [[t, bool(f)] for t, f in _newest(p.events, keep)]}
                     for name, p in self._procs.items()}
 
     def import_state(self, state: dict) -> list[str]:
@@ -250,7 +255,7 @@ class HealthTracker:
             if p.consecutive_ok >= c.recovery_successes:
                 return UP, f"{p.consecutive_ok} consecutive successes"
             return None
-        recent = list(p.events)[-c.recent_outcomes :]
+        recent = _newest(p.events, c.recent_outcomes)  # not list(events): the window may hold ~10^6
         n = len(recent)
         fails = sum(1 for _, f in recent if f)
         rate = fails / n if n else 0.0
@@ -261,3 +266,10 @@ class HealthTracker:
         if p.state == DEGRADED and rate < c.recovered_failure_rate and n >= min(c.recent_outcomes, 10):
             return UP, f"failure rate {rate:.0%} over last {n} outcomes"
         return None
+
+
+def _newest(events: deque, n: int) -> list:
+    """The newest ``n`` events, oldest first, without copying the whole window."""
+    out = list(itertools.islice(reversed(events), n))
+    out.reverse()
+    return out

@@ -7,7 +7,8 @@ picks one of two stores:
 
 - ``local`` (default, one host): outcomes travel between workers on the peer bus
   (`smartrouter.routing.peers`), and every worker writes the state it holds to a snapshot file in
-  the state folder (atomically, twice a second while it changes, every few seconds otherwise).
+  the state folder (atomically: at once after a health state change, twice a second while the
+  state changes otherwise, every few seconds when it does not).
   A starting worker loads the newest snapshot before it serves. Snapshots older than the health
   window are ignored: nobody alive kept them current.
 - ``redis://host:port/db`` (several hosts): every accepted outcome is ``XADD``ed to a Redis stream
@@ -39,6 +40,7 @@ log = logging.getLogger("smartrouter.routing.state_store")
 
 SNAPSHOT_FILE = "shared-state.json"
 _WRITE_SECONDS = 0.5  # how often a changed state is written
+_TRANSITION_POLL_SECONDS = 0.05  # a health state change is written within this (a respawn may come right after)
 _REFRESH_SECONDS = 5.0  # how often an unchanged one is (so its age says a live worker holds it)
 _PREFIX = "smartrouter:"
 
@@ -55,7 +57,8 @@ def import_state(router: Any, state: dict) -> list[str]:
 
 
 class _SnapshotWriter:
-    """A thread that keeps writing this worker's state somewhere (``write(bytes)``) while it changes."""
+    """A thread that writes this worker's state somewhere at once after a health transition, else every
+    ``_WRITE_SECONDS`` while it changes (and every ``_REFRESH_SECONDS`` anyway)."""
 
     def __init__(self, router: Any, write: Callable[[dict, Any], None], mark: Callable[[], Any] = lambda: None) -> None:
         self.router = router
@@ -73,8 +76,13 @@ class _SnapshotWriter:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        last, last_at = None, 0.0
-        while not self._stop.wait(_WRITE_SECONDS):
+        last, last_at, due = None, 0.0, 0.0
+        seen = self.router.health.transition_count
+        while not self._stop.wait(_TRANSITION_POLL_SECONDS):
+            changed = self.router.health.transition_count != seen
+            if not changed and time.monotonic() < due:
+                continue
+            seen, due = self.router.health.transition_count, time.monotonic() + _WRITE_SECONDS
             try:
                 mark = self._mark()
                 state = export_state(self.router)  # both trackers lock: safe from this thread
