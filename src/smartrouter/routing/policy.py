@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -105,6 +105,27 @@ class FallbackRouter(Protocol):
     def choose(self, segment: Any, candidates: Sequence[str], rng: np.random.Generator) -> Any: ...
 
     def observe(self, segment: Any, processor: str, approved: bool | int) -> None: ...
+
+
+class Scoring(NamedTuple):
+    """What the model said about one payment (step 3): nothing when it cannot be trusted now."""
+
+    loaded: LoadedModel | None
+    scores: Mapping[str, float] | None
+    enriched: dict  # the payment with derived columns and online features, as scored
+    fallback_reason: str | None  # why there are no scores: features_not_ready | model_error
+    model_order: list[str] | None  # the eligible processors by score, uncertain ones last
+
+
+class Route(NamedTuple):
+    """The choice after health (step 4) and exploration (step 5)."""
+
+    chosen: str
+    acting: list[str]  # the order without DOWN processors
+    down: list[str]
+    source: str
+    fallback_reason: str | None
+    propensity: float
 
 
 class NoEligibleProcessor(SmartrouterError):
@@ -300,19 +321,14 @@ class Router:
         reasons: list[str] = []
         eligible, hard, overridden = self._eligible(payment, candidates, reasons)
         arm = self.experiment.assign(self.experiment.key_of(payment))
-        loaded = self.holder.current if self.holder is not None else None
-        scores, enriched, fallback_reason = self._score(payment, loaded, at)
-        rules_order, no_rule = self._rules_order(payment, eligible, scores, at)
-        model_order = self._model_order(loaded, eligible, scores)
-        order, source, fallback_reason = self._choose_order(
-            payment, eligible, hard, overridden, arm, loaded, scores, model_order, rules_order, no_rule,
-            fallback_reason, reasons)
-        chosen, acting, down, source, fallback_reason, propensity = self._failover(order, source, fallback_reason, reasons)
+        scoring = self._score(payment, eligible, at)
+        rules_order, no_rule = self._rules_order(payment, eligible, scoring.scores, at)
+        order, source, fallback_reason = self._choose_order(payment, eligible, hard, overridden, arm, scoring,
+                                                            rules_order, no_rule, reasons)
+        route = self._failover(order, source, fallback_reason, reasons)
         segment = self.bandit.segment_of(payment)
-        chosen, source, propensity = self._explore(segment, acting, chosen, source, propensity, reasons)
-        return self._decision(
-            payment, request_id, t0, at, arm, loaded, eligible, order, down, chosen, source, fallback_reason,
-            propensity, segment, scores, model_order, enriched, explain, reasons)
+        route = self._explore(segment, route, reasons)
+        return self._decision(payment, request_id, t0, at, arm, eligible, order, route, segment, scoring, explain, reasons)
 
     # 1-2. eligibility: hard rules, disabled processors, candidates, BIN overrides
     def _eligible(self, payment: dict, candidates: Iterable[str] | None, reasons: list[str],
@@ -347,22 +363,22 @@ class Router:
                 reasons.append(f"BIN {payment['CARD_BIN']} override: {', '.join(ov)}")
         return eligible, hard, bool(override)
 
-    # 3a. the model's scores (None when it cannot be trusted now) and the row it scored
-    def _score(self, payment: dict, loaded: LoadedModel | None, at: float,
-               ) -> tuple[dict[str, float] | None, dict, str | None]:
-        """(scores, the enriched payment, why there are no scores) for one payment."""
+    # 3a. the model's scores (none when it cannot be trusted now), the row it scored, its order
+    def _score(self, payment: dict, eligible: list[str], at: float) -> Scoring:
+        loaded = self.holder.current if self.holder is not None else None
         if loaded is None:
-            return None, payment, None
+            return Scoring(None, None, payment, None, None)
         if self.features is not None and not self.features_warm(at):
-            return None, payment, "features_not_ready"
+            return Scoring(loaded, None, payment, "features_not_ready", None)
         enriched = self._enrich(payment, at)
         try:
-            return loaded.model.score(enriched), enriched, None
+            scores = loaded.model.score(enriched)
         except Exception:  # noqa: BLE001 - the rules route it instead
             log.exception("model %s failed to score; using static rules", loaded.version)
-            return None, enriched, "model_error"
+            return Scoring(loaded, None, enriched, "model_error", None)
+        return Scoring(loaded, scores, enriched, None, self._model_order(loaded, eligible, scores))
 
-    def _rules_order(self, payment: dict, eligible: list[str], scores: dict[str, float] | None, at: float,
+    def _rules_order(self, payment: dict, eligible: list[str], scores: Mapping[str, float] | None, at: float,
                      ) -> tuple[list[str], bool]:
         """(the static rules' order of the eligible processors, whether no rule matched)."""
         rules_rank = self._rules_ranked(payment["CURRENCY"], payment["CARD_BRAND"], payment.get("CARD_TYPE"), eligible, at)
@@ -371,11 +387,8 @@ class Router:
             return self._fallback_order(payment, eligible), True
         return rules_rank + [p for p in eligible if p not in rules_rank], no_rule
 
-    def _model_order(self, loaded: LoadedModel | None, eligible: list[str], scores: dict[str, float] | None,
-                     ) -> list[str] | None:
-        """The eligible processors by score, the ones the model is unsure of last (None without scores)."""
-        if scores is None:
-            return None
+    def _model_order(self, loaded: LoadedModel, eligible: list[str], scores: Mapping[str, float]) -> list[str]:
+        """The eligible processors by score, the ones the model is unsure of last."""
         model_order = sorted(eligible, key=lambda p: -scores.get(p, 0.0))
         flags = getattr(loaded.model, "uncertain", None) or ()
         # H5's serving form flags every processor ({name: bool}); a plain collection lists the uncertain ones
@@ -388,12 +401,12 @@ class Router:
 
     # 3b. which order routes: hard rule, the arm's (rules or model), or the rules as a fallback
     def _choose_order(
-        self, payment: dict, eligible: list[str], hard: bool, overridden: bool, arm: str, loaded: LoadedModel | None,
-        scores: dict[str, float] | None, model_order: list[str] | None, rules_order: list[str], no_rule: bool,
-        fallback_reason: str | None, reasons: list[str],
+        self, payment: dict, eligible: list[str], hard: bool, overridden: bool, arm: str, scoring: Scoring,
+        rules_order: list[str], no_rule: bool, reasons: list[str],
     ) -> tuple[list[str], str, str | None]:
         """(order, source, fallback reason) before health is considered."""
         shadow = self.experiment.shadow
+        model_order, fallback_reason = scoring.model_order, scoring.fallback_reason
         if hard or len(eligible) == 1:
             if not hard:
                 reasons.append(f"only {eligible[0]} is eligible")
@@ -417,18 +430,16 @@ class Router:
                 reasons.append(f"{'shadow mode' if shadow else 'control arm'}: static rules")
             return rules_order, source, fallback_reason
         healthy_first = next((p for p in model_order if not self.health.is_down(p)), model_order[0])
-        best_p = scores.get(healthy_first, 0.0)
+        best_p = scoring.scores.get(healthy_first, 0.0)
         min_confidence = self.config.policy.min_confidence
         if best_p < min_confidence:
             reasons.append(f"model not confident (best {healthy_first} p={best_p:.2f} < {min_confidence:.2f}): static rules")
             return rules_order, "fallback", "not_confident"
-        reasons.append(f"model {loaded.version}: {healthy_first} p={best_p:.2f}")
+        reasons.append(f"model {scoring.loaded.version}: {healthy_first} p={best_p:.2f}")
         return model_order, "model", fallback_reason
 
     # 4. failover around DOWN processors, the ramp of RECOVERING ones, and probes that test recovery
-    def _failover(self, order: list[str], source: str, fallback_reason: str | None, reasons: list[str],
-                  ) -> tuple[str, list[str], list[str], str, str | None, float]:
-        """(chosen, processors that may act, DOWN ones, source, fallback reason, propensity)."""
+    def _failover(self, order: list[str], source: str, fallback_reason: str | None, reasons: list[str]) -> Route:
         health = self.health
         down = [p for p in order if health.is_down(p)]
         acting = [p for p in order if p not in down] if down else order
@@ -436,7 +447,7 @@ class Router:
         if not acting:
             reasons.append(f"every eligible processor is down ({', '.join(health.describe(p) for p in down)}): "
                            f"sending to {order[0]}")
-            return order[0], acting, down, "fallback", "all_down", propensity
+            return Route(order[0], acting, down, "fallback", "all_down", propensity)
         chosen = acting[0]
         if chosen != order[0]:
             reasons.append(f"{health.describe(order[0])}: next best {chosen}")
@@ -464,28 +475,28 @@ class Router:
                 reasons.append(f"probe: {health.describe(chosen)}, testing recovery")
             else:
                 propensity *= 1.0 - share
-        return chosen, acting, down, source, fallback_reason, propensity
+        return Route(chosen, acting, down, source, fallback_reason, propensity)
 
     # 5. exploration (treatment arm, model decisions only), always counted for the cap
-    def _explore(self, segment: tuple, acting: list[str], chosen: str, source: str, propensity: float,
-                 reasons: list[str]) -> tuple[str, str, float]:
-        """(chosen, source, propensity) after Thompson sampling had its say."""
+    def _explore(self, segment: tuple, route: Route, reasons: list[str]) -> Route:
+        chosen, acting, source = route.chosen, route.acting, route.source
         bc = self.bandit.decide(segment, acting, chosen, allow=source == "model" and len(acting) > 1)
+        if not bc.explored and bc.propensity == 1.0:
+            return route  # the usual case: nothing to change
         if bc.explored and bc.chosen != chosen:
             reasons.append(f"exploring: Thompson sampling picked {bc.chosen} instead of {chosen}")
             chosen, source = bc.chosen, "exploration"
         elif bc.explored:
             source = "exploration"
             reasons.append(f"exploring: Thompson sampling kept {chosen}")
-        return chosen, source, propensity * bc.propensity
+        return Route(chosen, acting, route.down, source, route.fallback_reason, route.propensity * bc.propensity)
 
     # 6. the decision record (and the request id an outcome will name)
     def _decision(
-        self, payment: dict, request_id: str | None, t0: float, at: float, arm: str, loaded: LoadedModel | None,
-        eligible: list[str], order: list[str], down: list[str], chosen: str, source: str, fallback_reason: str | None,
-        propensity: float, segment: tuple, scores: dict[str, float] | None, model_order: list[str] | None,
-        enriched: dict, explain: bool, reasons: list[str],
+        self, payment: dict, request_id: str | None, t0: float, at: float, arm: str, eligible: list[str],
+        order: list[str], route: Route, segment: tuple, scoring: Scoring, explain: bool, reasons: list[str],
     ) -> Decision:
+        chosen, down, scores, loaded, model_order = route.chosen, route.down, scoring.scores, scoring.loaded, scoring.model_order
         top = [p for p in order if p != chosen]
         ranked_names = ([chosen] + [p for p in top if p not in down] + [p for p in top if p in down])[: self.config.policy.top_k]
         ranked = [(p, (round(float(scores[p]), 6) if scores is not None and p in scores else None)) for p in ranked_names]
@@ -495,7 +506,7 @@ class Router:
         contributions = None
         if explain and loaded is not None and scores is not None and hasattr(loaded.model, "contributions"):
             try:
-                contributions = [(str(n), float(v)) for n, v in loaded.model.contributions(enriched, chosen, 5)]
+                contributions = [(str(n), float(v)) for n, v in loaded.model.contributions(scoring.enriched, chosen, 5)]
             except Exception:  # noqa: BLE001 - an explanation is optional
                 log.exception("contributions failed")
         request_id = request_id or os.urandom(12).hex() + self._id_suffix
@@ -506,15 +517,15 @@ class Router:
         return Decision(
             request_id=request_id,
             chosen=chosen,
-            source=source,
+            source=route.source,
             ranked=ranked,
             reasons=reasons,
             model_version=loaded.version if loaded is not None else None,
             arm=arm,
-            propensity=round(propensity, 6),
+            propensity=round(route.propensity, 6),
             eligible=list(eligible),
             shadow_choice=shadow_choice,
-            fallback_reason=fallback_reason,
+            fallback_reason=route.fallback_reason,
             contributions=contributions,
             latency_ms=(time.perf_counter() - t0) * 1000.0,
             at=at,
