@@ -171,6 +171,7 @@ class ReadyResponse(msgspec.Struct):
     notes: list[str]
     not_ready: list[str] = []  # why this worker should get no traffic (empty when ready)
     serving_note: str | None = None  # why the served version is not the promoted one
+    feature_errors: int = 0  # online feature computations that failed on payments (since start)
     online_features: str = "off"  # off | seeding | seeded | failed: history the health/BIN features start from
     worker: int = 0  # this worker's pid
     peers: int = 0  # other workers it shares outcomes with
@@ -386,6 +387,7 @@ async def readyz(svc: Service) -> Response[ReadyResponse]:
         peer_messages_dropped=svc.bus.dropped if svc.bus is not None else 0,
         not_ready=readiness.reasons,
         serving_note=h.status.serving_note,
+        feature_errors=int(getattr(svc.router.features, "errors", 0) or 0),
     )
     return Response(body, status_code=200 if readiness.ready else 503)
 

@@ -251,6 +251,7 @@ def test_failing_online_features_make_the_worker_unready_until_they_stop(tmp_pat
             assert c.post("/v1/route", json=body(order_id=f"F{i}")).status_code == 200
         r = c.get("/readyz")
         assert r.status_code == 503 and any("failing for payments (3 errors" in x for x in r.json()["not_ready"])
+        assert r.json()["feature_errors"] == 3
         assert c.get("/readyz").status_code == 200  # no new failures since the last probe
 
 
