@@ -17,6 +17,7 @@ notebook, papermill, a test or the service sees the same paths whatever the work
 | SMARTROUTER_WORKERS | `2` | routing service worker processes (they share outcomes; 2 fills this 2-core machine) |
 | SMARTROUTER_STATE_STORE | `local` | where service workers share processor health and exploration posteriors: `local` (one host: a peer bus + a snapshot file in the state dir) or `redis://host:port/db` (several hosts: a Redis stream) |
 | SMARTROUTER_ADMIN_TOKEN | (unset: admin endpoints refuse all calls) | bearer token for `/admin/*` |
+| SMARTROUTER_BENCH_ROUTES | (unset) | `1` mounts the benchmark's constant endpoints (`/v1/constant`); `bench/bench_serve.py` sets it |
 | SMARTROUTER_KERNEL | `smartrouter` | Jupyter kernel papermill runs stages with |
 
 Snowflake credentials never live here: the connector reads its own `connections.toml`
