@@ -58,12 +58,17 @@ def test_kill_9_of_a_worker_while_a_processor_is_down():
     env = dict(os.environ, SMARTROUTER_HOME=home, SMARTROUTER_STATE_DIR=home, SMARTROUTER_PORT=str(port),
                SMARTROUTER_WAREHOUSE="local", SMARTROUTER_LOCAL_DIR=os.path.join(home, "no-warehouse"))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    server = subprocess.Popen([sys.executable, "-m", "smartrouter", "serve", "--workers", "2", "--port", str(port)],
-                              env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server_log = open(os.path.join(home, "server.log"), "wb")  # the workers' own words, shown on a failure
+    server = subprocess.Popen([sys.executable, "-m", "smartrouter", "serve", "--workers", "2", "--port", str(port),
+                               "--log-level", "warning"], env=env, cwd=REPO_ROOT, stdout=server_log, stderr=subprocess.STDOUT)
+
+    def said() -> str:
+        return open(os.path.join(home, "server.log"), encoding="utf-8", errors="replace").read()[-4000:]
+
     url = f"http://127.0.0.1:{port}"
     try:
         first = _workers(url, 2)
-        assert len(first) == 2, first
+        assert len(first) == 2, (first, said())
         down = _post(url + "/v1/route", body(order_id="K-first", card_brand="VISA", currency="MXN"))["chosen"]
         now = datetime.utcnow()
         for i in range(25):  # the processor these payments go to times out
@@ -81,16 +86,16 @@ def test_kill_9_of_a_worker_while_a_processor_is_down():
                     replacement = w
             except OSError:
                 time.sleep(0.1)
-        assert replacement is not None, "uvicorn did not respawn the killed worker"
+        assert replacement is not None, "uvicorn did not respawn the killed worker\n" + said()
         chosen: list[str] = []
         deadline = time.monotonic() + 60
         while len(chosen) < 1000 and time.monotonic() < deadline:  # decisions of the replacement only
             d = _post(url + "/v1/route", body(order_id=f"K-{len(chosen)}", card_brand="VISA", currency="MXN"))
             if int(d["request_id"][-8:], 16) == replacement:
                 chosen.append(d["chosen"])
-        assert len(chosen) >= 300, f"only {len(chosen)} decisions reached the replacement"
+        assert len(chosen) >= 300, f"only {len(chosen)} decisions reached the replacement\n" + said()
         share = chosen.count(down) / len(chosen)
-        assert share <= MAX_SHARE_TO_DOWN, f"the replacement sent {share:.1%} to the DOWN processor"
+        assert share <= MAX_SHARE_TO_DOWN, f"the replacement sent {share:.1%} of {len(chosen)} to the DOWN {down}\n" + said()
     finally:
         server.terminate()
         try:
@@ -98,3 +103,4 @@ def test_kill_9_of_a_worker_while_a_processor_is_down():
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        server_log.close()
