@@ -224,7 +224,8 @@ class HealthTracker:
         """
         keep = self.config.recent_outcomes
         with self._lock:
-            return {name: {"state": p.state, "since": p.since, "newest": p.newest, "consecutive_ok": p.consecutive_ok,
+            return {name: {"state": p.state, "since": p.since, "newest": p.newest if p.events or p.outcomes else None,
+                           "consecutive_ok": p.consecutive_ok,
                            "outcomes": p.outcomes, "failures": p.failures,
                            "events": [[t, bool(f)] for t, f in _newest(p.events, keep)]}
                     for name, p in self._procs.items()}
@@ -238,7 +239,7 @@ class HealthTracker:
                 if p is None:
                     continue
                 p.state, p.since = str(s["state"]), float(s["since"])
-                p.newest = float(s.get("newest", 0.0))
+                p.newest = float(s["newest"]) if s.get("newest") is not None else float("-inf")
                 p.consecutive_ok, p.outcomes, p.failures = int(s["consecutive_ok"]), int(s["outcomes"]), int(s["failures"])
                 p.events = deque((float(t), bool(f)) for t, f in s["events"])
                 if p.state != UP:
