@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
@@ -301,3 +303,38 @@ def test_post_outcome_an_hour_ahead_is_400_and_later_decisions_keep_their_featur
         r = client.post("/v1/route", json={"order_id": "O-9", "amount": 10.0, "currency": "MXN", "card_bin": "411111",
                                            "card_brand": "VISA", "card_type": "CREDIT"})
         assert r.status_code == 200 and r.json()["source"] in ("model", "failover", "exploration")
+
+
+def test_when_redis_stops_answering_the_workers_of_a_host_still_agree(home, redis_url):
+    """Redis down: outcomes go over the peer bus to this host's workers; Redis back: the stream again."""
+    from smartrouter.routing import peers, state_store
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # a pid for worker B's bus
+    loop = asyncio.new_event_loop()
+    a, b = make_service(home, redis_url), make_service(home, redis_url)
+    try:
+        for svc, pid in ((a, os.getpid()), (b, other.pid)):
+            svc.bus = peers.PeerBus(home / "state" / "peers", pid=pid).open()
+            peers.attach(svc.bus, loop, svc.on_peer_message)
+            svc.store = state_store.open_store(svc.settings, svc.config)
+            svc.store.load(svc.router)
+            svc.store.start(svc.router, loop, lambda outcomes, r=svc.router: state_store.apply_outcomes(r, outcomes))
+        a.bus._refresh(force=True)
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        import redis
+
+        redis.Redis(port=port).shutdown(nosave=True)
+        a.take_outcome("MIT", "TIMEOUT", None, time.time(), None, None, None)  # the write fails: A notices
+        assert wait_for(lambda: a.store.degraded, loop=loop), "the failed write went unnoticed"
+        take_down(a, "MIT")
+        assert wait_for(lambda: b.router.health.state("MIT") == "DOWN", loop=loop), "worker B never heard the outage"
+    finally:
+        for svc in (a, b):
+            if svc.bus is not None:
+                peers.detach(svc.bus, loop)
+                svc.bus.close()
+            if svc.store is not None:
+                svc.store.stop()
+        other.kill()
+        other.wait()
+        loop.close()

@@ -177,7 +177,7 @@ class Service:
     def _apply_and_share(self, processor: str, status: str, error_code: str | None, at: float,
                          segment: tuple | None, card_bin: str | None, unresolved: str | None = None) -> str:
         kind = self.router.observe_outcome(processor, status, error_code=error_code, at=at, segment=segment, card_bin=card_bin)
-        if self.store is not None and self.store.shares_outcomes:  # Redis: every worker of every host reads it
+        if self.store is not None and self.store.shares_outcomes and not self.store.degraded:  # Redis: every host reads it
             # an id no worker of this host holds may be another host's: its owner resolves it from the stream
             self.store.publish(state_store.outcome(processor, status, error_code, at, segment, card_bin, unresolved))
         elif self.bus is not None:

@@ -101,6 +101,7 @@ class LocalStore:
 
     kind = "local"
     shares_outcomes = False  # the peer bus does
+    degraded = False
 
     def __init__(self, state_dir, max_age_seconds: float) -> None:
         self.path = state_dir / SNAPSHOT_FILE
@@ -163,6 +164,9 @@ class RedisStore:
         self.received = 0
         self.errors = 0
         self.last_error: str | None = None
+        # True while writes to Redis fail: outcomes then go to this host's workers over the peer bus,
+        # so they at least agree with each other (other hosts miss them until Redis answers again)
+        self.degraded = False
 
     # ------------------------------------------------------------------ start: catch up before serving
     def load(self, router: Any) -> str:
@@ -238,6 +242,11 @@ class RedisStore:
                 try:
                     first = self._outbox.get(timeout=0.5)
                 except queue.Empty:
+                    if self.degraded:  # nothing is queued while degraded: ask Redis whether it is back
+                        try:
+                            self.degraded = not self.client.ping()
+                        except redis.RedisError:
+                            pass
                     continue
                 batch = [first]
                 while len(batch) < 1000:
@@ -252,13 +261,20 @@ class RedisStore:
                         pipe.xadd(self.stream, {"w": self.worker, "o": json.dumps(o)}, minid=minid, approximate=True)
                     pipe.execute()
                     self.published += len(batch)
+                    self.degraded = False
                 except redis.RedisError as exc:
+                    self.degraded = True  # the service shares over the peer bus meanwhile (this host only)
                     self._failed(exc)
 
         def snapshot(state: dict, covered: str) -> None:
             # the state was exported after applied_id was read, so it holds at least every entry up to it
+            import redis
+
             state = dict(state, id=covered, worker=self.worker, written=time.time())
-            self.client.set(self.snapshot_key, json.dumps(state), px=self.window_ms)
+            try:
+                self.client.set(self.snapshot_key, json.dumps(state), px=self.window_ms)
+            except redis.RedisError as exc:  # counted and logged like the stream's errors, not a traceback each time
+                self._failed(exc)
 
         for target, name in ((read, "state-stream-read"), (write, "state-stream-write")):
             t = threading.Thread(target=target, name=name, daemon=True)
