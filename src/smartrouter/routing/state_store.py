@@ -102,6 +102,8 @@ class LocalStore:
     kind = "local"
     shares_outcomes = False  # the peer bus does
     degraded = False
+    errors = 0  # the same read-outs as RedisStore's (a failed snapshot write is logged by the writer)
+    last_error: str | None = None
 
     def __init__(self, state_dir, max_age_seconds: float) -> None:
         self.path = state_dir / SNAPSHOT_FILE
