@@ -338,3 +338,14 @@ def test_when_redis_stops_answering_the_workers_of_a_host_still_agree(home, redi
         other.kill()
         other.wait()
         loop.close()
+
+
+def test_an_outcome_a_little_ahead_does_not_slide_the_feature_windows_past_now():
+    now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+    state = features.OnlineFeatureState()
+    _history(state, now)
+    assert state.observe("MIT", now + timedelta(minutes=4), "APPROVED", None, "411111")  # admitted: < 300 s ahead
+    now_minute = features.minute_number(now)
+    for w, wc in state._health["MIT"].items():
+        # a query now is answered from the running totals, not by re-summing what slid out
+        assert wc.lo <= now_minute - features.HEALTH_WINDOWS[w]

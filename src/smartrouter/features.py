@@ -628,8 +628,12 @@ class WindowedCounts:
         entries.insert(i, e)
         return e
 
-    def add(self, minute: int, kind: int, *extra: int) -> None:
-        """Count one outcome of ``kind`` (an index < width) at ``minute``; ``extra`` indices count too."""
+    def add(self, minute: int, kind: int, *extra: int, now: int | None = None) -> None:
+        """Count one outcome of ``kind`` (an index < width) at ``minute``; ``extra`` indices count too.
+
+        ``now`` (a minute): the window slides no further than it, so an outcome stamped a little
+        ahead of the clock does not push the present's minutes onto the slow late-query path.
+        """
         if minute < self.lo:
             if minute >= self.lo - ONLINE_SLACK_MINUTES:  # late outcome for a minute that slid out
                 e = self._entry(self.old, minute, self.width)
@@ -640,7 +644,7 @@ class WindowedCounts:
         for k in (kind, *extra):
             e[k + 1] += 1
             self.totals[k] += 1
-        self._slide(minute - self.window)
+        self._slide((minute if now is None or now > minute else now) - self.window)
 
     def _slide(self, lo: int) -> None:
         if lo <= self.lo:
@@ -745,21 +749,22 @@ class OnlineFeatureState:
             self._head = minute
         if self._memo_minute is not None and minute < self._memo_minute:
             self._memo_minute = None
+        now = int(self.clock.now() // 60)
         self._ensure(processor)
         for wc in self._health[processor].values():
-            wc.add(minute, kind)
+            wc.add(minute, kind, now=now)
         self.observed += 1
         if not counts_toward_bin_history(kind):
             return True
         # prior and BIN counters hold [issuer decisions, approved]
         extra = (1,) if kind == APPROVED else ()
-        self._prior[processor].add(minute, 0, *extra)
+        self._prior[processor].add(minute, 0, *extra, now=now)
         if bin is not None:
             key = (str(bin), processor)
             wc = self._bins.get(key)
             if wc is None:
                 wc = self._bins[key] = WindowedCounts(BIN_HISTORY_MINUTES, 2)
-            wc.add(minute, 0, *extra)
+            wc.add(minute, 0, *extra, now=now)
         return True
 
     def observe_bin(self, processor: str, created_at: datetime, approved: bool, bin: str) -> bool:
@@ -779,7 +784,7 @@ class OnlineFeatureState:
         wc = self._bins.get(key)
         if wc is None:
             wc = self._bins[key] = WindowedCounts(BIN_HISTORY_MINUTES, 2)
-        wc.add(minute, 0, *((1,) if approved else ()))
+        wc.add(minute, 0, *((1,) if approved else ()), now=int(self.clock.now() // 60))
         return True
 
     def _query_minute(self, at: datetime) -> int:
