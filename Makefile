@@ -43,8 +43,9 @@ run: setup ## the daily job: build the local world if missing, then run every st
 	$(BIN)/smartrouter world ensure
 	$(BIN)/smartrouter run --profile $(RUN_PROFILE) $(if $(AS_OF),--as-of $(AS_OF),)
 
-test: setup ## run the whole test suite (sets everything up first, Chromium included)
+test: setup ## run the whole test suite (sets everything up first, Chromium and Redis included)
 	bash tests/ensure_chromium.sh
+	bash tests/ensure_redis.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: setup ## unit tests only (skips slow whole-chain and load tests)

@@ -270,6 +270,10 @@ async def route(data: RouteRequest, svc: Service, explain: bool = False) -> Rout
         raise _bad("amount", f"{data.amount} exceeds the maximum {svc.config.policy.max_amount:g}; send the amount in currency units")
     payment = {col: getattr(data, f) for f, col in PAYMENT_FIELD_COLUMNS.items()}
     at = _epoch(data.created_at) or time.time()
+    try:  # the same event-time check as outcomes: the features would be computed at a time that has not come
+        svc.router.health.clock.check(at)
+    except EventTimeError as exc:
+        raise _bad("created_at", str(exc)) from None
     payment["CREATED_AT"] = datetime.fromtimestamp(at, tz=timezone.utc).replace(tzinfo=None)
     try:
         d = svc.router.decide(payment, candidates=data.candidates, explain=explain or data.explain, at=at)

@@ -303,6 +303,11 @@ def test_post_outcome_an_hour_ahead_is_400_and_later_decisions_keep_their_featur
         r = client.post("/v1/route", json={"order_id": "O-9", "amount": 10.0, "currency": "MXN", "card_bin": "411111",
                                            "card_brand": "VISA", "card_type": "CREDIT"})
         assert r.status_code == 200 and r.json()["source"] in ("model", "failover", "exploration")
+        # a decision stamped an hour ahead is refused the same way (its features would be read at a time to come)
+        r = client.post("/v1/route", json={"order_id": "O-10", "amount": 10.0, "currency": "MXN", "card_bin": "411111",
+                                           "card_brand": "VISA", "card_type": "CREDIT",
+                                           "created_at": (now + timedelta(hours=1)).isoformat()})
+        assert r.status_code == 400 and "created_at" in r.text and "ahead" in r.text
 
 
 def test_when_redis_stops_answering_the_workers_of_a_host_still_agree(home, redis_url):

@@ -370,6 +370,9 @@ class Service:
             self.bus = None
         self.decision_log.close()
         self.metrics.worker_exit()
+        # the process is ending: hand the frozen heap back to the collector so the interpreter's
+        # teardown frees it (frozen cycles are never collected; native bindings report them as leaks)
+        gc.unfreeze()
 
 
 def seed_online_features(svc: Service, loop: asyncio.AbstractEventLoop) -> None:
