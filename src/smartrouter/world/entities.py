@@ -228,32 +228,61 @@ class Outages:
         )
 
 
+# Incidents per day (build_outages: ~7 a month) and the processors' shares of them.
+OUTAGES_PER_DAY = 7 / 30
+OUTAGE_WEIGHTS = np.array([0.32, 0.26, 0.26, 0.08, 0.08])
+
+
+def _incident(rng: np.random.Generator, day: int, active_from_sec: np.ndarray, major: bool) -> tuple[int, float, float, int, float]:
+    """One incident on ``day``: (processor, start second, duration, kind, peak)."""
+    local_h = rng.uniform(8.0, 21.0)
+    start = day * SECONDS_PER_DAY + (local_h - MEXICO_CITY_UTC_OFFSET_H) * 3600.0
+    dur = float(np.exp(rng.uniform(np.log(15 * 60), np.log(180 * 60))))
+    ok = np.isfinite(active_from_sec) & (active_from_sec <= start)
+    w = np.where(ok, OUTAGE_WEIGHTS, 0.0)
+    proc = int(rng.choice(P, p=w / w.sum()))
+    kind = int(rng.random() < 0.25)
+    if major:  # always one major timeout incident on the busiest processor (visible on small worlds)
+        proc = PI["WORLDPAY"] if ok[PI["WORLDPAY"]] else int(np.argmax(w))
+        kind, dur = 0, max(dur, 90 * 60.0)
+    peak = rng.uniform(0.4, 0.95) if kind == 0 else rng.uniform(1.5, 3.0)
+    return proc, start, dur, kind, peak
+
+
+def _outages(procs: list, starts: list, durs: list, kinds: list, peaks: list) -> Outages:
+    start_a, dur_a = np.array(starts, dtype=float), np.array(durs, dtype=float)
+    return Outages(
+        processor=np.array(procs, dtype=np.int64), start=start_a, end=start_a + dur_a,
+        ramp_up=np.maximum(0.1 * dur_a, 120.0), recovery=0.35 * dur_a,
+        kind=np.array(kinds, dtype=np.int64), peak=np.array(peaks, dtype=float),
+    )
+
+
 def build_outages(rng: np.random.Generator, params: WorldParams, active_from_sec: np.ndarray) -> Outages:
     """Several incidents a month in total, 15-180 min each, mostly timeouts, during local daytime."""
-    n = max(2, int(round(7 * params.days / 30)))
-    weights = np.array([0.32, 0.26, 0.26, 0.08, 0.08])
+    n = max(2, int(round(7 * params.days / 30)))  # = OUTAGES_PER_DAY * days, kept in this exact arithmetic
     span = params.days * SECONDS_PER_DAY
     procs, starts, durs, kinds, peaks = [], [], [], [], []
     for i in range(n):
         day = rng.integers(params.days)
-        local_h = rng.uniform(8.0, 21.0)
-        start = day * SECONDS_PER_DAY + (local_h - MEXICO_CITY_UTC_OFFSET_H) * 3600.0
-        dur = float(np.exp(rng.uniform(np.log(15 * 60), np.log(180 * 60))))
-        ok = np.isfinite(active_from_sec) & (active_from_sec <= start)
-        w = np.where(ok, weights, 0.0)
-        proc = int(rng.choice(P, p=w / w.sum()))
-        kind = int(rng.random() < 0.25)
-        if i == 0:  # always one major timeout incident on the busiest processor (visible on small worlds)
-            proc = PI["WORLDPAY"] if ok[PI["WORLDPAY"]] else int(np.argmax(w))
-            kind, dur = 0, max(dur, 90 * 60.0)
-        peak = rng.uniform(0.4, 0.95) if kind == 0 else rng.uniform(1.5, 3.0)
+        proc, start, dur, kind, peak = _incident(rng, day, active_from_sec, major=i == 0)
         procs.append(proc), starts.append(min(start, span - dur)), durs.append(dur), kinds.append(kind), peaks.append(peak)
-    start_a, dur_a = np.array(starts), np.array(durs)
-    return Outages(
-        processor=np.array(procs, dtype=np.int64), start=start_a, end=start_a + dur_a,
-        ramp_up=np.maximum(0.1 * dur_a, 120.0), recovery=0.35 * dur_a,
-        kind=np.array(kinds, dtype=np.int64), peak=np.array(peaks),
-    )
+    return _outages(procs, starts, durs, kinds, peaks)
+
+
+def continuation_outages(params: WorldParams, active_from_sec: np.ndarray, day: int) -> Outages:
+    """The incidents of day ``day`` (0-based, at or beyond the world's span) for the live loop: the
+    world's rate and shapes, drawn from a stream of their own (``SeedSequence([seed, 3, day])``),
+    so the world's own incidents and days are untouched and any day's incidents are known alone."""
+    rng = np.random.default_rng(np.random.SeedSequence([params.seed, 3, day]))
+    drawn = [_incident(rng, day, active_from_sec, major=False) for _ in range(int(rng.poisson(OUTAGES_PER_DAY)))]
+    return _outages(*(list(col) for col in zip(*drawn))) if drawn else _outages([], [], [], [], [])
+
+
+def concat_outages(*parts: Outages) -> Outages:
+    """Several incident lists as one."""
+    return Outages(*(np.concatenate([getattr(o, f) for o in parts])
+                     for f in ("processor", "start", "end", "ramp_up", "recovery", "kind", "peak")))
 
 
 def _matrix(rows: dict[str, list[float]], order: tuple[str, ...]) -> np.ndarray:

@@ -184,10 +184,12 @@ class _DayGenerator:
         self._head_cache: dict[tuple, str] = {}
 
     # ------------------------------------------------------------------ orders
-    def _orders(self) -> None:
+    def _orders(self, multiplier: float = 1.0) -> None:
+        """Draw the day's orders; ``multiplier`` scales the traffic (a live scenario; x * 1.0 == x,
+        so the world's own days draw exactly as before)."""
         w, rng, prm = self.w, self.rng, self.w.params
         factor = WEEKDAY_FACTOR[self.date.weekday()] / WEEKDAY_FACTOR.mean()
-        n = int(rng.poisson(prm.per_day * factor / ATTEMPTS_PER_ORDER))
+        n = int(rng.poisson(prm.per_day * factor * multiplier / ATTEMPTS_PER_ORDER))
         self.n = n
         hour = np.searchsorted(w._hour_cdf, rng.random(n), side="right").clip(0, 23)
         self.t0 = self.day_start + np.floor((hour * 3600.0 + rng.random(n) * 3600.0) * 1000.0) / 1000.0
@@ -293,6 +295,20 @@ class _DayGenerator:
         enc = self._encode(oi, t, attempt, prev_code, delay, prev_proc)
         err_share = error_share(eff, proc, t, w.outages)
         p_issuer = sigmoid(issuer_logit(eff, enc, proc, msg, w._oracle.span_sec, w.outages))
+        status, code, latency = self._outcome(oi, proc, prev_code, err_share, p_issuer)
+        return {
+            "oi": oi, "t": t, "attempt": attempt, "prev_code": prev_code, "prev_proc": prev_proc, "delay": delay,
+            "avg_delay": avg_delay, "msg": msg, "proc": proc, "status": status, "code": code,
+            "latency": np.round(latency, 1), "propensity": route["propensity"], "algo": route["algo"],
+            "mask_code": route["mask_code"], "rule_epoch": route["rule_epoch"],
+        }
+
+    def _outcome(self, oi: np.ndarray, proc: np.ndarray, prev_code: np.ndarray, err_share: np.ndarray,
+                 p_issuer: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Draw each attempt's status (index into catalog.STATUSES), code (index into CODE_LIST, -1 none)
+        and processor latency from its processor-error share and issuer approval probability
+        (also the live loop's draw, world/live.py)."""
+        rng, m, eff = self.rng, len(oi), self.w.effects
         is_err = rng.random(m) < err_share
         approved = ~is_err & (rng.random(m) < p_issuer)
         processing = ~is_err & (rng.random(m) < eff.processing[proc])
@@ -314,12 +330,7 @@ class _DayGenerator:
         latency = rng.lognormal(np.log(PROC_LATENCY_MS[proc]), 0.35) * (1.0 + 3.0 * err_share)
         latency = np.where(code == CODE_LIST.index(catalog.TIMEOUT_CODE), TIMEOUT_LATENCY_MS + rng.uniform(0, 500, m), latency)
         latency = np.where(code == CODE_LIST.index("PSP_5XX"), rng.lognormal(np.log(900.0), 0.4, m), latency)
-        return {
-            "oi": oi, "t": t, "attempt": attempt, "prev_code": prev_code, "prev_proc": prev_proc, "delay": delay,
-            "avg_delay": avg_delay, "msg": msg, "proc": proc, "status": status, "code": code,
-            "latency": np.round(latency, 1), "propensity": route["propensity"], "algo": route["algo"],
-            "mask_code": route["mask_code"], "rule_epoch": route["rule_epoch"],
-        }
+        return status, code, latency
 
     def _retries(self, wave: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """Which declined attempts are retried, and when (the same UTC day only: chunks stay whole days)."""
@@ -409,12 +420,19 @@ class _DayGenerator:
         inv = inv.ravel()
         return np.array(heads, dtype=object)[inv], np.array(cands, dtype=object)[inv], np.array(skips, dtype=object)[inv]
 
-    def _frames(self, a: dict[str, np.ndarray]) -> DayChunk:
+    def _frames(self, a: dict[str, np.ndarray], served: dict[str, np.ndarray] | None = None) -> DayChunk:
+        """The day's two frames. ``served`` (the live loop): the routing service decided, so ids,
+        DYNAMIC_ROUTING_DETAIL and the routing log's decision columns come from its answers
+        (keys: ATTEMPT_ID, PAYMENT_ID, DETAIL, ALGORITHM_TYPE, EXPERIMENT_ARM, CANDIDATES,
+        PROPENSITY, LATENCY_MS, SKIP_REASONS) instead of the logging policy's."""
         w, m, oi = self.w, len(a["oi"]), a["oi"]
         stamp = f"{self.date:%Y%m%d}"
         suffix = w._counters(max(m, self.n))
-        attempt_ids = ("A" + stamp) + suffix[:m]
-        payment_ids = ("P" + stamp) + suffix[:m]
+        if served is None:
+            attempt_ids = ("A" + stamp) + suffix[:m]
+            payment_ids = ("P" + stamp) + suffix[:m]
+        else:
+            attempt_ids, payment_ids = served["ATTEMPT_ID"], served["PAYMENT_ID"]
         order_ids_day = ("O" + stamp) + suffix[: self.n]
         created = np.datetime64(w.start, "ns") + (a["t"] * 1e6).round().astype("timedelta64[us]").astype("timedelta64[ns]")
         codes = np.array(list(CODE_LIST) + [None], dtype=object)
@@ -424,9 +442,16 @@ class _DayGenerator:
         hard_soft = np.array([info[c].hard_soft for c in CODE_LIST] + [None], dtype=object)[a["code"]]
         procs = np.array(catalog.PROCESSORS, dtype=object)
         proc_name = procs[a["proc"]]
-        route_latency = np.round(self.rng.lognormal(np.log(4.0), 0.5, m), 2)
-        heads, cands, skips = self._detail_heads(a)
-        detail = heads + route_latency.astype(str).astype(object) + "}"
+        if served is None:
+            route_latency = np.round(self.rng.lognormal(np.log(4.0), 0.5, m), 2)
+            heads, cands, skips = self._detail_heads(a)
+            detail = heads + route_latency.astype(str).astype(object) + "}"
+            algorithm = np.array(ALGORITHMS, dtype=object)[a["algo"]]
+            arm = np.array(ARMS, dtype=object)[(a["algo"] == 2).astype(np.int64)]
+            propensity = a["propensity"].astype(float)
+        else:
+            route_latency, detail, cands, skips = (served[k] for k in ("LATENCY_MS", "DETAIL", "CANDIDATES", "SKIP_REASONS"))
+            algorithm, arm, propensity = served["ALGORITHM_TYPE"], served["EXPERIMENT_ARM"], served["PROPENSITY"]
         users = w.users
         user = self.user[oi]
         bins = w.bins
@@ -479,18 +504,17 @@ class _DayGenerator:
             },
             columns=list(catalog.ATTEMPT_COLUMNS),
         )
-        arm = np.array(ARMS, dtype=object)[(a["algo"] == 2).astype(np.int64)]
         routing = pd.DataFrame(
             {
                 "ATTEMPT_ID": attempt_ids,
                 "ORDER_ID": attempts["ORDER_ID"].to_numpy(),
                 "MERCHANT": w.params.merchant,
                 "CREATED_AT": created,
-                "ALGORITHM_TYPE": np.array(ALGORITHMS, dtype=object)[a["algo"]],
+                "ALGORITHM_TYPE": algorithm,
                 "EXPERIMENT_ARM": arm,
                 "CANDIDATES": cands,
                 "CHOSEN_PROCESSOR": proc_name,
-                "PROPENSITY": a["propensity"].astype(float),
+                "PROPENSITY": propensity,
                 "LATENCY_MS": route_latency,
                 "SKIP_REASONS": skips,
             },
