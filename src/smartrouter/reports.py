@@ -6,7 +6,8 @@
 - ``reports/<run_id>/index.html``: the run: status, dates, data window, code version, stages
   with durations and links, headline metrics, model version and gate decision.
 - ``reports/index.html``: every run with status, date, model version, gate decision, headline
-  metrics, and a trend plot of those metrics across runs.
+  metrics, and a trend plot of those metrics across runs; a link to ``reports/live/index.html``
+  (``smartrouter.live_report``) when the live loop has written it.
 
 Plain HTML with a little CSS; no JavaScript.
 """
@@ -26,6 +27,7 @@ from smartrouter import atomic
 from smartrouter.config import Settings, load_settings
 
 REPORT_INDEX = "index.html"
+LIVE_REPORT = "live/index.html"  # written by smartrouter.live_report
 # Metric names that make the best headline columns, in order of preference (substring match).
 HEADLINE_HINTS: tuple[str, ...] = ("approval", "uplift", "gain", "auc", "logloss", "brier", "attempts", "rows")
 MAX_TABLE_METRICS = 4
@@ -310,6 +312,9 @@ def render_all_runs_index(settings: Settings | None = None) -> Path:
     parts = ["<h1>smartrouter daily runs</h1>",
              f"<p class=\"muted\">{len(manifests)} run(s). Each run trains and checks a routing model on the "
              "merchant's payment history; a model is promoted only when it passes the gate.</p>"]
+    if (settings.reports_dir / LIVE_REPORT).exists():
+        parts.append(f'<p><a href="{LIVE_REPORT}">Live report</a>: the service routing the simulated world day by day, '
+                     "against the static rules and the best possible choice (<code>smartrouter live report</code>).</p>")
     png = trend_png(manifests, trend_keys)
     if png:
         parts.append("<h2>Trend</h2><img class=\"trend\" alt=\"headline metrics across runs\" "
