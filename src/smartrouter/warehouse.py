@@ -28,7 +28,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -620,6 +620,37 @@ def _prefetched(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
     atomic.write_json(path, payload, indent=2, sort_keys=True)
+
+
+def replace_day(day: date, attempts: pd.DataFrame, routing_log: pd.DataFrame, settings: Settings | None = None) -> dict[str, int]:
+    """Put one day's attempts and routing log into the local warehouse in ONE transaction that first
+    deletes whatever that day held: a reader sees the day whole or not at all, and redoing a day
+    (the live loop after a crash) never duplicates a row. Returns the rows written per table."""
+    s = _settings(settings)
+    if s.warehouse != "local":
+        raise WarehouseError("appending simulated days needs the local world (SMARTROUTER_WAREHOUSE=local); "
+                             "Snowflake holds real logs")
+    start = datetime(day.year, day.month, day.day)
+    end = start + timedelta(days=1)
+    for name, frame in (("attempts", attempts), ("routing log", routing_log)):
+        created = pd.to_datetime(frame["CREATED_AT"])
+        if len(created) and (created.min() < start or created.max() >= end):
+            raise WarehouseError(f"{name} rows for {day} stamped {created.min()}..{created.max()}, outside that day; "
+                                 "a day's rows must fall in [00:00, 24:00) UTC of it")
+    rows: dict[str, int] = {}
+    with connect(s, read_only=False) as conn:
+        duck = conn.raw._duck_conn
+        duck.execute("BEGIN TRANSACTION")
+        try:
+            for table, frame, columns in ((catalog.ATTEMPTS_VIEW, attempts, catalog.ATTEMPT_COLUMNS),
+                                          (catalog.ROUTING_LOG_VIEW, routing_log, catalog.ROUTING_LOG_COLUMNS)):
+                duck.execute(f"DELETE FROM {table} WHERE CREATED_AT >= ? AND CREATED_AT < ?", [start, end])
+                rows[table] = _insert(duck, table, frame, columns)
+            duck.execute("COMMIT")
+        except BaseException:
+            duck.execute("ROLLBACK")
+            raise
+    return rows
 
 
 # ------------------------------------------------------------------ reading the world's description

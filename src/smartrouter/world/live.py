@@ -1,0 +1,629 @@
+"""The world goes on: days after the world's last day, routed by the routing service.
+
+``advance(settings, days, client, scenario)`` generates the next ``days`` days from the same
+entities and per-day seed stream as the world (``SeedSequence([seed, 1, day_index])``): the same
+users, BINs, hidden effects; drift and the global wave continue past the span (they are functions
+of the time), the BANORTE step stays, and processor incidents go on at the world's rate
+(``entities.continuation_outages``). What changes is who routes: every attempt, in time order, is
+sent to a `RouterClient` (the running service over HTTP, or its handlers in process); its outcome
+is drawn from the truth for the processor the service CHOSE, at that time, with the scenario's
+incidents, issuer steps and processor changes applied; the outcome is reported back
+(/v1/outcomes); a declined order is retried by the merchant's retry behaviour (the generator's
+`_retries`), each retry asking the service again.
+
+Time slices: the attempts of one ``slice_seconds`` window are sent together (an HTTP client sends
+them concurrently), then their outcomes; slices go in time order, so the service has heard every
+outcome of earlier slices when it routes the next one.
+
+What lands where (per day, in this order):
+1. the warehouse (one transaction that first deletes whatever the day held, so a redo after a
+   crash never duplicates): ``VW_ATHENA_PAYMENT_ATTEMPT`` rows as the generator writes them, their
+   ``DYNAMIC_ROUTING_DETAIL`` holding the service's decision, and ``VW_SMART_ROUTING_ATTEMPTS``
+   with the client-measured decision latency;
+2. ``<local_dir>/live/truth/<day>.parquet`` (the oracle's view of every attempt; written last, its
+   presence marks the day complete);
+3. ``<local_dir>/live/days.jsonl``: one `DaySummary` line per complete day.
+
+Truth is the world's side: models and the service never read it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from smartrouter import atomic, catalog, warehouse
+from smartrouter.config import Settings, load_settings
+from smartrouter.errors import ConfigError
+from smartrouter.world.clients import HttpClient, InProcessClient, LiveError, RouterClient
+from smartrouter.world.entities import BANK_NAMES, PI, SECONDS_PER_DAY, USD_MXN, concat_outages, continuation_outages
+from smartrouter.world.generate import CODE_LIST, MAX_ATTEMPTS, World, _DayGenerator
+from smartrouter.world.oracle import error_share, issuer_logit, sigmoid
+from smartrouter.world.scenario import BUSIEST, MINUTES_PER_DAY, Scenario
+
+__all__ = [
+    "DaySummary", "HttpClient", "InProcessClient", "LiveError", "RouterClient", "TRUTH_COLUMNS",
+    "advance", "completed_days", "live_dir", "read_days", "truth_path",
+]
+
+LIVE_DIR = "live"
+TRUTH_DIR = "truth"
+DAYS_FILE = "days.jsonl"
+LOCK_FILE = ".advance.lock"
+SLICE_SECONDS = 60.0
+# The routing log's ALGORITHM_TYPE of a served attempt: this prefix + the service's decision source
+# (SMARTROUTER_MODEL, SMARTROUTER_RULES, SMARTROUTER_EXPLORATION, SMARTROUTER_FAILOVER, ...); the
+# world's own rows keep STATIC_RULES / RETRY_RULES / RANDOMIZED_EXPERIMENT.
+SERVED_ALGORITHM_PREFIX = "SMARTROUTER_"
+TRUTH_COLUMNS: tuple[str, ...] = (
+    "ATTEMPT_ID", "ORDER_ID", "DAY", "CREATED_AT", "ATTEMPT_NUMBER", "CURRENCY", "AMOUNT", "AMOUNT_USD",
+    "CARD_BRAND", "CARD_TYPE", "ARM", "SOURCE", "MODEL_VERSION", "CHOSEN", "PROPENSITY", "RULES_CHOICE",
+    "ORACLE_BEST", "P_CHOSEN", "P_RULES", "P_BEST", "STATUS", "APPROVED", "OUTAGE_PROCESSORS",
+    "CHOSEN_IN_OUTAGE", "LATENCY_MS",
+)
+_SUMMARY_KEY = b"smartrouter.day_summary"
+_WORLD_KEY = b"smartrouter.world_fingerprint"
+_TIMEOUT, _PSP = CODE_LIST.index(catalog.TIMEOUT_CODE), CODE_LIST.index("PSP_5XX")
+_PROCS = np.array(catalog.PROCESSORS, dtype=object)
+_CODES = np.array(list(CODE_LIST) + [None], dtype=object)  # index -1 = no code
+
+
+@dataclass
+class DaySummary:
+    """One completed live day (a line of days.jsonl)."""
+
+    day: dt.date
+    index: int  # continuation day, 1 = the first day after the world's last day (a scenario's day)
+    orders: int
+    attempts: int
+    approved: int
+    seconds: float
+    route_calls: int
+    p99_route_ms: float
+    model_versions: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["day"] = self.day.isoformat()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "DaySummary":
+        return cls(**{**d, "day": dt.date.fromisoformat(d["day"])})
+
+
+# ---------------------------------------------------------------------------- where things live
+def live_dir(settings: Settings | None = None) -> Path:
+    """``<SMARTROUTER_LOCAL_DIR>/live``: beside the world's DuckDB file (tests that move it are isolated)."""
+    return (settings or load_settings()).local_dir / LIVE_DIR
+
+
+def truth_path(settings: Settings | None, day: dt.date) -> Path:
+    return live_dir(settings) / TRUTH_DIR / f"{day.isoformat()}.parquet"
+
+
+def completed_days(settings: Settings | None = None) -> list[dt.date]:
+    """Live days whose truth file exists (written last, so the day is complete), oldest first."""
+    folder = live_dir(settings) / TRUTH_DIR
+    out = []
+    for p in folder.glob("*.parquet") if folder.is_dir() else ():
+        try:
+            out.append(dt.date.fromisoformat(p.stem))
+        except ValueError:
+            continue  # a temporary file of atomic.write_bytes, or something else: not a day
+    return sorted(out)
+
+
+def read_days(settings: Settings | None = None) -> list[DaySummary]:
+    """The DaySummary of every completed day (days.jsonl)."""
+    path = live_dir(settings) / DAYS_FILE
+    if not path.exists():
+        return []
+    return [DaySummary.from_json(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _summary_from_truth(path: Path) -> DaySummary:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    if _SUMMARY_KEY not in meta:
+        raise LiveError(f"{path} has no day summary; it was not written by `world advance`: remove it and advance again")
+    return DaySummary.from_json(json.loads(meta[_SUMMARY_KEY]))
+
+
+def _write_days_file(settings: Settings, days: list[dt.date]) -> None:
+    """days.jsonl rebuilt from the truth files' own summaries (so it always matches them)."""
+    lines = [json.dumps(_summary_from_truth(truth_path(settings, d)).to_json()) for d in days]
+    atomic.write_text(live_dir(settings) / DAYS_FILE, "".join(line + "\n" for line in lines))
+
+
+# ---------------------------------------------------------------------------- the truth, continued
+class _Truth:
+    """True approval during the continuation: the world's effects and incidents (continued past the
+    span) plus the scenario's outages, issuer steps and processor changes.
+
+    A scenario outage is a window [start, end) during which ``severity`` of the processor's
+    attempts fail: timeouts before the issuer is asked (``timeouts``, like the world's incidents)
+    or issuer declines (``declines``: the approval probability is multiplied by 1 - severity).
+    """
+
+    def __init__(self, world: World, scenario: Scenario | None, day_index: int) -> None:
+        prm, eff = world.params, world.effects
+        self.eff, self.span = eff, world.oracle().span_sec
+        parts = [world.outages] + [continuation_outages(prm, eff.active_from_sec, d)
+                                   for d in (day_index - 1, day_index) if d >= prm.days]
+        self.outages = concat_outages(*parts)
+        base = float(prm.days * SECONDS_PER_DAY)  # 00:00 UTC of continuation day 1, in world seconds
+
+        def at(day: int, minute: int) -> float:
+            return base + ((day - 1) * MINUTES_PER_DAY + minute) * 60.0
+
+        sc = scenario or Scenario(name="none", description="")
+        self.sc_outages = [(PI[o.processor], at(o.day, o.start_minute), at(o.day, o.start_minute + o.duration_minutes),
+                            o.kind, float(o.severity)) for o in sc.outages]
+        bin_index = {b: i for i, b in enumerate(world.bins.bin.tolist())}
+        self.steps = []
+        for s in sc.issuer_steps:
+            bank = BANK_NAMES.index(s.bank) if s.bank is not None else None
+            bins = np.array([bin_index[b] for b in s.bins if b in bin_index], dtype=np.int64) if s.bins else None
+            procs = {PI[p] for p in s.processors} if s.processors else set(range(len(catalog.PROCESSORS)))
+            self.steps.append((at(s.day, s.start_minute), float(s.logit_shift), bank, bins, procs))
+        self.changes = sorted((at(c.day, c.start_minute), PI[c.processor], c.action == "enable")
+                              for c in sc.processor_changes)
+        P = len(catalog.PROCESSORS)
+        self.in_world = np.zeros(P, dtype=bool)
+        for p in prm.processors:
+            self.in_world[PI[p]] = True
+        # hard eligibility over every catalog processor (a scenario may add one the world lacks)
+        self.elig = np.zeros((len(catalog.CARD_BRANDS), len(catalog.CURRENCIES), P), dtype=bool)
+        for b, brand in enumerate(catalog.CARD_BRANDS):
+            for c, cur in enumerate(catalog.CURRENCIES):
+                for p in catalog.eligible_processors(brand, cur, catalog.PROCESSORS):
+                    self.elig[b, c, PI[p]] = True
+
+    def available(self, t: np.ndarray, brand: np.ndarray, currency: np.ndarray) -> np.ndarray:
+        """(m, P): processors in rotation for each attempt (hard rules, joined, not disabled)."""
+        on = self.in_world[None, :] & (self.eff.active_from_sec[None, :] <= t[:, None])
+        for t_c, p, enable in self.changes:
+            on[t >= t_c, p] = enable
+        return on & self.elig[brand, currency]
+
+    def matrix(self, enc: Any, msg: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(m, P) each: P(APPROVED), processor-error share, issuer approval, in-an-incident flag."""
+        m, P = len(t), len(catalog.PROCESSORS)
+        p_all, es_all, pi_all = (np.zeros((m, P)) for _ in range(3))
+        out_all = np.zeros((m, P), dtype=bool)
+        o = self.outages
+        for j in range(P):
+            proc = np.full(m, j)
+            es = error_share(self.eff, proc, t, o)
+            z = issuer_logit(self.eff, enc, proc, msg, self.span, o)
+            for t0, shift, bank, bins, procs in self.steps:
+                if j in procs:
+                    hit = t >= t0
+                    if bank is not None:
+                        hit &= enc.bank_idx == bank
+                    if bins is not None:
+                        hit &= np.isin(enc.bin_idx, bins)
+                    z = z + np.where(hit, shift, 0.0)
+            dec = np.zeros(m)
+            inside = np.zeros(m, dtype=bool)
+            for i in np.flatnonzero(o.processor == j):
+                inside |= o.shape(i, t) > 0
+            for pj, s, e, kind, sev in self.sc_outages:
+                if pj == j:
+                    win = (t >= s) & (t < e)
+                    inside |= win
+                    if kind == "timeouts":
+                        es = np.maximum(es, np.where(win, sev, 0.0))
+                    else:
+                        dec = np.maximum(dec, np.where(win, sev, 0.0))
+            pi = sigmoid(z) * (1.0 - dec)
+            p_all[:, j] = (1.0 - es) * (1.0 - self.eff.processing[j]) * pi
+            es_all[:, j], pi_all[:, j], out_all[:, j] = es, pi, inside
+        return p_all, es_all, pi_all, out_all
+
+
+# ---------------------------------------------------------------------------- one live day
+class _LiveDay:
+    """Routes one day's attempts through the client, slice by slice; returns its frames and truth."""
+
+    def __init__(self, world: World, index: int, scenario: Scenario | None, client: RouterClient,
+                 slice_seconds: float, progress: Callable[[str], None] | None) -> None:
+        self.w, self.index, self.client, self.progress = world, index, client, progress
+        self.cont_day = index - world.params.days + 1
+        self.slice = float(slice_seconds)
+        self.truth = _Truth(world, scenario, index)
+        g = self.g = _DayGenerator(world, index)
+        g._orders(scenario.traffic_multiplier(self.cont_day) if scenario is not None else 1.0)
+        self.stamp = f"{g.date:%Y%m%d}"
+        self.counter = 0
+        self.batches: list[dict[str, np.ndarray]] = []
+        self.route_ms: list[float] = []
+        self.versions: list[str] = []
+        self._rules_cache: dict[tuple, int] = {}
+        self._cand_cache: dict[tuple, tuple[str, str, list[str]]] = {}
+        self._order_fields = self._order_bodies()
+
+    # ------------------------------------------------------------------ request bodies
+    def _order_bodies(self) -> list[dict[str, Any]]:
+        """The order-level part of every /v1/route body (the attempt adds its own fields)."""
+        g, w = self.g, self.w
+        u, b = w.users, w.bins
+        user = g.user
+        cols = {
+            "order_id": (("O" + self.stamp) + w._counters(g.n)[: g.n]).tolist(),
+            "user_id": w._user_ids()[user].tolist(),
+            "amount": g.amount.tolist(),
+            "currency": np.array(catalog.CURRENCIES, dtype=object)[g.currency].tolist(),
+            "card_bin": b.bin[g.bin].tolist(),
+            "card_brand": np.array(catalog.CARD_BRANDS, dtype=object)[g.brand].tolist(),
+            "card_type": np.array(catalog.CARD_TYPES, dtype=object)[g.ctype].tolist(),
+            "card_country": g.country.tolist(),
+            "card_level": np.array(catalog.CARD_LEVELS, dtype=object)[b.level[g.bin]].tolist(),
+            "bank": np.array(BANK_NAMES, dtype=object)[g.bank].tolist(),
+            "avs_checked": g.avs.astype(bool).tolist(),
+            "order_country_code": g.order_country.tolist(),
+            "is_returning_customer": g.returning.astype(bool).tolist(),
+            "user_recency_days": [None if np.isnan(x) else x for x in u.recency_days[user].tolist()],
+            "user_frequency": u.frequency[user].tolist(),
+            "user_monetary": u.monetary[user].tolist(),
+            "fraud_rate_cohort": np.array(catalog.FRAUD_COHORTS, dtype=object)[g.fraud].tolist(),
+            "browsing_minutes": g.browsing.tolist(),
+            "flight_type": np.array(catalog.FLIGHT_TYPES, dtype=object)[g.intl].tolist(),
+            "days_to_departure": g.dtd.tolist(),
+            "passengers": g.passengers.tolist(),
+            "fare_class": np.array(catalog.FARE_CLASSES, dtype=object)[g.fare].tolist(),
+            "channel": np.array(catalog.CHANNELS, dtype=object)[g.channel].tolist(),
+            "device": np.array(catalog.DEVICES, dtype=object)[g.device].tolist(),
+            "browser": np.array(catalog.BROWSERS, dtype=object)[g.browser].tolist(),
+        }
+        keys = list(cols)
+        return [dict(zip(keys, vals)) for vals in zip(*cols.values())]
+
+    def _created(self, t: np.ndarray) -> np.ndarray:
+        """datetime64[us] of world seconds, exactly as the generator stamps CREATED_AT."""
+        return np.datetime64(self.w.start, "us") + (t * 1e6).round().astype("timedelta64[us]")
+
+    def _candidates(self, brand: int, cur: int, mask: np.ndarray) -> tuple[str, str, list[str]]:
+        """(CANDIDATES json, SKIP_REASONS json, candidate names) of one availability pattern."""
+        key = (brand, cur, mask.tobytes())
+        hit = self._cand_cache.get(key)
+        if hit is None:
+            names = [p for p in catalog.PROCESSORS if mask[PI[p]]]
+            brand_name, cur_name = catalog.CARD_BRANDS[brand], catalog.CURRENCIES[cur]
+            skip = {}
+            for p in catalog.PROCESSORS:
+                if p in names:
+                    continue
+                if not self.truth.elig[brand, cur, PI[p]]:
+                    if brand_name == catalog.AMEX_BRAND:
+                        skip[p] = "Amex cards go to AMEX only"
+                    elif p == catalog.AMEX_PROCESSOR:
+                        skip[p] = "AMEX takes Amex cards only"
+                    else:
+                        skip[p] = f"does not settle {cur_name}"
+                elif self.truth.in_world[PI[p]] or any(c[1] == PI[p] for c in self.truth.changes):
+                    skip[p] = "not in rotation (not active yet, or disabled)"
+            hit = (json.dumps(names, separators=(",", ":")), json.dumps(skip, separators=(",", ":")), names)
+            self._cand_cache[key] = hit
+        return hit
+
+    def _rules_choice(self, oi: np.ndarray, t: np.ndarray, attempt: np.ndarray, prev_proc: np.ndarray,
+                      mask: np.ndarray) -> np.ndarray:
+        """What the static rules (no failover) would choose for each attempt among the available processors."""
+        g, w = self.g, self.w
+        epoch = np.searchsorted(w._rule_breaks, t, side="right")
+        out = np.empty(len(oi), dtype=np.int64)
+        for i, o in enumerate(oi):
+            key = (g.currency[o], g.brand[o], g.ctype[o], epoch[i], mask[i].tobytes(), prev_proc[i], attempt[i])
+            hit = self._rules_cache.get(key)
+            if hit is None:
+                cands = [catalog.PROCESSORS[p] for p in np.flatnonzero(mask[i])]
+                args = (catalog.CURRENCIES[g.currency[o]], catalog.CARD_BRANDS[g.brand[o]], catalog.CARD_TYPES[g.ctype[o]],
+                        g._ts(t[i]), cands)
+                if attempt[i] == 1:
+                    choice = w.rules_engine.choose(*args)
+                else:
+                    prev = catalog.PROCESSORS[prev_proc[i]] if prev_proc[i] >= 0 else None
+                    choice = w.rules_engine.retry_processor(*args, previous_processor=prev, attempt_number=int(attempt[i]))
+                hit = PI[choice] if choice is not None else int(np.flatnonzero(mask[i])[0])
+                self._rules_cache[key] = hit
+            out[i] = hit
+        return out
+
+    # ------------------------------------------------------------------ one slice
+    def _batch(self, r: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Route, resolve and report one batch (sorted by time); returns the retry waves it schedules."""
+        g, truth = self.g, self.truth
+        oi, t, attempt = r["oi"], r["t"], r["attempt"]
+        mask = truth.available(t, g.brand[oi], g.currency[oi])
+        routable = mask.any(axis=1)
+        if not routable.all():  # e.g. a scenario disabled the only processor a card may use: no attempt
+            r = {k: v[routable] for k, v in r.items()}
+            oi, t, attempt, mask = r["oi"], r["t"], r["attempt"], mask[routable]
+        m = len(oi)
+        if m == 0:
+            return []
+        msg = (g.rng.random(m) < np.where(attempt == 1, 0.2, 0.3)).astype(np.int64)
+        created = self._created(t)
+        stamps = np.datetime_as_string(created, unit="us").tolist()
+        ids = g.w._counters(self.counter + m)[self.counter: self.counter + m]
+        self.counter += m
+        attempt_ids = ("A" + self.stamp) + ids
+        payment_ids = ("P" + self.stamp) + ids
+        cands, skips, bodies = [], [], []
+        for i in range(m):
+            o = int(oi[i])
+            c_json, s_json, names = self._candidates(int(g.brand[o]), int(g.currency[o]), mask[i])
+            cands.append(c_json)
+            skips.append(s_json)
+            b = dict(self._order_fields[o])
+            first = attempt[i] == 1
+            b.update(
+                payment_id=payment_ids[i], attempt_id=attempt_ids[i], mci_msi_type=catalog.MESSAGE_TYPES[msg[i]],
+                num_attempts_order=int(attempt[i]), created_at=stamps[i], candidates=names,
+                previous_order_error_code=None if first else CODE_LIST[r["prev_code"][i]],
+                previous_processor=None if first else catalog.PROCESSORS[r["prev_proc"][i]],
+                sec_since_previous_attempt=None if first else float(r["delay"][i]),
+                avg_sec_between_payment_attempts=None if first else round(float(r["avg_delay"][i]), 3),
+            )
+            bodies.append(b)
+        answers = self.client.route(bodies)
+        if len(answers) != m:
+            raise LiveError(f"the router client answered {len(answers)} decisions for {m} requests")
+        chosen = np.empty(m, dtype=np.int64)
+        for i, a in enumerate(answers):
+            p = PI.get(a.get("chosen"))
+            if p is None or not mask[i, p]:
+                raise LiveError(f"the service chose {a.get('chosen')!r} for attempt {attempt_ids[i]}, not one of the "
+                                f"candidates sent ({json.loads(cands[i])}); the service must honour `candidates`")
+            chosen[i] = p
+        rows = np.arange(m)
+        enc = g._encode(oi, t, attempt, r["prev_code"], r["delay"], r["prev_proc"])
+        p_all, es_all, pi_all, out_all = truth.matrix(enc, msg, t)
+        status, code, latency = g._outcome(oi, chosen, r["prev_code"], es_all[rows, chosen], pi_all[rows, chosen])
+        latency = np.round(latency, 1)
+        outcomes = []
+        for i, a in enumerate(answers):
+            if status[i] == 2:  # PROCESSING: the merchant never learns the outcome, nothing to report
+                continue
+            c = int(code[i])
+            outcomes.append({
+                "request_id": a["request_id"], "processor": catalog.PROCESSORS[chosen[i]],
+                "status": "APPROVED" if status[i] == 0 else ("TIMEOUT" if c == _TIMEOUT else "ERROR" if c == _PSP else "DECLINED"),
+                "error_code": None if c < 0 else CODE_LIST[c], "created_at": stamps[i],
+                "card_bin": self._order_fields[int(oi[i])]["card_bin"], "latency_ms": float(latency[i]),
+                "order_id": bodies[i]["order_id"], "attempt_id": attempt_ids[i],
+            })
+        self.client.report(outcomes)
+        rules = self._rules_choice(oi, t, attempt, r["prev_proc"], mask)
+        p_masked = np.where(mask, p_all, -1.0)
+        best = p_masked.argmax(axis=1)
+        lat_ms = np.array([float(a.get("latency_ms", np.nan)) for a in answers])
+        self.route_ms.extend(lat_ms.tolist())
+        arm = np.array([str(a["arm"]).upper() for a in answers], dtype=object)
+        source = np.array([str(a["source"]) for a in answers], dtype=object)
+        version = np.array([a.get("model_version") for a in answers], dtype=object)
+        propensity = np.array([float(a["propensity"]) for a in answers])
+        for v in version:
+            if v is not None and v not in self.versions:
+                self.versions.append(v)
+        algorithm = SERVED_ALGORITHM_PREFIX + np.char.upper(source.astype(str)).astype(object)
+        details = []
+        for i, a in enumerate(answers):
+            detail = {
+                "algorithm": algorithm[i], "arm": arm[i], "source": source[i], "model_version": version[i],
+                "request_id": a["request_id"], "candidates": json.loads(cands[i]), "chosen": a["chosen"],
+                "propensity": propensity[i],
+                "scores": {x["processor"]: x["probability"] for x in a.get("ranked", [])},
+                "skip_reasons": json.loads(skips[i]), "latency_ms": round(float(lat_ms[i]), 2),
+            }
+            details.append(json.dumps(detail, separators=(",", ":")))
+        in_outage = out_all
+        self.batches.append({
+            **r, "msg": msg, "proc": chosen, "status": status, "code": code, "latency": latency,
+            "ATTEMPT_ID": attempt_ids, "PAYMENT_ID": payment_ids, "DETAIL": np.array(details, dtype=object),
+            "ALGORITHM_TYPE": algorithm, "EXPERIMENT_ARM": arm, "CANDIDATES": np.array(cands, dtype=object),
+            "PROPENSITY": propensity, "LATENCY_MS": np.round(lat_ms, 2), "SKIP_REASONS": np.array(skips, dtype=object),
+            "SOURCE": source, "MODEL_VERSION": version, "RULES_CHOICE": rules, "ORACLE_BEST": best,
+            "P_CHOSEN": p_all[rows, chosen], "P_RULES": p_all[rows, rules], "P_BEST": p_all[rows, best],
+            "OUTAGE_MASK": (in_outage * (1 << np.arange(in_outage.shape[1]))).sum(axis=1),
+            "CHOSEN_IN_OUTAGE": in_outage[rows, chosen],
+        })
+        # retries: one wave per attempt number (the generator's `_retries` works a wave at a time)
+        waves = []
+        for n_att in range(1, MAX_ATTEMPTS):
+            sel = attempt == n_att
+            if sel.any():
+                nxt = g._retries({"status": status[sel], "attempt": attempt[sel], "code": code[sel], "t": t[sel],
+                                  "avg_delay": r["avg_delay"][sel], "oi": oi[sel], "proc": chosen[sel]})
+                if nxt is not None:
+                    waves.append(nxt)
+        return waves
+
+    # ------------------------------------------------------------------ the day
+    def run(self) -> tuple[Any, pd.DataFrame, DaySummary]:
+        t_start = time.perf_counter()
+        g = self.g
+        n = g.n
+        first = {"oi": np.arange(n), "t": g.t0.copy(), "attempt": np.ones(n, dtype=np.int64),
+                 "prev_code": np.full(n, -1), "prev_proc": np.full(n, -1),
+                 "delay": np.full(n, np.nan), "avg_delay": np.full(n, np.nan)}
+        keys = list(first)
+        pool = {k: v[:0] for k, v in first.items()}  # scheduled retries
+        ptr = 0
+        next_report = 0.1
+        while ptr < n or len(pool["t"]):
+            nxt = min(first["t"][ptr] if ptr < n else np.inf, pool["t"].min() if len(pool["t"]) else np.inf)
+            end = g.day_start + (np.floor((nxt - g.day_start) / self.slice) + 1.0) * self.slice
+            while True:  # retries due inside this slice are routed before the slice ends
+                hi = int(np.searchsorted(first["t"], end, side="left"))
+                due = pool["t"] < end
+                if hi <= ptr and not due.any():
+                    break
+                batch = {k: np.concatenate([first[k][ptr:hi], pool[k][due]]) for k in keys}
+                ptr = max(ptr, hi)
+                pool = {k: v[~due] for k, v in pool.items()}
+                order = np.lexsort((batch["attempt"], batch["oi"], batch["t"]))
+                for wave in self._batch({k: v[order] for k, v in batch.items()}):
+                    pool = {k: np.concatenate([pool[k], wave[k]]) for k in keys}
+            if self.progress is not None and ptr >= next_report * n and n:
+                self.progress(f"  {g.date} {100 * ptr / n:3.0f} % of orders routed ({self.counter:,} attempts)")
+                next_report += 0.1
+        return self._assemble(time.perf_counter() - t_start)
+
+    def _assemble(self, seconds: float) -> tuple[Any, pd.DataFrame, DaySummary]:
+        g = self.g
+        if self.batches:
+            a = {k: np.concatenate([b[k] for b in self.batches]) for k in self.batches[0]}
+        else:
+            a = {}
+        m = len(a.get("oi", ()))
+        if m:
+            order = np.lexsort((a["attempt"], a["oi"], a["t"]))
+            a = {k: v[order] for k, v in a.items()}
+            chunk = g._frames(a, served=a)
+        else:
+            raise LiveError(f"day {g.date} had no routable attempt; check the scenario's processor changes and traffic")
+        f = chunk.attempts
+        status_name = np.where(a["status"] == 0, "APPROVED", np.where(a["status"] == 2, "PROCESSING", np.where(
+            a["code"] == _TIMEOUT, "TIMEOUT", np.where(a["code"] == _PSP, "ERROR", "DECLINED")))).astype(object)
+        outage_names = {}
+        for mask in np.unique(a["OUTAGE_MASK"]):
+            outage_names[int(mask)] = ",".join(p for j, p in enumerate(catalog.PROCESSORS) if int(mask) >> j & 1)
+        usd = f["CURRENCY"].to_numpy() == "USD"
+        amount = f["AMOUNT"].to_numpy(float)
+        truth = pd.DataFrame({
+            "ATTEMPT_ID": f["ATTEMPT_ID"].to_numpy(), "ORDER_ID": f["ORDER_ID"].to_numpy(),
+            "DAY": pd.Series([g.date] * m, dtype=object), "CREATED_AT": f["CREATED_AT"].to_numpy(),
+            "ATTEMPT_NUMBER": a["attempt"].astype(np.int64), "CURRENCY": f["CURRENCY"].to_numpy(),
+            "AMOUNT": amount, "AMOUNT_USD": np.round(np.where(usd, amount, amount / USD_MXN), 2),
+            "CARD_BRAND": f["CARD_BRAND"].to_numpy(), "CARD_TYPE": f["CARD_TYPE"].to_numpy(),
+            "ARM": a["EXPERIMENT_ARM"], "SOURCE": a["SOURCE"], "MODEL_VERSION": a["MODEL_VERSION"],
+            "CHOSEN": _PROCS[a["proc"]], "PROPENSITY": a["PROPENSITY"], "RULES_CHOICE": _PROCS[a["RULES_CHOICE"]],
+            "ORACLE_BEST": _PROCS[a["ORACLE_BEST"]], "P_CHOSEN": a["P_CHOSEN"], "P_RULES": a["P_RULES"],
+            "P_BEST": a["P_BEST"], "STATUS": status_name, "APPROVED": a["status"] == 0,
+            "OUTAGE_PROCESSORS": np.array([outage_names[int(x)] for x in a["OUTAGE_MASK"]], dtype=object),
+            "CHOSEN_IN_OUTAGE": a["CHOSEN_IN_OUTAGE"].astype(bool), "LATENCY_MS": a["LATENCY_MS"].astype(float),
+        }, columns=list(TRUTH_COLUMNS))
+        ms = np.array(self.route_ms, dtype=float)
+        summary = DaySummary(
+            day=g.date, index=self.cont_day, orders=int(f["ORDER_ID"].nunique()), attempts=m,
+            approved=int((a["status"] == 0).sum()), seconds=round(seconds, 3), route_calls=len(ms),
+            p99_route_ms=round(float(np.percentile(ms, 99)), 3) if len(ms) else float("nan"),
+            model_versions=list(self.versions),
+        )
+        return chunk, truth, summary
+
+
+# ---------------------------------------------------------------------------- advance
+def _busiest(settings: Settings, world: World) -> str:
+    """The processor with the most attempts in the world's history (a scenario's ``"busiest"``)."""
+    frame = warehouse.query_frame(
+        f"SELECT PROCESSOR, COUNT(*) AS N FROM {catalog.ATTEMPTS_VIEW} WHERE CREATED_AT < %(end)s "
+        "GROUP BY PROCESSOR ORDER BY N DESC, PROCESSOR LIMIT 1", {"end": world.end}, settings=settings)
+    if frame.empty:
+        raise LiveError("the warehouse holds no attempt before the world's end, so no processor is the busiest; "
+                        "rebuild the world with `make world`")
+    return str(frame.iloc[0, 0])
+
+
+def _mentions_busiest(sc: Scenario) -> bool:
+    names = [o.processor for o in sc.outages] + [c.processor for c in sc.processor_changes]
+    names += [p for s in sc.issuer_steps for p in s.processors]
+    return BUSIEST in names
+
+
+def _write_truth(settings: Settings, day: dt.date, truth: pd.DataFrame, summary: DaySummary, world_fp: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(truth, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[_SUMMARY_KEY] = json.dumps(summary.to_json()).encode()
+    meta[_WORLD_KEY] = world_fp.encode()
+    buf = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(meta), buf)
+    atomic.write_bytes(truth_path(settings, day), buf.getvalue())
+
+
+def _check_live_state(settings: Settings, world: World, world_fp: str) -> list[dt.date]:
+    """The completed live days, checked to continue this world's build contiguously."""
+    import pyarrow.parquet as pq
+
+    done = completed_days(settings)
+    expected = [world.params.end_date + dt.timedelta(days=k + 1) for k in range(len(done))]
+    if done != expected:
+        raise LiveError(f"{live_dir(settings) / TRUTH_DIR} holds days {[d.isoformat() for d in done]}, not the "
+                        f"contiguous days after the world's last day {world.params.end_date}; remove the stray "
+                        f"files (or the whole {live_dir(settings)} folder to start the live days again)")
+    if done:
+        meta = pq.read_schema(truth_path(settings, done[-1])).metadata or {}
+        if meta.get(_WORLD_KEY, b"").decode() != world_fp:
+            raise LiveError(f"{live_dir(settings)} continues another build of the world (fingerprint "
+                            f"{meta.get(_WORLD_KEY, b'?').decode()} != {world_fp}); the world was rebuilt: "
+                            f"remove {live_dir(settings)} to start the live days again")
+    return done
+
+
+def advance(settings: Settings | None, days: int, client: RouterClient, scenario: Scenario | None = None,
+            progress: Callable[[str], None] | None = None, slice_seconds: float = SLICE_SECONDS) -> list[DaySummary]:
+    """Generate and route the next ``days`` days after the warehouse's last complete day.
+
+    Each day is atomic (see the module docstring): a crash mid-day leaves nothing of that day in the
+    warehouse, and calling again redoes that day only. ``progress`` gets one-line messages.
+    Returns the summaries of the days done by this call.
+    """
+    from filelock import FileLock, Timeout
+
+    s = settings or load_settings()
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ConfigError(f"days={days!r} must be a whole number >= 1; use e.g. --days 1")
+    if not slice_seconds > 0:
+        raise ConfigError(f"slice_seconds={slice_seconds!r} must be positive; use e.g. 60")
+    info = warehouse.load_world_info(s)
+    params = warehouse.load_world_params(s)
+    world = World(params)
+    folder = live_dir(s)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise LiveError(f"another `world advance` is running on {folder} (lock {LOCK_FILE}); wait for it to finish") from None
+    try:
+        world_fp = str(info.get("fingerprint", ""))
+        done = _check_live_state(s, world, world_fp)
+        if len(read_days(s)) != len(done):  # a crash between the truth file and days.jsonl
+            _write_days_file(s, done)
+        if scenario is not None and _mentions_busiest(scenario):
+            scenario = scenario.resolve_busiest(_busiest(s, world))
+        out = []
+        for _ in range(days):
+            index = params.days + len(done)
+            live = _LiveDay(world, index, scenario, client, slice_seconds, progress)
+            chunk, truth, summary = live.run()
+            t0 = time.perf_counter()
+            warehouse.replace_day(chunk.day, chunk.attempts, chunk.routing_log, settings=s)
+            summary.seconds = round(summary.seconds + time.perf_counter() - t0, 3)
+            _write_truth(s, chunk.day, truth, summary, world_fp)
+            done.append(chunk.day)
+            _write_days_file(s, done)
+            out.append(summary)
+            if progress is not None:
+                progress(f"{summary.day} (live day {summary.index}): {summary.orders:,} orders, {summary.attempts:,} attempts, "
+                         f"{summary.approved / max(summary.attempts, 1):.1%} approved, {summary.seconds:.1f} s, "
+                         f"p99 route {summary.p99_route_ms:.1f} ms, model {', '.join(summary.model_versions) or 'none'}")
+        return out
+    finally:
+        lock.release()
