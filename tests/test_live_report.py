@@ -310,3 +310,13 @@ def test_live_report_in_headless_chromium(settings, tmp_path: Path) -> None:
     images = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', dom.stdout)
     assert images and all(len(base64.b64decode(i)) > 1000 for i in images)
     assert 'id="outages"' in dom.stdout and 'id="ope"' in dom.stdout
+
+
+def test_report_arguments_parse_for_the_live_command(tmp_path: Path) -> None:
+    import argparse
+
+    p = LR.add_report_arguments(argparse.ArgumentParser())
+    args = p.parse_args(["--json", "--live-dir", str(tmp_path)])
+    assert args.json is True and args.live_dir == tmp_path and args.scenario is None
+    with pytest.raises(LR.LiveReportError, match="no completed live day"):
+        LR.main_report(args)

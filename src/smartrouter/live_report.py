@@ -82,6 +82,8 @@ TREATMENT = "treatment"  # routing.experiment.TREATMENT (not imported: the repor
 PROBE_SOURCE = "exploration"
 FAILOVER_SOURCE = "failover"
 ALL_ARMS = "all"
+# Added to the run reports' CSS: the wide tables keep each number on one line and scroll sideways.
+_CSS = "table.live { font-size: .8rem; } table.live td.num { white-space: nowrap; }"
 
 
 class LiveReportError(SmartrouterError):
@@ -91,8 +93,11 @@ class LiveReportError(SmartrouterError):
 # ---------------------------------------------------------------- inputs
 def resolve_live_dir(settings: Settings) -> Path:
     """The live folder of the local world (the engine's one definition)."""
-    from smartrouter.world.live import live_dir
-
+    try:
+        from smartrouter.world.live import live_dir
+    except ImportError as exc:
+        raise LiveReportError(f"the live engine is not available ({exc}); pass the live folder explicitly "
+                              "(--live-dir) or update the checkout") from None
     return Path(live_dir(settings))
 
 
@@ -495,6 +500,7 @@ def plots_png(days: pd.DataFrame) -> bytes | None:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     arms = [a for a in days["arm"].unique() if a != ALL_ARMS]
@@ -521,6 +527,7 @@ def plots_png(days: pd.DataFrame) -> bytes | None:
     ax.set_title("Approvals lost to outages (expected, all arms)", fontsize=9)
     for ax in axes:
         ax.set_xlabel("simulated day", fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -563,28 +570,36 @@ def verdict_text(report: LiveReport) -> str:
     return " ".join(parts)
 
 
-DAY_COLUMNS: tuple[tuple[str, str, Any], ...] = (
-    ("day", "day", str), ("arm", "arm", str), ("attempts", "attempts", lambda v: f"{int(v):,}"),
-    ("orders converted", "orders_converted", lambda v: f"{int(v):,}"),
-    ("conversion", "conversion", _pct), ("observed approval (attempts)", "approval_observed", _pct),
-    ("observed approval (1st attempts)", "approval_first_observed", _pct),
-    ("true approval of choices", "approval_true", _pct), ("rules (true, same payments)", "approval_rules_true", _pct),
-    ("oracle-best (true)", "approval_best_true", _pct), ("lift over rules", "lift_over_rules_pp", _pp),
-    ("share of oracle's gain [95 % CI]", None, None),
-    ("approvals lost to outages (expected)", "approvals_lost_to_outages", lambda v: f"{float(v):,.1f}"),
-    ("exploration share", "exploration_share", _pct), ("latency p50 / p99 (ms)", None, None),
-    ("model versions served", "model_versions", str),
+DAY_COLUMNS: tuple[tuple[str, str | None, Any], ...] = (
+    ("attempts", "attempts", lambda v: f"{int(v):,}"),
+    ("orders paid", "orders_converted", lambda v: f"{int(v):,}"),
+    ("orders paid %", "conversion", _pct), ("observed approval", "approval_observed", _pct),
+    ("observed, 1st attempts", "approval_first_observed", _pct),
+    ("TRUE approval of choices", "approval_true", _pct), ("rules, true", "approval_rules_true", _pct),
+    ("best, true", "approval_best_true", _pct), ("lift over rules", "lift_over_rules_pp", _pp),
+    ("share of best gain [95 % CI]", None, None),
+    ("lost to outages", "approvals_lost_to_outages", lambda v: f"{float(v):,.1f}"),
+    ("exploring", "exploration_share", _pct), ("latency p50 / p99 ms", None, None),
+    ("models served", "model_versions", str),
 )
+DAY_LEGEND = ("<p class=\"muted\">Columns: <i>observed approval</i> = share of attempts approved; <i>TRUE approval "
+              "of choices</i> = mean true approval probability of the processors chosen; <i>rules, true</i> and "
+              "<i>best, true</i> = the same payments routed by the static rules (no failover) and by the best eligible "
+              "processor; <i>lift</i> in percentage points (pp); <i>share of best gain</i> = (choices − rules) / "
+              "(best − rules), its interval a delta method clustered by order; <i>lost to outages</i> = expected "
+              "approvals lost against the best choice on attempts made during an outage; <i>exploring</i> = share of "
+              "exploration decisions (probes included).</p>")
 
 
 def _metrics_table(df: pd.DataFrame, first: tuple[tuple[str, str], ...]) -> str:
     from smartrouter.reports import _e
 
-    head = [h for h, _ in first] + [h for h, _, _ in DAY_COLUMNS[2:]]
-    parts = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    head = [h for h, _ in first] + [h for h, _, _ in DAY_COLUMNS]
+    parts = ['<div style="overflow-x:auto"><table class="live"><tr>'
+             + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for rec in df.to_dict("records"):
         cells = [f"<td>{_e(rec[k])}</td>" for _, k in first]
-        for h, key, fmt in DAY_COLUMNS[2:]:
+        for h, key, fmt in DAY_COLUMNS:
             if h.startswith("share of"):
                 text = _share_ci(rec["gain_share"], rec["gain_share_low"], rec["gain_share_high"])
             elif h.startswith("latency"):
@@ -592,8 +607,9 @@ def _metrics_table(df: pd.DataFrame, first: tuple[tuple[str, str], ...]) -> str:
             else:
                 text = fmt(rec[key])
             cells.append(f"<td class=\"num\">{_e(text)}</td>")
-        parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</table>")
+        style = ' style="background:#fafafa"' if rec.get("arm") == ALL_ARMS else ""
+        parts.append(f"<tr{style}>" + "".join(cells) + "</tr>")
+    parts.append("</table></div>")
     return "".join(parts)
 
 
@@ -601,7 +617,7 @@ def render_html(report: LiveReport) -> str:
     """The live report page (plain HTML, the run reports' CSS, the plot inline)."""
     from smartrouter.reports import _e, _page
 
-    parts = ['<p class="muted"><a href="../index.html">&larr; all runs</a></p>',
+    parts = [f"<style>{_CSS}</style>", '<p class="muted"><a href="../index.html">&larr; all runs</a></p>',
              "<h1>smartrouter live: the service routing a moving world</h1>",
              '<p class="muted">Each simulated day the world\'s payments were routed by the running service; the '
              "world knows the true approval probability of every processor at every moment, so each choice is "
@@ -612,10 +628,7 @@ def render_html(report: LiveReport) -> str:
     if png:
         parts.append('<h2 id="plots">Over days</h2><img class="trend" alt="true approval, share of the oracle\'s gain '
                      f'and outage losses over days" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
-    parts.append('<h2 id="days">Per day and arm</h2><p class="muted">"true approval" is the mean true approval '
-                 "probability of the processors chosen; the rules and oracle-best columns are the same payments "
-                 "routed by the static rules (no failover) and by the best eligible processor. The share's interval "
-                 "is a delta method clustered by order.</p>")
+    parts.append('<h2 id="days">Per day and arm</h2>' + DAY_LEGEND)
     parts.append(_metrics_table(report.days, (("day", "day"), ("arm", "arm"))))
     parts.append(f'<h2 id="blocks">Per {BLOCK_DAYS}-day block</h2>')
     parts.append(_metrics_table(report.blocks, (("block", "block"), ("arm", "arm"))))
@@ -644,7 +657,7 @@ def render_html(report: LiveReport) -> str:
         parts.append(f"<p class=\"muted\">Marked DOWN = the first failover decision in the window (else the moment after "
                      f"which the processor got recovery probes only). Bars: DOWN within {DOWN_WITHIN_FAILURES} failed "
                      f"attempts; at least {OUTAGE_RECOVERY_BAR:.0%} of the rules-vs-best gap recovered.</p>"
-                     "<table><tr><th>processor</th><th>window</th><th>kind / severity</th><th>attempts (on it)</th>"
+                     "<table class=\"live\"><tr><th>processor</th><th>window</th><th>kind / severity</th><th>attempts (on it)</th>"
                      "<th>marked DOWN at</th><th>failed attempts before</th><th>after: on it (probes)</th>"
                      "<th>gap recovered, model arm [95 % CI]</th><th>gap recovered, all arms</th>"
                      "<th>approvals lost (expected)</th></tr>")
@@ -666,7 +679,7 @@ def render_html(report: LiveReport) -> str:
                  "propensities only (IPS, SNIPS; 95 % Poisson-bootstrap interval), beside the truth on the same "
                  "attempts. The served policy's estimate with its own propensities is its observed approval; the "
                  f"static rules' is off-policy. Tolerance ±{100 * OPE_TOLERANCE:.1f} pp.</p>")
-    parts.append("<table><tr><th>block</th><th>arm</th><th>policy</th><th>estimator</th><th>attempts</th>"
+    parts.append("<table class=\"live\"><tr><th>block</th><th>arm</th><th>policy</th><th>estimator</th><th>attempts</th>"
                  "<th>estimate [95 % CI]</th><th>truth</th><th>error</th><th>interval covers truth</th>"
                  "<th>within tolerance</th></tr>")
     for rec in report.ope.to_dict("records"):
@@ -691,6 +704,16 @@ def write_report(report: LiveReport, settings: Settings | None = None) -> Path:
     path = atomic.write_text(settings.reports_dir / LIVE_REPORT, render_html(report))
     render_all_runs_index(settings)
     return path
+
+
+def add_report_arguments(parser: Any) -> Any:
+    """The options of `smartrouter live report` (for the CLI module that owns `live`)."""
+    parser.add_argument("--json", action="store_true", help="print the report's numbers as JSON")
+    parser.add_argument("--live-dir", dest="live_dir", type=Path, default=None, metavar="DIR",
+                        help="the live folder to read (default: the local world's live/ folder)")
+    parser.add_argument("--scenario", default=None, metavar="FILE",
+                        help="the scenario TOML the loop ran, to label outage windows with their kind and severity")
+    return parser
 
 
 def main_report(args: Any) -> int:
