@@ -34,7 +34,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def synthetic_truth(days: int = 6, orders_per_day: int = 600, seed: int = 1, explore: float = 0.3) -> pd.DataFrame:
-    """Treatment: rules' choice on day 1, then the oracle-best with probability 1-explore, else uniform
+    """Arms in upper case as the engine writes them. Treatment: rules' choice on day 1, then the oracle-best with probability 1-explore, else uniform
     (propensities exact); control: the rules' choice. A WORLDPAY outage on day OUTAGE_DAY."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -66,7 +66,7 @@ def synthetic_truth(days: int = 6, orders_per_day: int = 600, seed: int = 1, exp
                 rows.append({
                     "ATTEMPT_ID": f"a{aid}", "ORDER_ID": order, "DAY": day, "CREATED_AT": t + pd.Timedelta(seconds=n),
                     "ATTEMPT_NUMBER": n, "CURRENCY": "USD", "AMOUNT": 100.0, "AMOUNT_USD": 100.0, "CARD_BRAND": "VISA",
-                    "CARD_TYPE": "CREDIT", "ARM": arm, "SOURCE": source,
+                    "CARD_TYPE": "CREDIT", "ARM": arm.upper(), "SOURCE": source,
                     "MODEL_VERSION": ("v1" if d < 3 else "v2") if arm == "treatment" and d > 0 else None,
                     "CHOSEN": chosen, "PROPENSITY": prop, "RULES_CHOICE": rules, "ORACLE_BEST": best,
                     "P_CHOSEN": p[chosen], "P_RULES": p[rules], "P_BEST": p[best],
@@ -88,13 +88,13 @@ def with_outage_detection(truth: pd.DataFrame) -> pd.DataFrame:
     t.loc[pre, "P_CHOSEN"] = t.loc[pre, "P_RULES"]
     # after DOWN every arm fails over (to the best processor here) except for the treatment's probes
     wp = post[(t.loc[post, "CHOSEN"] == "WORLDPAY").to_numpy()]
-    moved = wp[(t.loc[wp, "ARM"] == "control").to_numpy()] if len(wp) else wp
+    moved = wp[(t.loc[wp, "ARM"] == "CONTROL").to_numpy()] if len(wp) else wp
     moved = np.union1d(moved, post[:1])
     t.loc[moved, "CHOSEN"] = t.loc[moved, "ORACLE_BEST"]
     t.loc[moved, "P_CHOSEN"] = t.loc[moved, "P_BEST"]
     t.loc[moved, "SOURCE"] = "failover"
     t.loc[np.setdiff1d(wp, moved), "SOURCE"] = "exploration"
-    assert (t.loc[pre, "ARM"] == "treatment").any() and (t.loc[pre, "ARM"] == "control").any()  # both arms failed
+    assert (t.loc[pre, "ARM"] == "TREATMENT").any() and (t.loc[pre, "ARM"] == "CONTROL").any()  # both arms failed
     return t
 
 
@@ -192,6 +192,9 @@ def test_outage_never_failed_over_uses_probes_only_rule() -> None:
     w = LR.outage_windows(LR.prepare_truth(t)).iloc[0]
     assert w["how_marked"] == "probes only after this"
     assert w["failed_before_down"] == OUTAGE_FAILURES
+    first = t.index[t["OUTAGE_PROCESSORS"] == "WORLDPAY"][0]
+    t.loc[first, "STATUS"] = "PROCESSING"  # unresolved: not (yet) a failure the service could count
+    assert LR.outage_windows(LR.prepare_truth(t)).iloc[0]["failed_before_down"] == OUTAGE_FAILURES - 1
 
 
 def test_outage_matches_scenario_label() -> None:

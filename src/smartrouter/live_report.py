@@ -3,7 +3,7 @@ the oracle-best on the same payments (issue 12, item 5 and the numbers of its mu
 
 Inputs, all on the world's (oracle's) side, never read by models or the service:
 
-- ``<live>/truth/<YYYY-MM-DD>.parquet`` (one row per attempt the loop made, columns ``TRUTH_COLUMNS``):
+- ``<live>/truth/<YYYY-MM-DD>.parquet`` (one row per attempt the loop made, ``world.live.TRUTH_COLUMNS``):
   the choice made (``CHOSEN``), what the static rules would have chosen (``RULES_CHOICE``), the
   oracle-best, and the TRUE approval probability of each at that moment (``P_CHOSEN``, ``P_RULES``,
   ``P_BEST``), plus what the service logged (arm, source, model version, propensity, latency);
@@ -21,6 +21,7 @@ Definitions (one place):
   It measures which payments and choices happened to occur; the P's themselves are exact.
 - *approvals lost to outages* = Σ(P_BEST − P_CHOSEN) over attempts made while some processor was in
   an outage (``OUTAGE_PROCESSORS`` non-empty): expected approvals, not a share.
+- *failed attempt*: STATUS DECLINED, TIMEOUT or ERROR (PROCESSING is unresolved).
 - *outage window*: a maximal time-ordered run of attempts whose ``OUTAGE_PROCESSORS`` names the
   processor. *Marked DOWN at*: the first ``failover`` decision in the window (the service only fails
   over around a processor it holds DOWN or ramps back); without one, the moment after which the
@@ -58,13 +59,7 @@ from smartrouter import atomic
 from smartrouter.config import Settings, load_settings
 from smartrouter.errors import SmartrouterError
 
-TRUTH_COLUMNS: tuple[str, ...] = (
-    "ATTEMPT_ID", "ORDER_ID", "DAY", "CREATED_AT", "ATTEMPT_NUMBER", "CURRENCY", "AMOUNT", "AMOUNT_USD",
-    "CARD_BRAND", "CARD_TYPE", "ARM", "SOURCE", "MODEL_VERSION", "CHOSEN", "PROPENSITY", "RULES_CHOICE",
-    "ORACLE_BEST", "P_CHOSEN", "P_RULES", "P_BEST", "STATUS", "APPROVED", "OUTAGE_PROCESSORS",
-    "CHOSEN_IN_OUTAGE", "LATENCY_MS",
-)
-# Only these are needed here; the rest of the engine's columns are read when present.
+# The columns of the engine's truth files (world.live.TRUTH_COLUMNS) this report reads.
 NEEDED_COLUMNS: tuple[str, ...] = (
     "ATTEMPT_ID", "ORDER_ID", "DAY", "CREATED_AT", "ATTEMPT_NUMBER", "ARM", "SOURCE", "MODEL_VERSION", "CHOSEN",
     "PROPENSITY", "RULES_CHOICE", "P_CHOSEN", "P_RULES", "P_BEST", "STATUS", "APPROVED", "OUTAGE_PROCESSORS",
@@ -80,6 +75,8 @@ OPE_TOLERANCE = 0.005  # ±0.5 pp
 OPE_ESTIMATORS: tuple[str, ...] = ("IPS", "SNIPS")
 TREATMENT = "treatment"  # routing.experiment.TREATMENT (not imported: the report must not pull in the service)
 PROBE_SOURCE = "exploration"
+# What the service's health tracker counts as a failure; PROCESSING is unresolved, so it is no signal yet.
+FAILED_STATUSES: frozenset[str] = frozenset({"DECLINED", "TIMEOUT", "ERROR"})
 FAILOVER_SOURCE = "failover"
 ALL_ARMS = "all"
 # Added to the run reports' CSS: the wide tables keep each number on one line and scroll sideways.
@@ -101,10 +98,18 @@ def resolve_live_dir(settings: Settings) -> Path:
     return Path(live_dir(settings))
 
 
+def _is_day(stem: str) -> bool:
+    try:
+        dt.date.fromisoformat(stem)
+    except ValueError:
+        return False  # a temporary file of an atomic write, or something else: not a completed day
+    return True
+
+
 def load_truth(live: str | Path) -> pd.DataFrame:
     """Every completed day's truth rows, oldest first; raises LiveReportError naming what is wrong."""
     folder = Path(live) / "truth"
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    files = sorted(p for p in folder.glob("*.parquet") if _is_day(p.stem)) if folder.is_dir() else []
     if not files:
         raise LiveReportError(f"no completed live day under {folder}: run `smartrouter live --days N` "
                               "(or `smartrouter world advance --days N`) first")
@@ -134,6 +139,8 @@ def prepare_truth(frame: pd.DataFrame) -> pd.DataFrame:
     t["APPROVED"] = t["APPROVED"].astype(bool)
     for col in ("ARM", "SOURCE", "MODEL_VERSION", "CHOSEN", "RULES_CHOICE", "OUTAGE_PROCESSORS", "STATUS"):
         t[col] = t[col].fillna("").astype(str)
+    t["ARM"] = t["ARM"].str.lower()  # the engine keeps the warehouse's upper case; the service says lower
+    t["STATUS"] = t["STATUS"].str.upper()
     for col in ("P_CHOSEN", "P_RULES", "P_BEST", "PROPENSITY", "LATENCY_MS"):
         t[col] = pd.to_numeric(t[col], errors="coerce").astype(np.float64)
     for col in ("P_CHOSEN", "P_RULES", "P_BEST"):
@@ -348,7 +355,7 @@ def outage_windows(truth: pd.DataFrame, scenario: Any = None, level: float = LEV
                 "kind": getattr(o, "kind", None), "severity": getattr(o, "severity", None),
                 "attempts": int(len(w)), "attempts_on_processor": int(len(mine)),
                 "marked_down_at": down_at, "how_marked": how,
-                "failed_before_down": int((before["STATUS"] != "APPROVED").sum()),
+                "failed_before_down": int(before["STATUS"].isin(FAILED_STATUSES).sum()),
                 "after_down_on_processor": int(len(after)),
                 "after_down_probes": int((after["SOURCE"] == PROBE_SOURCE).sum()),
                 "approvals_lost": float((w["P_BEST"] - w["P_CHOSEN"]).sum()),
