@@ -253,3 +253,149 @@ def test_evaluate_run_without_oracle_has_no_truth(log):
     assert ev.truth_matrix is None and "true_value" not in ev.values.table.columns
     with pytest.raises(ConfigError, match="truth"):
         E.truth_check(ev.values)
+
+
+# ---------------------------------------------------------------- days the routing service served
+def served_log(explore: float = 0.3, n: int = 40_000, seed: int = 5):
+    """The contexts and truth of ``synthetic_log`` routed by a service-like logger whose propensities
+    are known: deterministic static rules where the model is not confident (X > 1, ``fallback``),
+    a deterministic failover choice on prepaid cards, and elsewhere the model's greedy choice kept with
+    probability 1 - explore or a sampled one (logged propensity (1-explore)·1[a = greedy] +
+    explore·q(a), as the service's bandit logs it). Returns (frame, truth, mask, greedy, det_choice)."""
+    frame, truth, mask = synthetic_log(n=n, seed=seed)
+    rng = np.random.default_rng(seed + 1000)
+    r = np.arange(n)
+    rules = POL.processor_index(FakeRules().choose_frame(frame))
+    scores = model_probs(truth, 0.5, seed=seed)
+    greedy = POL.greedy_choice(scores, mask)
+    q = np.where(mask, np.exp(5 * scores), 0.0)
+    q /= q.sum(1, keepdims=True)
+    sampled = (rng.random(n)[:, None] > np.cumsum(q, axis=1)).sum(1).clip(max=P - 1)
+    explored = rng.random(n) < explore
+    model_action = np.where(explored, sampled, greedy)
+    model_p = (1 - explore) * (model_action == greedy) + explore * q[r, model_action]
+    fallback = frame["X"].to_numpy() > 1.0
+    # failover: the first candidate that is not the greedy choice (the greedy one is "down")
+    first_other = np.argmax(mask & (np.arange(P)[None, :] != greedy[:, None]), axis=1)
+    failover = (frame["CARD_TYPE"].to_numpy() == "PREPAID") & ~fallback
+    det_choice = np.where(fallback, rules, np.where(failover, first_other, -1))
+    action = np.where(det_choice >= 0, det_choice, model_action)
+    source = np.where(fallback, "fallback", np.where(failover, "failover", np.where(explored, "exploration", "model")))
+    out = frame.assign(
+        PROCESSOR=[catalog.PROCESSORS[a] for a in action],
+        APPROVED=(rng.random(n) < truth[r, action]).astype(int),
+        EXPERIMENT_ARM="treatment", ALGORITHM_TYPE=None, ROUTING_SOURCE=source,
+        PROPENSITY=np.where(det_choice >= 0, 1.0, model_p),
+    )
+    return out, truth, mask, greedy, det_choice
+
+
+def _within(values: E.PolicyValues, policy: str, est: str, target: float, k: float = 4.0) -> tuple[bool, dict]:
+    """Is the estimate within k standard errors (from the per-row terms' variance) of ``target``?"""
+    num, den = values.terms[(policy, est)]
+    value, infl = E._influence(num, den)
+    se = float(np.sqrt(infl @ infl / (len(infl) - 1) / len(infl)))
+    return abs(value - target) <= k * se, {"value": value, "target": target, "se": se}
+
+
+def test_served_log_uses_logged_propensities_and_recovers_the_truth():
+    """A policy that makes the logged choice wherever the logger was deterministic is supported
+    everywhere: IPS, SNIPS and DR (with a poor outcome model) recover its true value within 4
+    standard errors computed from the per-row terms. Before served rows were recognised, the
+    "rules + uniform ε" mixture gave every row propensity 1 here (no EXPERIMENT arm): IPS 27 pp low."""
+    frame, truth, mask, greedy, det = served_log()
+    rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
+    logged = E.logged_data(frame, rules_idx)
+    assert logged.served.all() and logged.invalid_propensities == 0
+    np.testing.assert_array_equal(logged.propensity, frame["PROPENSITY"].to_numpy())
+    oracle = POL.greedy_choice(truth, mask)
+    agree = np.where(det >= 0, det, oracle)
+    pols = {"agree": POL.one_hot(agree), "greedy": POL.one_hot(np.where(det >= 0, det, greedy))}
+    vals = E.estimate_policies(logged, pols, model_probs(truth, 0.6, seed=9), n_boot=20, truth_matrix=truth)
+    for pol in pols:
+        for est in ("IPS", "SNIPS", "DR"):
+            ok, info = _within(vals, pol, est, vals.truth[pol])
+            assert ok, (pol, est, info)
+    assert vals.logging["unsupported_share"] == {"agree": 0.0, "greedy": 0.0}
+    n_stoch = int((frame["PROPENSITY"] < 1).sum())
+    assert vals.logging["n_stochastic"] == n_stoch == vals.logging["n_stochastic_served"] and not vals.logging["few_stochastic"]
+    # the propensities of the old "rules + uniform ε" model (all 1.0 on these rows) are far off
+    old_ips = float((POL.one_hot(agree)[np.arange(len(frame)), logged.action] * logged.reward).mean())
+    ok, info = _within(vals, "agree", "IPS", old_ips)
+    assert not ok and vals.truth["agree"] - old_ips > 0.02, info
+
+
+def test_rows_logged_with_propensity_one_and_another_choice_contribute_nothing_to_ips():
+    """The oracle disagrees with the deterministic fallback/failover choices on some rows: those rows add
+    exactly 0 to IPS, so IPS recovers the oracle's value on the supported rows only, while DR with an
+    exact outcome model still recovers its whole value; the summary reports the unsupported share."""
+    frame, truth, mask, _, det = served_log()
+    rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
+    logged = E.logged_data(frame, rules_idx)
+    oracle = POL.greedy_choice(truth, mask)
+    vals = E.estimate_policies(logged, {"oracle": POL.one_hot(oracle)}, truth, n_boot=20, truth_matrix=truth)
+    num, _ = vals.terms[("oracle", "IPS")]
+    unsupported = (det >= 0) & (det != oracle)
+    assert 0.05 < unsupported.mean() < 0.5
+    assert (num[unsupported] == 0).all()
+    assert vals.logging["unsupported_share"]["oracle"] == pytest.approx(unsupported.mean(), abs=1e-12)
+    r = np.arange(len(frame))
+    supported_value = float((truth[r, oracle] * ~unsupported).mean())
+    ok, info = _within(vals, "oracle", "IPS", supported_value)
+    assert ok, info
+    assert vals.truth["oracle"] - supported_value > 0.05  # IPS is short by the unsupported rows' value
+    ok, info = _within(vals, "oracle", "DR", vals.truth["oracle"])
+    assert ok, info
+
+
+def test_exploration_off_is_reported_as_too_few_stochastic_rows():
+    frame, truth, mask, _, _ = served_log(explore=0.0, n=5_000)
+    logged = E.logged_data(frame, POL.processor_index(FakeRules().choose_frame(frame)))
+    summary = E.logging_summary(logged, {"oracle": POL.greedy_policy(truth, mask)})
+    assert summary["n_stochastic"] == 0 and summary["few_stochastic"] and summary["n_served"] == 5_000
+    assert "[exploration].enabled in routing.toml" in summary["note"]
+    assert summary["unsupported_share"]["oracle"] > 0.1
+    frame2, _, _, _, _ = served_log(explore=0.3, n=5_000)
+    on = E.logging_summary(E.logged_data(frame2, POL.processor_index(FakeRules().choose_frame(frame2))))
+    assert not on["few_stochastic"] and on["n_stochastic"] > E.MIN_STOCHASTIC_ROWS
+
+
+def test_mixed_window_pools_merchant_rows_and_keeps_served_propensities():
+    """History routed by the merchant's logger followed by served days: each row gets its own logger's
+    propensity, ε is the EXPERIMENT share of the merchant's rows only, and the oracle (supported on both
+    parts) is recovered within 4 standard errors."""
+    hist, truth_h, mask_h = synthetic_log(n=20_000, seed=3)
+    hist = hist.assign(ALGORITHM_TYPE=np.where(hist["EXPERIMENT_ARM"] == "EXPERIMENT", "RANDOMIZED_EXPERIMENT", "STATIC_RULES"),
+                       ROUTING_SOURCE=None)
+    served, truth_s, mask_s, _, det = served_log(n=20_000)
+    frame = pd.concat([hist, served], ignore_index=True)
+    truth, mask = np.vstack([truth_h, truth_s]), np.vstack([mask_h, mask_s])
+    rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
+    logged = E.logged_data(frame, rules_idx)
+    assert logged.served.tolist() == [False] * len(hist) + [True] * len(served)
+    assert logged.experiment_share == pytest.approx((hist["EXPERIMENT_ARM"] == "EXPERIMENT").mean())
+    np.testing.assert_array_equal(logged.propensity[len(hist):], served["PROPENSITY"].to_numpy())
+    assert (logged.propensity[:len(hist)] < 1).all()  # the mixture, not the logged 1.0
+    oracle = POL.greedy_choice(truth, mask)
+    target = np.r_[oracle[:len(hist)], np.where(det >= 0, det, oracle[len(hist):])]
+    vals = E.estimate_policies(logged, {"t": POL.one_hot(target)}, model_probs(truth, 0.6, seed=4), n_boot=20,
+                               truth_matrix=truth)
+    for est in ("IPS", "SNIPS", "DR"):
+        ok, info = _within(vals, "t", est, vals.truth["t"])
+        assert ok, (est, info)
+
+
+def test_served_rows_are_recognised_and_invalid_propensities_counted():
+    f = pd.DataFrame({
+        "PROCESSOR": ["WORLDPAY"] * 5, "APPROVED": [1, 0, 1, 1, 0], "CURRENCY": "MXN", "CARD_BRAND": "VISA",
+        "EXPERIMENT_ARM": ["CONTROL", "EXPERIMENT", "control", "treatment", "treatment"],
+        "ALGORITHM_TYPE": ["STATIC_RULES", "RANDOMIZED_EXPERIMENT", None, "MODEL", None],
+        "ROUTING_SOURCE": [None, None, "rules", None, "exploration"],
+        "PROPENSITY": [1.0, 0.25, 0.0, np.nan, 0.4],
+    })
+    assert E.served_rows(f).tolist() == [False, False, True, True, True]
+    logged = E.logged_data(f, np.zeros(5, dtype=int))
+    assert logged.invalid_propensities == 2
+    assert logged.propensity[2:].tolist() == [1.0, 1.0, 0.4]
+    s = E.logging_summary(logged)
+    assert s["n_stochastic"] == 2 and s["n_stochastic_served"] == 1 and "counted as deterministic" in s["note"]

@@ -31,6 +31,20 @@ plus a biased share of control rows. Two unbiased options:
 
 ``mode="naive"`` (logged propensity on every row) is kept only to show its bias in the truth check.
 
+Days the routing service served (the live loop, or production after deployment) are not "rules +
+uniform ε": the service chose by model, rules, failover or exploration, and logged the probability
+of each choice -- 1.0 for a deterministic one, the Thompson-sampling/probe/ramp probability
+otherwise, already marginalised over the service's own coin flips. Its rows are recognised by the
+``source`` its decision record carries (``ROUTING_SOURCE``; the merchant's logger writes none) or an
+``ALGORITHM_TYPE`` that is not one of the merchant logger's. In every mode but ``experiment`` they
+use that logged propensity when it is valid (0 < p <= 1; an invalid one counts as 1.0 and is
+reported); the mixture above is re-derived for the merchant logger's rows only, with ε their own
+EXPERIMENT share. Off-policy information comes only from rows whose logged propensity is below 1
+("stochastic" rows): a row logged with propensity 1 contributes to IPS/SNIPS only for a policy that
+makes the same choice, and DR falls back to its outcome model there. ``logging_summary`` counts
+those rows and the share of each policy's choices no logged randomisation covers, and says so when
+a test window has too few (exploration switched off leaves only failover probes).
+
 Estimators (π = target policy matrix, q̂ = an outcome model's probability matrix, w = π(a|x)/μ(a|x)):
 IPS = mean(w·r); SNIPS = Σw·r / Σw; DM = mean Σ_a π(a|x) q̂(x,a); DR = DM + mean(w·(r − q̂(x,a))).
 Intervals of one policy's value: 95 % percentile bootstrap with Poisson(1) resampling weights
@@ -62,10 +76,14 @@ from smartrouter import catalog
 from smartrouter.errors import ConfigError
 from smartrouter.models import metrics as M
 from smartrouter.policies import P, candidate_mask, greedy_policy, one_hot, processor_index
+from smartrouter.world.generate import ALGORITHMS as MERCHANT_LOGGER_ALGORITHMS
 
 ESTIMATORS: tuple[str, ...] = ("IPS", "SNIPS", "DM", "DR")
 PROPENSITY_MODES: tuple[str, ...] = ("pooled", "experiment", "naive")
 EXPERIMENT_ARM = "EXPERIMENT"
+# Below this many stochastic rows any off-policy term's 95 % interval is wider than ±7 pp
+# (1.96 · 0.5 / sqrt(200) for a 0/1 reward): the window cannot tell policies apart off-policy.
+MIN_STOCHASTIC_ROWS = 200
 SLICE_COLUMNS: dict[str, str] = {
     "brand": "CARD_BRAND",
     "currency": "CURRENCY",
@@ -230,6 +248,11 @@ class LoggedData:
     rows: np.ndarray  # (n,) positions in the frame these rows came from
     mode: str
     experiment_share: float
+    # (n,) whether the routing service logged the row (its own propensity) -- None: not known
+    served: np.ndarray | None = None
+    # (n,) whether the row's logger randomised (valid logged propensity < 1) -- None: not known
+    stochastic: np.ndarray | None = None
+    invalid_propensities: int = 0  # served rows whose logged propensity was missing or outside (0, 1]
 
     def __len__(self) -> int:
         return len(self.action)
@@ -239,7 +262,9 @@ def logged_data(frame: pd.DataFrame, rules_idx: np.ndarray | None = None, mode: 
                 experiment_share: float | None = None, mask: np.ndarray | None = None) -> LoggedData:
     """Build the logged data of ``frame`` (already restricted to first attempts) for ``mode``.
 
-    ``rules_idx``: the static rules' choice per row (``policies.rules_choice``); needed by ``pooled``.
+    ``rules_idx``: the static rules' choice per row (``policies.rules_choice``); needed by ``pooled``
+    when the frame holds rows of the merchant's logger. Rows the routing service logged use its
+    logged propensity (see the module docstring).
     """
     if mode not in PROPENSITY_MODES:
         raise ConfigError(f"propensity mode {mode!r} is unknown; use one of {', '.join(PROPENSITY_MODES)}")
@@ -250,27 +275,96 @@ def logged_data(frame: pd.DataFrame, rules_idx: np.ndarray | None = None, mode: 
     action = processor_index(frame["PROCESSOR"])
     reward = frame["APPROVED"].to_numpy(dtype=np.float64)
     arm = frame["EXPERIMENT_ARM"].astype(str).str.upper().to_numpy() if "EXPERIMENT_ARM" in frame.columns else np.full(n, "CONTROL")
-    is_exp = arm == EXPERIMENT_ARM
+    served = served_rows(frame)
+    is_exp = (arm == EXPERIMENT_ARM) & ~served
     logged_p = pd.to_numeric(frame["PROPENSITY"], errors="coerce").to_numpy(dtype=np.float64) if "PROPENSITY" in frame.columns else np.ones(n)
-    eps = float(is_exp.mean()) if experiment_share is None else float(experiment_share)
+    valid = np.isfinite(logged_p) & (logged_p > 0) & (logged_p <= 1)
+    # an invalid propensity on a served row (a logging fault) counts as a deterministic choice: a
+    # guessed small value would give the row an arbitrary, possibly huge, weight
+    served_p = np.where(valid, logged_p, 1.0)
+    stochastic = valid & (logged_p < 1.0)
+    invalid = int((served & ~valid).sum())
+    merchant = ~served
+    eps = (float(is_exp[merchant].mean()) if merchant.any() else 0.0) if experiment_share is None else float(experiment_share)
     rows = np.arange(n)
     k = mask.sum(axis=1).clip(min=1)
     if mode == "naive":
-        prop = logged_p
+        prop = np.where(served, served_p, logged_p)
     elif mode == "experiment":
         if not is_exp.any():
             raise ConfigError("no EXPERIMENT-arm rows in the window: the experiment estimator needs the randomized arm; use mode='pooled'")
         rows = np.flatnonzero(is_exp)
         prop = np.where(np.isfinite(logged_p[rows]) & (logged_p[rows] > 0), logged_p[rows], 1.0 / k[rows])
     else:
-        if rules_idx is None:
-            raise ConfigError("pooled propensities need the static rules' choice per row (policies.rules_choice)")
-        rules_idx = np.asarray(rules_idx)
-        # on control rows the logged action IS the logging rules' choice (at that time)
-        logging_rule = np.where(is_exp, rules_idx, action)
-        prop = (1.0 - eps) * (action == logging_rule) + eps / k
+        prop = served_p.copy()
+        if merchant.any():
+            if rules_idx is None:
+                raise ConfigError("pooled propensities need the static rules' choice per row (policies.rules_choice)")
+            rules_idx = np.asarray(rules_idx)
+            # on control rows the logged action IS the logging rules' choice (at that time)
+            logging_rule = np.where(is_exp, rules_idx, action)
+            mixture = (1.0 - eps) * (action == logging_rule) + eps / k
+            prop[merchant] = mixture[merchant]
     return LoggedData(action=action[rows], reward=reward[rows], propensity=np.asarray(prop, dtype=np.float64),
-                      mask=mask[rows], rows=rows, mode=mode, experiment_share=eps)
+                      mask=mask[rows], rows=rows, mode=mode, experiment_share=eps, served=served[rows],
+                      stochastic=stochastic[rows], invalid_propensities=invalid)
+
+
+def served_rows(frame: pd.DataFrame) -> np.ndarray:
+    """(n,) True where the routing service made the logged decision (its record names a ``source``,
+    or the algorithm is not one of the merchant logger's), False for the merchant's own logger."""
+    n = len(frame)
+    out = np.zeros(n, dtype=bool)
+    if "ROUTING_SOURCE" in frame.columns:
+        src = frame["ROUTING_SOURCE"]
+        out |= (src.notna() & (src.astype(str).str.strip() != "")).to_numpy()
+    if "ALGORITHM_TYPE" in frame.columns:
+        algo = frame["ALGORITHM_TYPE"]
+        known = algo.isna() | algo.astype(str).str.upper().isin(MERCHANT_LOGGER_ALGORITHMS)
+        out |= ~known.to_numpy()
+    return out
+
+
+def logging_summary(logged: LoggedData, policies: Mapping[str, np.ndarray] | None = None,
+                    min_stochastic: int = MIN_STOCHASTIC_ROWS) -> dict[str, Any]:
+    """How much off-policy information the evaluated rows hold, as plain JSON.
+
+    Keys: n_rows, n_served, n_stochastic (logged propensity < 1: the rows OPE learns off-policy
+    from), stochastic_share, n_stochastic_served, invalid_propensities, few_stochastic, note, and with
+    ``policies`` (name -> (n_frame, P) matrices) ``unsupported_share``: per policy, the share of its
+    probability mass on rows logged with propensity 1 and another choice -- IPS/SNIPS see nothing
+    there, DR only its outcome model.
+    """
+    n = len(logged)
+    served = logged.served if logged.served is not None else np.zeros(n, dtype=bool)
+    stoch = logged.stochastic if logged.stochastic is not None else logged.propensity < 1.0
+    n_stoch = int(stoch.sum())
+    few = n_stoch < min_stochastic
+    out: dict[str, Any] = {
+        "n_rows": n, "n_served": int(served.sum()), "n_stochastic": n_stoch,
+        "stochastic_share": n_stoch / n if n else float("nan"), "n_stochastic_served": int((stoch & served).sum()),
+        "invalid_propensities": int(logged.invalid_propensities), "few_stochastic": bool(few),
+    }
+    if few:
+        out["note"] = (f"only {n_stoch} of {n} evaluated rows were logged with a propensity below 1 (fewer than "
+                       f"{min_stochastic}): little off-policy information -- IPS/SNIPS only see rows where a policy "
+                       "makes the logged choice, DR rests on its outcome model elsewhere; is exploration switched "
+                       "off ([exploration].enabled in routing.toml)?")
+    else:
+        out["note"] = (f"{n_stoch} of {n} evaluated rows ({100.0 * n_stoch / n:.1f} %) were logged with a propensity "
+                       "below 1: the rows off-policy estimates learn from")
+    if logged.invalid_propensities:
+        out["note"] += (f"; {logged.invalid_propensities} served row(s) had no valid propensity in (0, 1] and were "
+                        "counted as deterministic")
+    if policies is not None:
+        r = np.arange(n)
+        det = (logged.propensity >= 1.0) & ~stoch
+        unsupported = {}
+        for name, matrix in policies.items():
+            pi = np.asarray(matrix, dtype=np.float64)[logged.rows]
+            unsupported[name] = float((det * (1.0 - pi[r, logged.action])).mean()) if n else float("nan")
+        out["unsupported_share"] = unsupported
+    return out
 
 
 def _contributions(logged: LoggedData, pi: np.ndarray, q_hat: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -318,6 +412,8 @@ class PolicyValues:
     mode: str
     experiment_share: float
     truth: dict[str, float] = field(default_factory=dict)
+    # logging_summary of the rows: stochastic (off-policy-informative) rows, unsupported shares, note
+    logging: dict[str, Any] = field(default_factory=dict)
     # (policy, estimator) -> per-row (numerator, denominator) terms, for paired differences
     terms: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
@@ -391,7 +487,8 @@ def estimate_policies(logged: LoggedData, policies: Mapping[str, np.ndarray],
             row.update(true_value=t, error=point[key] - t, covered=bool(lo <= t <= hi))
         rows.append(row)
     return PolicyValues(table=pd.DataFrame(rows), replicates=replicates, point=point, n_rows=len(logged),
-                        mode=logged.mode, experiment_share=logged.experiment_share, truth=truth, terms=terms)
+                        mode=logged.mode, experiment_share=logged.experiment_share, truth=truth, terms=terms,
+                        logging=logging_summary(logged, policies))
 
 
 def _influence(num: np.ndarray, den: np.ndarray) -> tuple[float, np.ndarray]:
@@ -564,6 +661,7 @@ class RunEvaluation:
                 "n_rows": self.values.n_rows,
                 "propensity_mode": self.values.mode,
                 "experiment_share": self.values.experiment_share,
+                "logging": getattr(self.values, "logging", {}),
                 "dm_reference_family": self.reference_family,
                 "table": plain(self.values.table),
                 "lift_vs_rules": plain(self.values.lift_table(STATIC_RULES)),
@@ -683,6 +781,7 @@ def registry_metrics(ev: RunEvaluation, family: str, estimator: str = "DR") -> d
         "policy_value": {
             "rows": "first attempts of the test window", "n_rows": ev.values.n_rows, "estimator": estimator,
             "propensity_mode": ev.values.mode, "experiment_share": ev.values.experiment_share,
+            "logging": getattr(ev.values, "logging", {}),
             "summary": summary, "table": ev.values.table, "lift_vs_rules": ev.values.lift_table(STATIC_RULES, estimator),
         },
         "truth": {"available": ev.truth_matrix is not None, "note": ev.truth_note,

@@ -158,7 +158,9 @@ BIN_COLUMNS: tuple[str, ...] = tuple(f.name for f in FEATURES if f.source == "bi
 DERIVED_COLUMNS: tuple[str, ...] = tuple(f.name for f in FEATURES if f.source == "derived")
 # Columns of the training table besides the features.
 ID_COLUMNS: tuple[str, ...] = ("ATTEMPT_ID", "ORDER_ID", "CREATED_AT", "MINUTE_NUM")
-LOGGING_COLUMNS: tuple[str, ...] = ("PROCESSOR", "EXPERIMENT_ARM", "ALGORITHM_TYPE", "PROPENSITY", "CANDIDATES")
+# ROUTING_SOURCE: set on rows the routing service decided (its logged propensity is the one to use)
+LOGGING_COLUMNS: tuple[str, ...] = ("PROCESSOR", "EXPERIMENT_ARM", "ALGORITHM_TYPE", "PROPENSITY", "CANDIDATES",
+                                    "ROUTING_SOURCE")
 LABEL = "APPROVED"
 TABLE_COLUMNS: tuple[str, ...] = ID_COLUMNS + LOGGING_COLUMNS + (LABEL,) + FEATURE_NAMES
 
