@@ -1,4 +1,4 @@
-"""`smartrouter world build|ensure|summary|info`: the local synthetic world."""
+"""`smartrouter world build|ensure|summary|info|advance`: the local synthetic world (and its live days)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     info = sub.add_parser("info", help="print the world.json the local world was built from")
     info.set_defaults(func=cmd_info)
+
+    adv = sub.add_parser("advance", help="simulate the next days, each attempt routed by the routing service")
+    adv.add_argument("--days", type=_whole_number, default=1, help="days to simulate (default 1)")
+    adv.add_argument("--scenario", help="scenario TOML file, or the name of one in scenarios/ (default: none)")
+    where = adv.add_mutually_exclusive_group()
+    where.add_argument("--url", help="the running service (default: http://SMARTROUTER_HOST:SMARTROUTER_PORT)")
+    where.add_argument("--in-process", action="store_true", help="route with the service's handlers in this process")
+    adv.add_argument("--concurrency", type=_whole_number, default=8, help="HTTP requests in flight (default 8)")
+    adv.add_argument("--slice-seconds", type=float, default=None,
+                     help="simulated seconds routed before their outcomes are reported (default 60)")
+    adv.add_argument("--quiet", action="store_true", help="only the summary line per day")
+    adv.set_defaults(func=cmd_advance)
 
 
 def _whole_number(text: str) -> int:
@@ -200,4 +212,51 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = warehouse.load_world_info()
     json.dump(info, sys.stdout, indent=2, sort_keys=True, default=str)
     print()
+    return 0
+
+
+def resolve_scenario_path(text: str) -> Any:
+    """A scenario file: the path given, else scenarios/<text>(.toml); ScenarioError if neither exists."""
+    from pathlib import Path
+
+    from smartrouter.world.scenario import SCENARIO_DIR, ScenarioError
+
+    for path in (Path(text), SCENARIO_DIR / text, SCENARIO_DIR / f"{text}.toml"):
+        if path.is_file():
+            return path
+    shipped = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.toml")))
+    raise ScenarioError(f"scenario {text!r} is neither a file nor one of the shipped scenarios ({shipped}); "
+                        "pass a TOML file path or a shipped name")
+
+
+def cmd_advance(args: argparse.Namespace) -> int:
+    from smartrouter.world import live
+    from smartrouter.world.scenario import load_scenario
+
+    settings = load_settings()
+    if args.days < 1:
+        raise ConfigError(f"--days {args.days} must be >= 1")
+    if args.concurrency < 1:
+        raise ConfigError(f"--concurrency {args.concurrency} must be >= 1")
+    scenario = load_scenario(resolve_scenario_path(args.scenario)) if args.scenario else None
+    warehouse.load_world_params(settings)  # no world: one line before any service is contacted
+    if args.in_process:
+        client: Any = live.InProcessClient(settings)
+        where = "in process"
+    else:
+        url = args.url or f"http://{settings.host}:{settings.port}"
+        client = live.HttpClient(url, concurrency=args.concurrency)
+        where = url
+    quiet = args.quiet
+    extra = {} if args.slice_seconds is None else {"slice_seconds": args.slice_seconds}
+    print(f"advancing {args.days} day(s), routed by the service {where}"
+          f"{f', scenario {scenario.name}' if scenario else ''}", flush=True)
+    try:
+        days = live.advance(settings, args.days, client, scenario,
+                            progress=lambda line: (quiet and line.startswith(" ")) or print(line, flush=True), **extra)
+    finally:
+        client.close()
+    total = sum(d.seconds for d in days)
+    print(f"done: {len(days)} day(s), {sum(d.attempts for d in days):,} attempts in {total:.1f} s "
+          f"({total / max(len(days), 1):.1f} s per simulated day) -> {live.live_dir(settings)}")
     return 0

@@ -294,9 +294,10 @@ class _LiveDay:
         """datetime64[us] of world seconds, exactly as the generator stamps CREATED_AT."""
         return np.datetime64(self.w.start, "us") + (t * 1e6).round().astype("timedelta64[us]")
 
-    def _candidates(self, brand: int, cur: int, mask: np.ndarray) -> tuple[str, str, list[str]]:
-        """(CANDIDATES json, SKIP_REASONS json, candidate names) of one availability pattern."""
-        key = (brand, cur, mask.tobytes())
+    def _candidates(self, brand: int, cur: int, mask: np.ndarray, joined: np.ndarray) -> tuple[str, str, list[str]]:
+        """(CANDIDATES json, SKIP_REASONS json, candidate names) of one availability pattern
+        (``joined``: the processors of the world active by then, whether or not a scenario disabled them)."""
+        key = (brand, cur, mask.tobytes(), joined.tobytes())
         hit = self._cand_cache.get(key)
         if hit is None:
             names = [p for p in catalog.PROCESSORS if mask[PI[p]]]
@@ -312,8 +313,10 @@ class _LiveDay:
                         skip[p] = "AMEX takes Amex cards only"
                     else:
                         skip[p] = f"does not settle {cur_name}"
-                elif self.truth.in_world[PI[p]] or any(c[1] == PI[p] for c in self.truth.changes):
-                    skip[p] = "not in rotation (not active yet, or disabled)"
+                elif joined[PI[p]] or any(c[1] == PI[p] for c in self.truth.changes):
+                    skip[p] = "disabled (out of rotation)" if joined[PI[p]] else "not active yet"
+                elif self.truth.in_world[PI[p]]:
+                    skip[p] = "not active yet"
             hit = (json.dumps(names, separators=(",", ":")), json.dumps(skip, separators=(",", ":")), names)
             self._cand_cache[key] = hit
         return hit
@@ -355,6 +358,7 @@ class _LiveDay:
         if m == 0:
             return []
         msg = (g.rng.random(m) < np.where(attempt == 1, 0.2, 0.3)).astype(np.int64)
+        joined = truth.in_world[None, :] & (truth.eff.active_from_sec[None, :] <= t[:, None])
         created = self._created(t)
         stamps = np.datetime_as_string(created, unit="us").tolist()
         ids = g.w._counters(self.counter + m)[self.counter: self.counter + m]
@@ -364,7 +368,7 @@ class _LiveDay:
         cands, skips, bodies = [], [], []
         for i in range(m):
             o = int(oi[i])
-            c_json, s_json, names = self._candidates(int(g.brand[o]), int(g.currency[o]), mask[i])
+            c_json, s_json, names = self._candidates(int(g.brand[o]), int(g.currency[o]), mask[i], joined[i])
             cands.append(c_json)
             skips.append(s_json)
             b = dict(self._order_fields[o])
