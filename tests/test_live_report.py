@@ -125,7 +125,7 @@ def test_gain_share_known_by_construction() -> None:
     assert first["gain_share"] == pytest.approx(0.0, abs=1e-12)  # day 1: rules
     # the 'all' row is both arms together: its share lies between them, weighted by each arm's gap
     allrow = days[(days["arm"] == LR.ALL_ARMS) & (days["day"] == 2)].iloc[0]
-    d2 = t[t["DAY"] == FIRST_DAY + dt.timedelta(days=1)]
+    d2 = LR.first_attempts(t[t["DAY"] == FIRST_DAY + dt.timedelta(days=1)])
     gap = d2["P_BEST"] - d2["P_RULES"]
     assert allrow["gain_share"] == pytest.approx(gap[d2["ARM"] == "treatment"].sum() / gap.sum(), rel=1e-12)
 
@@ -176,7 +176,7 @@ def test_outage_window_failed_attempts_before_down_and_gap_recovered() -> None:
     assert w["after_down_on_processor"] == w["after_down_probes"]  # probes only after DOWN
     assert w["start"].hour == 10 and w["end"] < pd.Timestamp(FIRST_DAY + dt.timedelta(days=OUTAGE_DAY - 1)) + pd.Timedelta(hours=14, seconds=3)
     # recovery in the window: the attempts sent to WORLDPAY before DOWN recover none of their gap
-    inw = t[t["OUTAGE_PROCESSORS"] == "WORLDPAY"]
+    inw = LR.first_attempts(t[t["OUTAGE_PROCESSORS"] == "WORLDPAY"])
     gap = inw["P_BEST"] - inw["P_RULES"]
     assert w[f"recovered_{LR.ALL_ARMS}"] == pytest.approx((inw["P_CHOSEN"] - inw["P_RULES"]).sum() / gap.sum(), rel=1e-12)
     tr = inw[inw["ARM"] == "treatment"]
@@ -214,7 +214,7 @@ def test_ope_served_equals_observed_and_rules_estimate_is_off_policy() -> None:
     assert list(dict.fromkeys(ope["block"])) == ["days 1–3", "days 4–6"]
     blocks = LR.block_labels(t["DAY"].unique())
     for rec in ope.to_dict("records"):
-        part = t[t["DAY"].map(blocks) == rec["block"]]
+        part = LR.first_attempts(t[t["DAY"].map(blocks) == rec["block"]])
         part = part if rec["arm"] == LR.ALL_ARMS else part[part["ARM"] == rec["arm"]]
         if rec["policy"] == "served":
             # own propensities: weight 1 on every row, the estimate IS the observed approval
@@ -229,7 +229,7 @@ def test_ope_served_equals_observed_and_rules_estimate_is_off_policy() -> None:
     # the rules' off-policy estimate on the treatment arm of days 4-6 really is off-policy: ignoring the
     # propensities (weight 1 on the rows where treatment happened to pick WORLDPAY) is biased, because
     # treatment picks WORLDPAY mostly when it is the best processor there.
-    tr = t[(t["ARM"] == "treatment") & (t["DAY"].map(blocks) == "days 4–6")]
+    tr = LR.first_attempts(t[(t["ARM"] == "treatment") & (t["DAY"].map(blocks) == "days 4–6")])
     rec = ope[(ope["block"] == "days 4–6") & (ope["arm"] == "treatment") & (ope["policy"] == "rules")
               & (ope["estimator"] == "SNIPS")].iloc[0]
     naive = tr.loc[tr["CHOSEN"] == tr["RULES_CHOICE"], "APPROVED"].mean()
@@ -283,7 +283,7 @@ def test_report_sections_index_link_and_json(settings, tmp_path: Path, capsys: p
     page = path.read_text()
     for section in ("verdict", "plots", "days", "blocks", "models", "outages", "ope"):
         assert f'id="{section}"' in page, section
-    assert "Over 4 simulated day(s) the model-routed payments" in page
+    assert "Over 4 simulated day(s) the model-routed arm" in page
     assert "promoted" in page and "beats rules by 1.2 pp" in page and ">v2<" in page
     assert f"after at most {OUTAGE_FAILURES} failed attempt(s)" in page
     assert " pp" in page and " %" in page
@@ -323,3 +323,45 @@ def test_report_arguments_parse_for_the_live_command(tmp_path: Path) -> None:
     assert args.json is True and args.live_dir == tmp_path and args.scenario is None
     with pytest.raises(LR.LiveReportError, match="no completed live day"):
         LR.main_report(args)
+
+
+@pytest.mark.slow
+def test_report_on_a_real_engine_day(tmp_path: Path) -> None:
+    """One continuation day of a small world through the in-process service, with an outage of the busiest
+    processor: the report reads the engine's truth as written and finds the window the scenario put there."""
+    from routing_fakes import fake_loader, write_version
+    from smartrouter import warehouse
+    from smartrouter.world import World, WorldParams
+    from smartrouter.world import live
+    from smartrouter.world.scenario import Outage, Scenario
+
+    end = dt.date(2025, 6, 30)
+    env = {"SMARTROUTER_HOME": str(tmp_path), "SMARTROUTER_LOCAL_DIR": str(tmp_path / "wh"),
+           "SMARTROUTER_REGISTRY_DIR": str(tmp_path / "models"), "SMARTROUTER_RUNS_DIR": str(tmp_path / "runs"),
+           "SMARTROUTER_REPORTS_DIR": str(tmp_path / "reports")}
+    s = load_settings(env)
+    warehouse.write_world(World(WorldParams.small(days=7, per_day=1500, end=end)), s, progress=False)
+    write_version(tmp_path / "models", "v1", probs={"WORLDPAY": 0.70, "MIT": 0.82, "ELAVON": 0.75, "AMEX": 0.85,
+                                                    "ADYEN": 0.60})
+    scenario = Scenario(name="t", description="t", outages=(Outage(
+        processor="busiest", day=1, start_minute=15 * 60, duration_minutes=240, kind="timeouts", severity=0.9),))
+    client = live.InProcessClient(s, model_loader=fake_loader, seed_features=False, poll=False)
+    try:
+        live.advance(s, 1, client, scenario)
+    finally:
+        client.close()
+    report = LR.build_report(s, scenario=scenario, n_boot=50)
+    truth = pd.read_parquet(live.truth_path(s, end + dt.timedelta(days=1)))
+    alls = report.days[report.days["arm"] == LR.ALL_ARMS].iloc[0]
+    assert alls["attempts"] == len(truth) and alls["orders"] == truth["ORDER_ID"].nunique()
+    assert set(report.days["arm"]) >= {"treatment", "control", LR.ALL_ARMS}
+    wp = report.outages[(report.outages["processor"] == "WORLDPAY") & (report.outages["kind"] == "timeouts")]
+    assert len(wp) == 1, report.outages
+    start = pd.Timestamp(end + dt.timedelta(days=1)) + pd.Timedelta(hours=15)
+    assert start <= wp["start"].iloc[0] < start + pd.Timedelta(minutes=5)
+    served = report.ope[(report.ope["policy"] == "served") & (report.ope["arm"] == LR.ALL_ARMS)]
+    first = truth[truth["ATTEMPT_NUMBER"] == 1]
+    assert np.allclose(served["estimate"], first["STATUS"].eq("APPROVED").mean(), atol=1e-12)
+    assert np.allclose(served["truth"], first["P_CHOSEN"].mean(), atol=1e-12)
+    page = LR.write_report(report, s).read_text()
+    assert 'id="outages"' in page and "WORLDPAY" in page

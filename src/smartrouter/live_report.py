@@ -10,9 +10,14 @@ Inputs, all on the world's (oracle's) side, never read by models or the service:
 - ``<live>/days.jsonl`` (the engine's per-day summary), the run manifests (gate decisions) and the
   registry's history (promotions).
 
-Definitions (one place):
+Definitions (one place). The policy comparisons (true approval of the choices vs the rules vs the
+oracle-best, the share of the gain, the outage recovery, OPE) are made on *first attempts*, like the
+evaluation's policy value: a retry exists only because of what happened before, and the static rules
+route a retry by their retry rules, not by ``RULES_CHOICE`` (their first choice at that moment), so
+"the rules on the same payment" is defined for the first attempt. Observed approval, conversion,
+outage losses, exploration and latency count every attempt.
 
-- *true approval* of a set of attempts = mean of P over them (an expectation, so it has no
+- *true approval* of a set of first attempts = mean of P over them (an expectation, so it has no
   outcome noise); *observed approval* = share APPROVED.
 - *share of the oracle's gain* = Σ(P_CHOSEN − P_RULES) / Σ(P_BEST − P_RULES) over the same attempts.
   Its 95 % interval is a delta method clustered by order: the numerator and denominator are summed
@@ -28,7 +33,7 @@ Definitions (one place):
   processor got probes only (``exploration`` decisions); *failed attempts before DOWN* = attempts on
   the processor in the window before that moment that were not approved.
 - *OPE* per 3-day block and arm: the served policy's value and the static rules' value estimated
-  from the logged data only (chosen processor, outcome, the service's logged propensity, and the
+  from the logged first attempts only (chosen processor, outcome, the service's logged propensity, and the
   rules' choice), with ``evaluation.estimate_policies`` (IPS and SNIPS, its Poisson-bootstrap
   95 % interval), beside the truth (mean P_CHOSEN, mean P_RULES on the same attempts). With its own
   propensities the served policy's IPS weight is 1 on every row, so its estimate is the observed
@@ -167,10 +172,13 @@ def read_day_summaries(live: str | Path) -> list[dict[str, Any]]:
 
 
 def gate_decisions(settings: Settings, days: Sequence[dt.date]) -> pd.DataFrame:
-    """The daily runs that learned from each live day: the run whose data ends with day d (as_of = d + 1)."""
+    """The daily runs that learned from each live day: the run whose data ends with day d (as_of = d + 1, as the
+    loop runs them); a run as of the first live day (the loop's bootstrap) is listed under the day before."""
     from smartrouter.pipeline import list_runs
 
     wanted = {d + dt.timedelta(days=1): d for d in days}
+    if days:  # the loop's first run (no promoted model yet) learned from the days before the first live day
+        wanted.setdefault(min(days), min(days) - dt.timedelta(days=1))
     rows = []
     for m in list_runs(settings):
         try:
@@ -227,31 +235,38 @@ def _in_outage(frame: pd.DataFrame) -> pd.Series:
     return frame["OUTAGE_PROCESSORS"].str.strip() != ""
 
 
+def first_attempts(frame: pd.DataFrame) -> pd.DataFrame:
+    """The routing decisions a policy comparison is made on (see the module docstring)."""
+    return frame[frame["ATTEMPT_NUMBER"] == 1]
+
+
 def group_metrics(frame: pd.DataFrame, level: float = LEVEL) -> dict[str, Any]:
     """Every per-day/per-arm number of the report for one set of attempts."""
-    first = frame[frame["ATTEMPT_NUMBER"] == 1]
+    first = first_attempts(frame)
     converted = frame.groupby("ORDER_ID", sort=False)["APPROVED"].any()
     outage = frame[_in_outage(frame)]
-    share, lo, hi = gain_share(frame, level)
+    share, lo, hi = gain_share(first, level)
     lat = frame["LATENCY_MS"].dropna()
     versions = frame.loc[frame["MODEL_VERSION"] != "", "MODEL_VERSION"].value_counts()
+    nan = float("nan")
     return {
         "attempts": int(len(frame)),
         "orders": int(len(converted)),
         "orders_converted": int(converted.sum()),
-        "conversion": float(converted.mean()) if len(converted) else float("nan"),
-        "approval_observed": float(frame["APPROVED"].mean()) if len(frame) else float("nan"),
-        "approval_first_observed": float(first["APPROVED"].mean()) if len(first) else float("nan"),
-        "approval_true": float(frame["P_CHOSEN"].mean()),
-        "approval_rules_true": float(frame["P_RULES"].mean()),
-        "approval_best_true": float(frame["P_BEST"].mean()),
-        "lift_over_rules_pp": 100.0 * float((frame["P_CHOSEN"] - frame["P_RULES"]).mean()),
+        "conversion": float(converted.mean()) if len(converted) else nan,
+        "approval_observed": float(frame["APPROVED"].mean()) if len(frame) else nan,
+        "approval_first_observed": float(first["APPROVED"].mean()) if len(first) else nan,
+        "approval_true": float(first["P_CHOSEN"].mean()) if len(first) else nan,
+        "approval_rules_true": float(first["P_RULES"].mean()) if len(first) else nan,
+        "approval_best_true": float(first["P_BEST"].mean()) if len(first) else nan,
+        "lift_over_rules_pp": 100.0 * float((first["P_CHOSEN"] - first["P_RULES"]).mean()) if len(first) else nan,
         "gain_share": share, "gain_share_low": lo, "gain_share_high": hi,
+        "approval_true_all_attempts": float(frame["P_CHOSEN"].mean()) if len(frame) else nan,
         "outage_attempts": int(len(outage)),
         "approvals_lost_to_outages": float((outage["P_BEST"] - outage["P_CHOSEN"]).sum()),
-        "exploration_share": float((frame["SOURCE"] == PROBE_SOURCE).mean()) if len(frame) else float("nan"),
-        "latency_p50_ms": float(lat.quantile(0.5)) if len(lat) else float("nan"),
-        "latency_p99_ms": float(lat.quantile(0.99)) if len(lat) else float("nan"),
+        "exploration_share": float((frame["SOURCE"] == PROBE_SOURCE).mean()) if len(frame) else nan,
+        "latency_p50_ms": float(lat.quantile(0.5)) if len(lat) else nan,
+        "latency_p99_ms": float(lat.quantile(0.99)) if len(lat) else nan,
         "model_versions": ", ".join(f"{v} ({c / max(1, len(frame)):.0%})" for v, c in versions.items()),
     }
 
@@ -361,7 +376,7 @@ def outage_windows(truth: pd.DataFrame, scenario: Any = None, level: float = LEV
                 "approvals_lost": float((w["P_BEST"] - w["P_CHOSEN"]).sum()),
             }
             for arm, part in _with_arms(w):
-                share, lo, hi = gain_share(part, level)
+                share, lo, hi = gain_share(first_attempts(part), level)
                 row[f"recovered_{arm}"], row[f"recovered_{arm}_low"], row[f"recovered_{arm}_high"] = share, lo, hi
             rows.append(row)
     return pd.DataFrame(rows)
@@ -404,12 +419,12 @@ def ope_block(frame: pd.DataFrame, *, n_boot: int = 300, seed: int = 0, level: f
 
 def ope_table(truth: pd.DataFrame, block_days: int = BLOCK_DAYS, n_boot: int = 300, seed: int = 0,
               level: float = LEVEL) -> pd.DataFrame:
-    """OPE per block and arm (plus 'all'), served policy and static rules, IPS and SNIPS."""
+    """OPE per block and arm (plus 'all') on first attempts, served policy and static rules, IPS and SNIPS."""
     labels = block_labels(truth["DAY"].unique(), block_days)
     block = truth["DAY"].map(labels)
     rows = []
     for label in dict.fromkeys(labels[d] for d in sorted(labels)):
-        for arm, part in _with_arms(truth[block == label]):
+        for arm, part in _with_arms(first_attempts(truth[block == label])):
             rows.extend({"block": label, "arm": arm, **rec}
                         for rec in ope_block(part, n_boot=n_boot, seed=seed, level=level))
     return pd.DataFrame(rows)
@@ -552,7 +567,7 @@ def verdict_text(report: LiveReport) -> str:
         return (f"Over {v['days']} simulated day(s) no payment was routed by the model (no treatment arm); "
                 "the tables below show what the static rules earned.")
     parts = [
-        f"Over {v['days']} simulated day(s) the model-routed payments would truly be approved "
+        f"Over {v['days']} simulated day(s) the model-routed arm's new payments (first attempts) would truly be approved "
         f"{_pct(t['approval_true'])} of the time, against {_pct(t['approval_rules_true'])} had the static rules "
         f"routed the same payments and {_pct(t['approval_best_true'])} with the best possible choice each time: "
         f"the service took {_share_ci(t['gain_share'], t['gain_share_low'], t['gain_share_high'])} of the best "
@@ -582,17 +597,18 @@ DAY_COLUMNS: tuple[tuple[str, str | None, Any], ...] = (
     ("orders paid", "orders_converted", lambda v: f"{int(v):,}"),
     ("orders paid %", "conversion", _pct), ("observed approval", "approval_observed", _pct),
     ("observed, 1st attempts", "approval_first_observed", _pct),
-    ("TRUE approval of choices", "approval_true", _pct), ("rules, true", "approval_rules_true", _pct),
+    ("TRUE approval of choices, 1st attempts", "approval_true", _pct), ("rules, true", "approval_rules_true", _pct),
     ("best, true", "approval_best_true", _pct), ("lift over rules", "lift_over_rules_pp", _pp),
     ("share of best gain [95 % CI]", None, None),
+    ("TRUE approval, all attempts", "approval_true_all_attempts", _pct),
     ("lost to outages", "approvals_lost_to_outages", lambda v: f"{float(v):,.1f}"),
     ("exploring", "exploration_share", _pct), ("latency p50 / p99 ms", None, None),
     ("models served", "model_versions", str),
 )
 DAY_LEGEND = ("<p class=\"muted\">Columns: <i>observed approval</i> = share of attempts approved; <i>TRUE approval "
-              "of choices</i> = mean true approval probability of the processors chosen; <i>rules, true</i> and "
-              "<i>best, true</i> = the same payments routed by the static rules (no failover) and by the best eligible "
-              "processor; <i>lift</i> in percentage points (pp); <i>share of best gain</i> = (choices − rules) / "
+              "of choices</i> = mean true approval probability of the processors chosen for first attempts (new "
+              "payments); <i>rules, true</i> and <i>best, true</i> = the same payments routed by the static rules (no "
+              "failover) and by the best eligible processor; <i>lift</i> in percentage points (pp); <i>share of best gain</i> = (choices − rules) / "
               "(best − rules), its interval a delta method clustered by order; <i>lost to outages</i> = expected "
               "approvals lost against the best choice on attempts made during an outage; <i>exploring</i> = share of "
               "exploration decisions (probes included).</p>")
@@ -666,7 +682,7 @@ def render_html(report: LiveReport) -> str:
                      f"attempts; at least {OUTAGE_RECOVERY_BAR:.0%} of the rules-vs-best gap recovered.</p>"
                      "<table class=\"live\"><tr><th>processor</th><th>window</th><th>kind / severity</th><th>attempts (on it)</th>"
                      "<th>marked DOWN at</th><th>failed attempts before</th><th>after: on it (probes)</th>"
-                     "<th>gap recovered, model arm [95 % CI]</th><th>gap recovered, all arms</th>"
+                     "<th>gap recovered, model arm, 1st attempts [95 % CI]</th><th>gap recovered, all arms</th>"
                      "<th>approvals lost (expected)</th></tr>")
         for rec in report.outages.to_dict("records"):
             kind = f"{rec['kind']} / {rec['severity']}" if rec.get("kind") else "–"
@@ -684,7 +700,7 @@ def render_html(report: LiveReport) -> str:
     parts.append(f'<h2 id="ope">Off-policy estimates from the logs vs the truth</h2><p class="muted">Per '
                  f"{BLOCK_DAYS}-day block, estimated from the logged choices, outcomes and the service's logged "
                  "propensities only (IPS, SNIPS; 95 % Poisson-bootstrap interval), beside the truth on the same "
-                 "attempts. The served policy's estimate with its own propensities is its observed approval; the "
+                 "first attempts. The served policy's estimate with its own propensities is its observed approval; the "
                  f"static rules' is off-policy. Tolerance ±{100 * OPE_TOLERANCE:.1f} pp.</p>")
     parts.append("<table class=\"live\"><tr><th>block</th><th>arm</th><th>policy</th><th>estimator</th><th>attempts</th>"
                  "<th>estimate [95 % CI]</th><th>truth</th><th>error</th><th>interval covers truth</th>"
