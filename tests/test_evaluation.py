@@ -256,12 +256,14 @@ def test_evaluate_run_without_oracle_has_no_truth(log):
 
 
 # ---------------------------------------------------------------- days the routing service served
-def served_log(explore: float = 0.3, n: int = 40_000, seed: int = 5):
+def served_log(explore: float = 0.3, n: int = 40_000, seed: int = 5, treatment_share: float = 1.0):
     """The contexts and truth of ``synthetic_log`` routed by a service-like logger whose propensities
     are known: deterministic static rules where the model is not confident (X > 1, ``fallback``),
     a deterministic failover choice on prepaid cards, and elsewhere the model's greedy choice kept with
     probability 1 - explore or a sampled one (logged propensity (1-explore)·1[a = greedy] +
-    explore·q(a), as the service's bandit logs it). Returns (frame, truth, mask, greedy, det_choice)."""
+    explore·q(a), as the service's bandit logs it). With ``treatment_share`` < 1 the other orders
+    are the A/B control arm: the static rules, propensity 1. ``det_choice`` is the treatment logger's
+    deterministic choice (-1 where it randomises). Returns (frame, truth, mask, greedy, det_choice)."""
     frame, truth, mask = synthetic_log(n=n, seed=seed)
     rng = np.random.default_rng(seed + 1000)
     r = np.arange(n)
@@ -279,13 +281,15 @@ def served_log(explore: float = 0.3, n: int = 40_000, seed: int = 5):
     first_other = np.argmax(mask & (np.arange(P)[None, :] != greedy[:, None]), axis=1)
     failover = (frame["CARD_TYPE"].to_numpy() == "PREPAID") & ~fallback
     det_choice = np.where(fallback, rules, np.where(failover, first_other, -1))
-    action = np.where(det_choice >= 0, det_choice, model_action)
+    treat = rng.random(n) < treatment_share
+    action = np.where(treat, np.where(det_choice >= 0, det_choice, model_action), rules)
     source = np.where(fallback, "fallback", np.where(failover, "failover", np.where(explored, "exploration", "model")))
     out = frame.assign(
         PROCESSOR=[catalog.PROCESSORS[a] for a in action],
         APPROVED=(rng.random(n) < truth[r, action]).astype(int),
-        EXPERIMENT_ARM="treatment", ALGORITHM_TYPE=None, ROUTING_SOURCE=source,
-        PROPENSITY=np.where(det_choice >= 0, 1.0, model_p),
+        EXPERIMENT_ARM=np.where(treat, "TREATMENT", "CONTROL"), ALGORITHM_TYPE=None,
+        ROUTING_SOURCE=np.where(treat, source, "rules"),
+        PROPENSITY=np.where(treat & (det_choice < 0), model_p, 1.0),
     )
     return out, truth, mask, greedy, det_choice
 
@@ -388,7 +392,7 @@ def test_mixed_window_pools_merchant_rows_and_keeps_served_propensities():
 def test_served_rows_are_recognised_and_invalid_propensities_counted():
     f = pd.DataFrame({
         "PROCESSOR": ["WORLDPAY"] * 5, "APPROVED": [1, 0, 1, 1, 0], "CURRENCY": "MXN", "CARD_BRAND": "VISA",
-        "EXPERIMENT_ARM": ["CONTROL", "EXPERIMENT", "control", "treatment", "treatment"],
+        "EXPERIMENT_ARM": ["CONTROL", "EXPERIMENT", "treatment", "treatment", "treatment"],  # one served arm: no split
         "ALGORITHM_TYPE": ["STATIC_RULES", "RANDOMIZED_EXPERIMENT", None, "MODEL", None],
         "ROUTING_SOURCE": [None, None, "rules", None, "exploration"],
         "PROPENSITY": [1.0, 0.25, 0.0, np.nan, 0.4],
@@ -399,3 +403,46 @@ def test_served_rows_are_recognised_and_invalid_propensities_counted():
     assert logged.propensity[2:].tolist() == [1.0, 1.0, 0.4]
     s = E.logging_summary(logged)
     assert s["n_stochastic"] == 2 and s["n_stochastic_served"] == 1 and "counted as deterministic" in s["note"]
+
+
+def test_two_arm_served_log_learns_the_rules_choice_from_control_and_the_rest_from_treatment():
+    """Half the orders in the A/B control arm (static rules, propensity 1): per-row logged propensities
+    ("naive") leave every control row silent for a policy that disagrees with the rules, so IPS is far
+    low; the arm split recovers IPS/SNIPS/DR of every supported policy within 4 standard errors."""
+    frame, truth, mask, _, det = served_log(treatment_share=0.5)
+    rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
+    logged = E.logged_data(frame, rules_idx)
+    assert set(logged.arm) == {"control", "treatment"}
+    oracle = POL.greedy_choice(truth, mask)
+    pols = {"agree": POL.one_hot(np.where(det >= 0, det, oracle)), "rules": POL.one_hot(rules_idx)}
+    q = model_probs(truth, 0.6, seed=9)
+    vals = E.estimate_policies(logged, pols, q, n_boot=20, truth_matrix=truth)
+    for pol in pols:
+        for est in ("IPS", "SNIPS", "DR"):
+            ok, info = _within(vals, pol, est, vals.truth[pol])
+            assert ok, (pol, est, info)
+    assert vals.logging["unsupported_share"] == pytest.approx({"agree": 0.0, "rules": 0.0}, abs=1e-12)
+    naive = E.estimate_policies(E.logged_data(frame, rules_idx, "naive"), pols, q, n_boot=20, truth_matrix=truth)
+    ok, info = _within(vals, "agree", "IPS", naive.estimate("agree", "IPS"))
+    assert not ok and vals.truth["agree"] - naive.estimate("agree", "IPS") > 0.05, info
+
+
+def test_two_arm_unsupported_share_matches_the_known_logger():
+    """The oracle also disagrees where the treatment logger is deterministic and the rules differ: that
+    mass is uncovered by either arm; its share, measured on treatment rows only, matches the known
+    logger's within sampling error; IPS recovers the covered part, DR with an exact model the whole."""
+    frame, truth, mask, _, det = served_log(treatment_share=0.5)
+    rules_idx = POL.processor_index(FakeRules().choose_frame(frame))
+    logged = E.logged_data(frame, rules_idx)
+    oracle = POL.greedy_choice(truth, mask)
+    vals = E.estimate_policies(logged, {"oracle": POL.one_hot(oracle)}, truth, n_boot=20, truth_matrix=truth)
+    uncovered = (oracle != rules_idx) & (det >= 0) & (oracle != det)
+    u = float(uncovered.mean())
+    assert 0.03 < u < 0.5
+    n_t = int((logged.arm == "treatment").sum())
+    assert abs(vals.logging["unsupported_share"]["oracle"] - u) < 4 * np.sqrt(u * (1 - u) / n_t), (vals.logging, u)
+    r = np.arange(len(frame))
+    ok, info = _within(vals, "oracle", "IPS", float((truth[r, oracle] * ~uncovered).mean()))
+    assert ok, info
+    ok, info = _within(vals, "oracle", "DR", vals.truth["oracle"])
+    assert ok, info

@@ -253,6 +253,11 @@ class LoggedData:
     # (n,) whether the row's logger randomised (valid logged propensity < 1) -- None: not known
     stochastic: np.ndarray | None = None
     invalid_propensities: int = 0  # served rows whose logged propensity was missing or outside (0, 1]
+    # served rows split by A/B arm (see logged_data): per row "control" / "treatment" / "" (not split),
+    # the arm's share among the split rows, and the static rules' choice
+    arm: np.ndarray | None = None
+    arm_share: np.ndarray | None = None
+    rules: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.action)
@@ -294,7 +299,7 @@ def logged_data(frame: pd.DataFrame, rules_idx: np.ndarray | None = None, mode: 
         if not is_exp.any():
             raise ConfigError("no EXPERIMENT-arm rows in the window: the experiment estimator needs the randomized arm; use mode='pooled'")
         rows = np.flatnonzero(is_exp)
-        prop = np.where(np.isfinite(logged_p[rows]) & (logged_p[rows] > 0), logged_p[rows], 1.0 / k[rows])
+        prop = np.where(np.isfinite(logged_p) & (logged_p > 0), logged_p, 1.0 / k)
     else:
         prop = served_p.copy()
         if merchant.any():
@@ -305,9 +310,48 @@ def logged_data(frame: pd.DataFrame, rules_idx: np.ndarray | None = None, mode: 
             logging_rule = np.where(is_exp, rules_idx, action)
             mixture = (1.0 - eps) * (action == logging_rule) + eps / k
             prop[merchant] = mixture[merchant]
-    return LoggedData(action=action[rows], reward=reward[rows], propensity=np.asarray(prop, dtype=np.float64),
+    split, share = _split_served_arms(arm, served, action, rules_idx) if mode != "naive" else (np.full(n, ""), np.ones(n))
+    if mode == "pooled":
+        # each action is learnt from ONE arm: the rules' choice from control rows, any other choice
+        # from treatment rows; a row whose action belongs to the other arm gets no weight (infinite
+        # propensity) and the arm's share turns the arm's mean into a population mean
+        ctrl, treat = split == "control", split == "treatment"
+        is_rules = action == np.asarray(rules_idx) if (ctrl | treat).any() else np.zeros(n, dtype=bool)
+        own = (ctrl & is_rules) | (treat & ~is_rules)
+        prop = np.where(ctrl | treat, np.where(own, share * prop, np.inf), prop)
+    return LoggedData(action=action[rows], reward=reward[rows], propensity=np.asarray(prop, dtype=np.float64)[rows],
                       mask=mask[rows], rows=rows, mode=mode, experiment_share=eps, served=served[rows],
-                      stochastic=stochastic[rows], invalid_propensities=invalid)
+                      stochastic=stochastic[rows], invalid_propensities=invalid, arm=split[rows], arm_share=share[rows],
+                      rules=None if rules_idx is None else np.asarray(rules_idx)[rows])
+
+
+def _split_served_arms(arm: np.ndarray, served: np.ndarray, action: np.ndarray,
+                       rules_idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(arm label, arm share) per row for served rows of an A/B test with both arms present, else ("", 1).
+
+    Why: the service's control arm routes by the static rules deterministically (propensity 1), so
+    on its own it says nothing about any other choice, and the treatment arm rarely picks the rules'
+    choice where the model disagrees. The arm is drawn by a hash of the order, independently of the
+    payment, so each arm is a random sample of the same payments: learning the rules' choice from
+    control rows and every other choice from treatment rows (each divided by its arm's share) is
+    unbiased wherever the arm that owns an action can pick it -- without the treatment's
+    probabilities on control rows, which the logs do not hold.
+    """
+    from smartrouter.routing.experiment import CONTROL, TREATMENT
+
+    n = len(arm)
+    label = np.full(n, "", dtype=object)
+    share = np.ones(n)
+    low = np.char.lower(arm.astype(str))
+    ctrl, treat = served & (low == CONTROL), served & (low == TREATMENT)
+    if not (ctrl.any() and treat.any()):
+        return label, share
+    if rules_idx is None:
+        raise ConfigError("served rows of both A/B arms need the static rules' choice per row (policies.rules_choice)")
+    both = int(ctrl.sum() + treat.sum())
+    label[ctrl], label[treat] = "control", "treatment"
+    share[ctrl], share[treat] = ctrl.sum() / both, treat.sum() / both
+    return label, share
 
 
 def served_rows(frame: pd.DataFrame) -> np.ndarray:
@@ -357,14 +401,40 @@ def logging_summary(logged: LoggedData, policies: Mapping[str, np.ndarray] | Non
         out["note"] += (f"; {logged.invalid_propensities} served row(s) had no valid propensity in (0, 1] and were "
                         "counted as deterministic")
     if policies is not None:
-        r = np.arange(n)
-        det = (logged.propensity >= 1.0) & ~stoch
-        unsupported = {}
-        for name, matrix in policies.items():
-            pi = np.asarray(matrix, dtype=np.float64)[logged.rows]
-            unsupported[name] = float((det * (1.0 - pi[r, logged.action])).mean()) if n else float("nan")
-        out["unsupported_share"] = unsupported
+        out["unsupported_share"] = {name: unsupported_share(logged, matrix) for name, matrix in policies.items()}
     return out
+
+
+def unsupported_share(logged: LoggedData, policy: np.ndarray) -> float:
+    """Share of ``policy``'s probability mass (over the evaluated rows) that no logger could have chosen.
+
+    A deterministic row (logged propensity 1) covers only its logged choice; a stochastic row is
+    taken to cover every candidate. For served rows split by A/B arm the rules' choice is covered by
+    control and every other choice by treatment, so each arm's rows measure its own part (divided by
+    the arm's share: each arm is a random sample of the payments). The merchant logger's pooled
+    mixture covers every candidate when ε > 0.
+    """
+    n = len(logged)
+    if not n:
+        return float("nan")
+    r = np.arange(n)
+    pi = np.asarray(policy, dtype=np.float64)[logged.rows]
+    stoch = logged.stochastic if logged.stochastic is not None else logged.propensity < 1.0
+    det = ~stoch
+    pi_a = pi[r, logged.action]
+    u = det * (1.0 - pi_a)
+    if logged.served is not None and logged.mode == "pooled":
+        u = np.where(~logged.served & (logged.experiment_share > 0), 0.0, u)
+    if logged.arm is not None and logged.rules is not None and logged.mode == "pooled":
+        ctrl, treat = logged.arm == "control", logged.arm == "treatment"
+        pi_rules = pi[r, logged.rules]
+        is_rules = logged.action == logged.rules
+        # treatment owns every choice but the rules': uncovered = mass off its logged choice and off the rules
+        u_t = det * (1.0 - pi_a - np.where(is_rules, 0.0, pi_rules))
+        # control owns the rules' choice: uncovered only when it deterministically chose something else
+        u_c = det * np.where(is_rules, 0.0, pi_rules)
+        u = np.where(treat, u_t / logged.arm_share, np.where(ctrl, u_c / logged.arm_share, u))
+    return float(np.clip(u, 0.0, None).mean())
 
 
 def _contributions(logged: LoggedData, pi: np.ndarray, q_hat: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
