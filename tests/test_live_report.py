@@ -197,6 +197,16 @@ def test_outage_never_failed_over_uses_probes_only_rule() -> None:
     assert LR.outage_windows(LR.prepare_truth(t)).iloc[0]["failed_before_down"] == OUTAGE_FAILURES - 1
 
 
+def test_outage_label_counts_scenario_days_from_its_own_loop() -> None:
+    scen = SimpleNamespace(outages=(SimpleNamespace(processor="WORLDPAY", day=1, start_minute=600,
+                                                    duration_minutes=240, kind="timeouts", severity=0.9),))
+    t = LR.prepare_truth(synthetic_truth(days=3, orders_per_day=200))
+    # a second loop that started on the outage day: its day 1 is the third live day
+    w = LR.outage_windows(t, scenario=[(FIRST_DAY, SimpleNamespace(outages=())),
+                                       (FIRST_DAY + dt.timedelta(days=OUTAGE_DAY - 1), scen)]).iloc[0]
+    assert w["kind"] == "timeouts"
+
+
 def test_outage_matches_scenario_label() -> None:
     scen = SimpleNamespace(outages=(SimpleNamespace(processor="busiest", day=OUTAGE_DAY, start_minute=600,
                                                     duration_minutes=240, kind="timeouts", severity=0.9),))
@@ -273,6 +283,13 @@ def _report(settings, tmp_path: Path) -> tuple[LR.LiveReport, Path]:
     write_json_atomic(settings.runs_dir / run_id / "manifest.json",
                       {"run_id": run_id, "status": "succeeded", "as_of": "2026-12-03", "model_version": "v2",
                        "gate": {"decision": "promoted", "reasons": ["beats rules by 1.2 pp"]}})
+    # the loop record names the scenario the days ran (its day 3 = the third live day)
+    scenario = tmp_path / "scen.toml"
+    scenario.write_text('name = "t"\ndescription = "t"\n[[outage]]\nprocessor = "WORLDPAY"\nday = 3\n'
+                        'start = "10:00"\nduration_minutes = 240\nkind = "declines"\nseverity = 0.8\n')
+    (live / "loop.json").write_text(json.dumps({"format": 1, "loops": [{
+        "id": "x", "scenario": str(scenario),
+        "day_records": [{"date": str(FIRST_DAY + dt.timedelta(days=i)), "complete": True} for i in range(4)]}]}))
     report = LR.build_report(settings, live, n_boot=50)
     return report, LR.write_report(report, settings)
 
@@ -286,6 +303,7 @@ def test_report_sections_index_link_and_json(settings, tmp_path: Path, capsys: p
     assert "Over 4 simulated day(s) the model-routed arm" in page
     assert "promoted" in page and "beats rules by 1.2 pp" in page and ">v2<" in page
     assert f"after at most {OUTAGE_FAILURES} failed attempt(s)" in page
+    assert "declines / 0.8" in page  # the window labelled from the loop's scenario
     assert " pp" in page and " %" in page
     png = re.search(r'src="data:image/png;base64,([^"]+)"', page)
     assert png and base64.b64decode(png.group(1)).startswith(b"\x89PNG")

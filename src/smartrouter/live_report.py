@@ -323,23 +323,59 @@ def _names_processor(outages: pd.Series, processor: str) -> np.ndarray:
     return ("," + outages.str.replace(" ", "", regex=False) + ",").str.contains(f",{processor},", regex=False).to_numpy()
 
 
-def _scenario_outage(scenario: Any, processor: str, start: pd.Timestamp, end: pd.Timestamp,
-                     first_day: dt.date) -> Any:
-    """The scenario's outage (if any) of this processor that overlaps [start, end]; 'busiest' matches any."""
-    for o in getattr(scenario, "outages", ()) or ():
-        if o.processor not in (processor, "busiest"):
-            continue
-        o_start = pd.Timestamp(first_day) + pd.Timedelta(days=o.day - 1, minutes=o.start_minute)
-        o_end = o_start + pd.Timedelta(minutes=o.duration_minutes)
-        if o_start <= end and start < o_end:
-            return o
+def _scenario_outage(scenarios: Sequence[tuple[dt.date, Any]], processor: str, start: pd.Timestamp,
+                     end: pd.Timestamp) -> Any:
+    """The scenario outage (if any) of this processor that overlaps [start, end]; 'busiest' matches any.
+
+    ``scenarios``: (the first live day the scenario ran from, the scenario) -- its ``day`` counts from there.
+    """
+    for first_day, scenario in scenarios:
+        for o in getattr(scenario, "outages", ()) or ():
+            if o.processor not in (processor, "busiest"):
+                continue
+            o_start = pd.Timestamp(first_day) + pd.Timedelta(days=o.day - 1, minutes=o.start_minute)
+            o_end = o_start + pd.Timedelta(minutes=o.duration_minutes)
+            if o_start <= end and start < o_end:
+                return o
     return None
 
 
+def loop_scenarios(live: str | Path) -> list[tuple[dt.date, Any]]:
+    """(first day, scenario) of each loop recorded in the live folder's loop.json (none without one).
+
+    A scenario file that has since moved only costs the outage windows their labels, so it is skipped.
+    """
+    from smartrouter.live import read_loop_file
+    from smartrouter.world.scenario import load_scenario
+
+    out = []
+    for loop in read_loop_file(Path(live)).get("loops", []):
+        dates = [r.get("date") for r in loop.get("day_records") or [] if r.get("date")]
+        if not dates or not loop.get("scenario"):
+            continue
+        try:
+            out.append((dt.date.fromisoformat(min(dates)), load_scenario(loop["scenario"])))
+        except (SmartrouterError, OSError, ValueError):
+            continue
+    return out
+
+
+def _as_runs(scenario: Any, first_day: dt.date | None) -> list[tuple[dt.date, Any]]:
+    if scenario is None or first_day is None:
+        return []
+    if isinstance(scenario, (list, tuple)):
+        return list(scenario)
+    return [(first_day, scenario)]
+
+
 def outage_windows(truth: pd.DataFrame, scenario: Any = None, level: float = LEVEL) -> pd.DataFrame:
-    """Per outage window: failed attempts before the service marked the processor DOWN, and the gap recovered."""
+    """Per outage window: failed attempts before the service marked the processor DOWN, and the gap recovered.
+
+    ``scenario`` (optional, labels windows with kind and severity): a scenario that ran from the first live
+    day, or a list of (first day, scenario) pairs as ``loop_scenarios`` returns.
+    """
     rows = []
-    first_day = min(truth["DAY"]) if len(truth) else None
+    runs = _as_runs(scenario, min(truth["DAY"]) if len(truth) else None)
     flagged = truth[_in_outage(truth)]
     processors = sorted({p.strip() for s in flagged["OUTAGE_PROCESSORS"].unique() for p in s.split(",") if p.strip()})
     for proc in processors:
@@ -364,7 +400,7 @@ def outage_windows(truth: pd.DataFrame, scenario: Any = None, level: float = LEV
                 down_at, how = pd.NaT, "not marked DOWN"
                 before = mine
             after = mine[mine["CREATED_AT"] > down_at] if down_at is not pd.NaT else mine.iloc[:0]
-            o = _scenario_outage(scenario, proc, start, end, first_day) if scenario is not None else None
+            o = _scenario_outage(runs, proc, start, end)
             row = {
                 "processor": proc, "start": start, "end": end,
                 "kind": getattr(o, "kind", None), "severity": getattr(o, "severity", None),
@@ -477,7 +513,10 @@ def verdict(days: pd.DataFrame, outages: pd.DataFrame, ope: pd.DataFrame, overal
 
 def build_report(settings: Settings | None = None, live: str | Path | None = None, *, scenario: Any = None,
                  truth: pd.DataFrame | None = None, n_boot: int = 300, seed: int = 0) -> LiveReport:
-    """Compute every table of the live report from the live folder (or a given truth frame)."""
+    """Compute every table of the live report from the live folder (or a given truth frame).
+
+    ``scenario``: as ``outage_windows`` takes; by default the scenarios of the loops recorded in loop.json.
+    """
     settings = settings or load_settings()
     live = Path(live) if live is not None else resolve_live_dir(settings)
     t = load_truth(live) if truth is None else prepare_truth(truth)
@@ -485,7 +524,7 @@ def build_report(settings: Settings | None = None, live: str | Path | None = Non
         raise LiveReportError(f"the truth under {live} has no attempts; run `smartrouter live --days N` first")
     days = day_table(t)
     gates = gate_decisions(settings, sorted(t["DAY"].unique()))
-    outages = outage_windows(t, scenario)
+    outages = outage_windows(t, scenario if scenario is not None else loop_scenarios(live))
     ope = ope_table(t, n_boot=n_boot, seed=seed)
     treat = t[t["ARM"] == TREATMENT]
     overall = group_metrics(treat) if len(treat) else {}
@@ -734,22 +773,24 @@ def add_report_arguments(parser: Any) -> Any:
     parser.add_argument("--json", action="store_true", help="print the report's numbers as JSON")
     parser.add_argument("--live-dir", dest="live_dir", type=Path, default=None, metavar="DIR",
                         help="the live folder to read (default: the local world's live/ folder)")
-    parser.add_argument("--scenario", default=None, metavar="FILE",
-                        help="the scenario TOML the loop ran, to label outage windows with their kind and severity")
+    parser.add_argument("--scenario", default=None, metavar="FILE|NAME",
+                        help="the scenario the days ran (a TOML file or a name in scenarios/), to label outage windows; "
+                             "default: the scenarios recorded in the live folder's loop.json")
     return parser
 
 
 def main_report(args: Any) -> int:
     """`smartrouter live report [--json]`: build the live report; prints its path (or the numbers as JSON with --json).
 
-    ``args`` needs ``json`` (bool); optional ``live_dir`` (a path) and ``scenario`` (a scenario TOML path).
+    ``args`` needs ``json`` (bool); optional ``live_dir`` (a path) and ``scenario`` (a file or a shipped name).
     """
     settings = load_settings()
     scenario = None
     if getattr(args, "scenario", None):
+        from smartrouter.live import resolve_scenario_path
         from smartrouter.world.scenario import load_scenario
 
-        scenario = load_scenario(args.scenario)
+        scenario = load_scenario(resolve_scenario_path(args.scenario))
     report = build_report(settings, getattr(args, "live_dir", None), scenario=scenario)
     path = write_report(report, settings)
     if getattr(args, "json", False):
