@@ -46,6 +46,9 @@ class FakeService(Serving):
         self.version = self.world.promoted
         return ReloadAnswer(200, self.version)
 
+    def settle(self) -> None:
+        pass
+
     def close(self) -> None:
         self.world.events.append(("close",))
 
@@ -368,3 +371,105 @@ def test_the_services_routing_copy_runs_the_event_clock_and_keeps_everything_els
     assert copied.policy == original.policy and copied.policy.min_confidence == 0.42
     assert copied.exploration == original.exploration and copied.experiment == original.experiment
     assert copied.bin_overrides == original.bin_overrides == {"520473": ("ELAVON", "WORLDPAY")}
+
+
+# ------------------------------------------------------------------ the real engine, in process
+class CrashingClient:
+    """Passes ``calls`` route calls to the service, then dies (a kill in the middle of a day)."""
+
+    def __init__(self, inner, calls: int) -> None:
+        self.inner, self.left = inner, calls
+
+    def route(self, requests):
+        self.left -= 1
+        if self.left < 0:
+            raise Crash("killed mid-day")
+        return self.inner.route(requests)
+
+    def report(self, outcomes):
+        self.inner.report(outcomes)
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.mark.slow
+def test_three_days_on_a_small_world_in_process_resume_after_a_kill_duplicates_nothing(tmp_path, monkeypatch):
+    """Real engine, shipping, registry and in-process service (fake model); the daily run is a fake that
+    promotes v2 after day 1 (the runner itself is tested in test_pipeline). Day 2 is killed midway."""
+    import pandas as pd
+
+    from routing_fakes import fake_loader, write_version
+    from smartrouter import catalog, warehouse
+    from smartrouter.config import load_settings
+    from smartrouter.routing.shipping import TABLE
+    from smartrouter.world import World, WorldParams
+    from smartrouter.world import live as engine
+
+    end = dt.date(2025, 6, 30)
+    for name, sub in (("HOME", ""), ("LOCAL_DIR", "wh"), ("REGISTRY_DIR", "models"), ("RUNS_DIR", "runs"),
+                      ("STATE_DIR", "state"), ("REPORTS_DIR", "reports")):
+        monkeypatch.setenv(f"SMARTROUTER_{name}", str(tmp_path / sub))
+    settings = load_settings()
+    warehouse.write_world(World(WorldParams.small(days=7, per_day=1500, end=end)), settings, progress=False)
+    write_version(settings.registry_dir, "v1", probs={"WORLDPAY": 0.70, "MIT": 0.82, "ELAVON": 0.75, "AMEX": 0.85, "ADYEN": 0.60})
+    runs: list[dt.date] = []
+
+    def retrain(settings, *, profile, as_of, echo, render):
+        runs.append(as_of)
+        promoted = as_of == end + dt.timedelta(days=2)
+        if promoted:
+            write_version(settings.registry_dir, "v2", probs={"WORLDPAY": 0.72, "MIT": 0.80, "ELAVON": 0.76,
+                                                              "AMEX": 0.86, "ADYEN": 0.61})
+        manifest = {"run_id": f"fake-{as_of}", "status": "succeeded", "gate": {"decision": "promoted" if promoted else "rejected"},
+                    "model_version": "v2" if promoted else None}
+        return type("Result", (), {"manifest": manifest})()
+
+    crash_after: list[int | None] = [None]
+
+    def open_service(settings, options, live, echo):
+        serving = live_mod.InProcessServing(settings, live, model_loader=fake_loader, seed_features=False, poll=False)
+        if crash_after[0] is not None:
+            serving.client = CrashingClient(serving.client, crash_after[0])
+        return serving
+
+    deps = LoopDeps(retrain=retrain, open_service=open_service)
+    lines: list[str] = []
+    # day 1 whole, then day 2 killed after 200 route calls (a few hours of the day)
+    first = run_loop(LoopOptions(days=1, in_process=True), deps=deps, echo=lines.append)
+    assert first.finished and engine.completed_days(settings) == [end + dt.timedelta(days=1)]
+    crash_after[0] = 200
+    with pytest.raises(Crash):
+        run_loop(LoopOptions(days=2, in_process=True), deps=deps, echo=lines.append)
+    crash_after[0] = None
+    rec = json.loads((engine.live_dir(settings) / LOOP_FILE).read_text())["loops"][-1]
+    assert rec["status"] == "failed" and rec["day_records"][0]["steps"]["advance"]["tries"] == 1
+    # the aborted try's decisions reach the warehouse when the loop resumes, and are dropped there
+    run_loop(LoopOptions(in_process=True), deps=deps, echo=lines.append)
+
+    print("\n".join(lines))
+    days = [end + dt.timedelta(days=i) for i in (1, 2, 3)]
+    assert engine.completed_days(settings) == days
+    assert runs == [d + dt.timedelta(days=1) for d in days]  # one daily run per day, none twice
+    rec = json.loads((engine.live_dir(settings) / LOOP_FILE).read_text())["loops"][-1]
+    assert rec["status"] == "finished" and [d["date"] for d in rec["day_records"]] == [str(d) for d in days[1:]]
+    adv = rec["day_records"][0]["steps"]["advance"]
+    assert adv["tries"] == 2 and adv["decision_rows_dropped"] > 0
+    first_reload = json.loads((engine.live_dir(settings) / LOOP_FILE).read_text())["loops"][0]["day_records"][0]["steps"]["reload"]
+    assert first_reload["reloaded"] and (first_reload["from"], first_reload["to"]) == ("v1", "v2")
+    assert rec["day_records"][1]["steps"]["advance"]["summary"]["model_versions"] == ["v2"]
+
+    summaries = {s.day: s for s in engine.read_days(settings)}
+    truth = pd.concat([pd.read_parquet(engine.truth_path(settings, d)) for d in days])
+    assert truth["ATTEMPT_ID"].is_unique and len(truth) == sum(summaries[d].attempts for d in days)
+    with warehouse.connect(settings) as conn:
+        duck = conn.raw._duck_conn
+        ids, distinct = duck.execute(f"SELECT COUNT(*), COUNT(DISTINCT ATTEMPT_ID) FROM {catalog.ATTEMPTS_VIEW} "
+                                     "WHERE CREATED_AT >= ?", [dt.datetime.combine(days[0], dt.time())]).fetchone()
+        per_day = dict(duck.execute(f"SELECT CAST(CREATED_AT AS DATE), COUNT(*) FROM {TABLE} WHERE KIND = 'decision' "
+                                    "GROUP BY 1").fetchall())
+        dup = duck.execute(f"SELECT COUNT(*) - COUNT(DISTINCT REQUEST_ID) FROM {TABLE} WHERE KIND = 'decision'").fetchone()[0]
+    assert ids == distinct == len(truth)
+    # every route call of every day is in the shipped decision log once; none of the killed try's
+    assert per_day == {d: summaries[d].route_calls for d in days} and dup == 0
+    assert any(ln.startswith(f"day 2/2 {days[2]}") and "gate rejected" in ln for ln in lines)

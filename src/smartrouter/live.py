@@ -158,6 +158,10 @@ class Serving:
     def serving_version(self) -> str | None:
         raise NotImplementedError
 
+    def settle(self) -> None:
+        """Wait until the decision log holds every decision made so far (before shipping a day)."""
+        _settle_decision_log(self.decisions_dir)
+
     def reload(self) -> ReloadAnswer:
         raise NotImplementedError
 
@@ -466,7 +470,7 @@ def _tail(path: Path | None, n: int = 3) -> str:
 class InProcessServing(Serving):
     """The service's library object in this process (no HTTP): fast tests and quick checks."""
 
-    def __init__(self, settings: Settings, live: Path):
+    def __init__(self, settings: Settings, live: Path, **service_deps: Any):
         from smartrouter.routing.config import load_routing_config
         from smartrouter.routing.state_store import SNAPSHOT_FILE
         from smartrouter.routing.service import ServiceDeps
@@ -478,9 +482,10 @@ class InProcessServing(Serving):
         (state / SNAPSHOT_FILE).unlink(missing_ok=True)  # a clean slate, as for a started service
         config = load_routing_config(event_clock_config(None, home / "routing.toml"))
         self.decisions_dir = state / "decisions"
-        # one process: no other workers to share outcomes with
+        # one process: no other workers to share outcomes with; ``service_deps``: tests' fakes (model_loader=...)
+        service_deps.setdefault("share_outcomes", False)
         self.service = ServiceDeps(settings=dataclasses.replace(settings, state_dir=state), routing_config=config,
-                                   share_outcomes=False).build()
+                                   **service_deps).build()
         self.client = InProcessClient(service=self.service)
 
     def serving_version(self) -> str | None:
@@ -491,6 +496,14 @@ class InProcessServing(Serving):
         error = self.service.holder.status.last_error
         return ReloadAnswer(409 if result == "failed" else 200, self.service.holder.version,
                             error if result == "failed" else None)
+
+    def settle(self) -> None:
+        # the service's own writer: closing would stop it, so wait for its buffer to drain instead
+        log = self.service.decision_log
+        deadline = time.monotonic() + 15.0
+        while log.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        super().settle()
 
     def close(self) -> None:
         self.client.close()
@@ -616,7 +629,7 @@ class Loop:
         return {"summary": _summary_dict(summaries[0])}
 
     def _ship(self, day: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
-        _settle_decision_log(self.serving.decisions_dir)
+        self.serving.settle()
         r = self.deps.ship(self.serving.decisions_dir, self.settings)
         return {"records": int(getattr(r, "shipped", 0)), "bad_lines": int(getattr(r, "skipped_bad", 0))}
 
