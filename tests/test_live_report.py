@@ -313,7 +313,7 @@ def test_report_sections_index_link_and_json(settings, tmp_path: Path, capsys: p
     assert 'href="live/index.html"' in index
     # the CLI entry point: --json prints the same numbers
     assert LR.main_report(SimpleNamespace(json=True, live_dir=tmp_path / "live", scenario=None)) == 0
-    out = json.loads(capsys.readouterr().out)
+    out = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} is not standard JSON"))
     assert out["verdict"]["outage_failed_before_down_max"] == OUTAGE_FAILURES
     assert out["verdict"]["days"] == 4 and len(out["days"]) == 4 * 3 and out["report"] == str(path)
 
@@ -383,3 +383,17 @@ def test_report_on_a_real_engine_day(tmp_path: Path) -> None:
     assert np.allclose(served["truth"], first["P_CHOSEN"].mean(), atol=1e-12)
     page = LR.write_report(report, s).read_text()
     assert 'id="outages"' in page and "WORLDPAY" in page
+
+
+def test_json_has_no_nan_when_a_share_is_undefined() -> None:
+    t = synthetic_truth(days=1, orders_per_day=40)
+    t["P_RULES"] = t["P_BEST"]  # the rules already pick the best: no gain to take, the share is undefined
+    t = LR.prepare_truth(t)
+    days = LR.day_table(t)
+    assert days["gain_share"].isna().all()
+    empty = pd.DataFrame()
+    report = LR.LiveReport(days, empty, empty, empty, empty, empty,
+                           verdict={"treatment": LR.group_metrics(t[t["ARM"] == "treatment"])})
+    text = json.dumps(report.to_json())
+    assert "NaN" not in text and json.loads(text)["verdict"]["treatment"]["gain_share"] is None
+    assert "rules already best" in LR._share_ci(float("nan"), float("nan"), float("nan"))

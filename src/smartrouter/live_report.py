@@ -483,7 +483,14 @@ class LiveReport:
         def records(df: pd.DataFrame) -> list[dict[str, Any]]:
             return json.loads(df.to_json(orient="records", date_format="iso"))
 
-        return {"verdict": self.verdict, "days": records(self.days), "blocks": records(self.blocks),
+        def plain(v: Any) -> Any:  # standard JSON: NaN (an undefined share) becomes null
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, Mapping):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+
+        return {"verdict": plain(self.verdict), "days": records(self.days), "blocks": records(self.blocks),
                 "versions": records(self.versions), "gates": records(self.gates), "outages": records(self.outages),
                 "ope": records(self.ope), "day_summaries": self.summaries, "registry_events": self.events}
 
