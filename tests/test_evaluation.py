@@ -356,12 +356,18 @@ def test_exploration_off_is_reported_as_too_few_stochastic_rows():
     frame, truth, mask, _, _ = served_log(explore=0.0, n=5_000)
     logged = E.logged_data(frame, POL.processor_index(FakeRules().choose_frame(frame)))
     summary = E.logging_summary(logged, {"oracle": POL.greedy_policy(truth, mask)})
-    assert summary["n_stochastic"] == 0 and summary["few_stochastic"] and summary["n_served"] == 5_000
+    assert summary["n_stochastic"] == summary["n_exploratory"] == 0 and summary["few_stochastic"]
+    assert summary["n_served"] == 5_000
     assert "[exploration].enabled in routing.toml" in summary["note"]
     assert summary["unsupported_share"]["oracle"] > 0.1
     frame2, _, _, _, _ = served_log(explore=0.3, n=5_000)
     on = E.logging_summary(E.logged_data(frame2, POL.processor_index(FakeRules().choose_frame(frame2))))
-    assert not on["few_stochastic"] and on["n_stochastic"] > E.MIN_STOCHASTIC_ROWS
+    assert not on["few_stochastic"] and on["n_exploratory"] > E.MIN_STOCHASTIC_ROWS
+    # a window where the only randomisation is a 2 % probe chance (p = 0.98 on the rows it spared)
+    # is stochastic on every row yet still "few": almost nothing was tried
+    probed = frame.assign(PROPENSITY=0.98)
+    s_probe = E.logging_summary(E.logged_data(probed, POL.processor_index(FakeRules().choose_frame(probed))))
+    assert s_probe["n_stochastic"] == 5_000 and s_probe["n_exploratory"] == 0 and s_probe["few_stochastic"]
 
 
 def test_mixed_window_pools_merchant_rows_and_keeps_served_propensities():
@@ -402,7 +408,8 @@ def test_served_rows_are_recognised_and_invalid_propensities_counted():
     assert logged.invalid_propensities == 2
     assert logged.propensity[2:].tolist() == [1.0, 1.0, 0.4]
     s = E.logging_summary(logged)
-    assert s["n_stochastic"] == 2 and s["n_stochastic_served"] == 1 and "counted as deterministic" in s["note"]
+    assert s["n_stochastic"] == s["n_exploratory"] == 2 and s["n_stochastic_served"] == 1
+    assert "counted as deterministic" in s["note"]
 
 
 def test_two_arm_served_log_learns_the_rules_choice_from_control_and_the_rest_from_treatment():

@@ -36,14 +36,17 @@ uniform ε": the service chose by model, rules, failover or exploration, and log
 of each choice -- 1.0 for a deterministic one, the Thompson-sampling/probe/ramp probability
 otherwise, already marginalised over the service's own coin flips. Its rows are recognised by the
 ``source`` its decision record carries (``ROUTING_SOURCE``; the merchant's logger writes none) or an
-``ALGORITHM_TYPE`` that is not one of the merchant logger's. In every mode but ``experiment`` they
-use that logged propensity when it is valid (0 < p <= 1; an invalid one counts as 1.0 and is
-reported); the mixture above is re-derived for the merchant logger's rows only, with ε their own
-EXPERIMENT share. Off-policy information comes only from rows whose logged propensity is below 1
-("stochastic" rows): a row logged with propensity 1 contributes to IPS/SNIPS only for a policy that
-makes the same choice, and DR falls back to its outcome model there. ``logging_summary`` counts
-those rows and the share of each policy's choices no logged randomisation covers, and says so when
-a test window has too few (exploration switched off leaves only failover probes).
+``ALGORITHM_TYPE`` that is not one of the merchant logger's, and use that logged propensity when it
+is valid (0 < p <= 1; an invalid one counts as 1.0 and is reported). The mixture above is
+re-derived for the merchant logger's rows only, with ε their own EXPERIMENT share. When the served
+rows hold both A/B arms, ``pooled`` learns the static rules' choice from control rows and every
+other choice from treatment rows, each weighted by its logged propensity times its arm's share
+(``_split_served_arms`` says why). Off-policy information comes only from rows logged with a
+propensity below 1 ("stochastic" rows): a row logged with propensity 1 contributes to IPS/SNIPS only
+for a policy that makes the same choice, and DR falls back to its outcome model there.
+``logging_summary`` counts those rows and the share of each policy's choices no logger covers
+(``unsupported_share``), and says so when a window has too few (exploration switched off leaves
+only failover probes and ramps).
 
 Estimators (π = target policy matrix, q̂ = an outcome model's probability matrix, w = π(a|x)/μ(a|x)):
 IPS = mean(w·r); SNIPS = Σw·r / Σw; DM = mean Σ_a π(a|x) q̂(x,a); DR = DM + mean(w·(r − q̂(x,a))).
@@ -81,9 +84,14 @@ from smartrouter.world.generate import ALGORITHMS as MERCHANT_LOGGER_ALGORITHMS
 ESTIMATORS: tuple[str, ...] = ("IPS", "SNIPS", "DM", "DR")
 PROPENSITY_MODES: tuple[str, ...] = ("pooled", "experiment", "naive")
 EXPERIMENT_ARM = "EXPERIMENT"
-# Below this many stochastic rows any off-policy term's 95 % interval is wider than ±7 pp
+# Below this many exploratory rows any off-policy term's 95 % interval is wider than ±7 pp
 # (1.96 · 0.5 / sqrt(200) for a 0/1 reward): the window cannot tell policies apart off-policy.
 MIN_STOCHASTIC_ROWS = 200
+# A row logged with propensity <= 0.5 is one where the logger chose what it did not prefer (an
+# explored, probed or uniformly drawn choice): the rows that inform about alternatives. A row with
+# 0.5 < p < 1 is stochastic too, but mostly re-weights the logger's own preferred choice (the
+# service logs p = 0.98 on every row routed while a probe of a DOWN processor was possible).
+EXPLORATORY_P = 0.5
 SLICE_COLUMNS: dict[str, str] = {
     "brand": "CARD_BRAND",
     "currency": "CURRENCY",
@@ -253,6 +261,8 @@ class LoggedData:
     # (n,) whether the row's logger randomised (valid logged propensity < 1) -- None: not known
     stochastic: np.ndarray | None = None
     invalid_propensities: int = 0  # served rows whose logged propensity was missing or outside (0, 1]
+    # (n,) logged propensity <= EXPLORATORY_P: the logger tried what it did not prefer -- None: not known
+    exploratory: np.ndarray | None = None
     # served rows split by A/B arm (see logged_data): per row "control" / "treatment" / "" (not split),
     # the arm's share among the split rows, and the static rules' choice
     arm: np.ndarray | None = None
@@ -288,6 +298,7 @@ def logged_data(frame: pd.DataFrame, rules_idx: np.ndarray | None = None, mode: 
     # guessed small value would give the row an arbitrary, possibly huge, weight
     served_p = np.where(valid, logged_p, 1.0)
     stochastic = valid & (logged_p < 1.0)
+    exploratory = valid & (logged_p <= EXPLORATORY_P)
     invalid = int((served & ~valid).sum())
     merchant = ~served
     eps = (float(is_exp[merchant].mean()) if merchant.any() else 0.0) if experiment_share is None else float(experiment_share)
@@ -321,7 +332,8 @@ def logged_data(frame: pd.DataFrame, rules_idx: np.ndarray | None = None, mode: 
         prop = np.where(ctrl | treat, np.where(own, share * prop, np.inf), prop)
     return LoggedData(action=action[rows], reward=reward[rows], propensity=np.asarray(prop, dtype=np.float64)[rows],
                       mask=mask[rows], rows=rows, mode=mode, experiment_share=eps, served=served[rows],
-                      stochastic=stochastic[rows], invalid_propensities=invalid, arm=split[rows], arm_share=share[rows],
+                      stochastic=stochastic[rows], invalid_propensities=invalid, exploratory=exploratory[rows],
+                      arm=split[rows], arm_share=share[rows],
                       rules=None if rules_idx is None else np.asarray(rules_idx)[rows])
 
 
@@ -374,7 +386,9 @@ def logging_summary(logged: LoggedData, policies: Mapping[str, np.ndarray] | Non
     """How much off-policy information the evaluated rows hold, as plain JSON.
 
     Keys: n_rows, n_served, n_stochastic (logged propensity < 1: the rows OPE learns off-policy
-    from), stochastic_share, n_stochastic_served, invalid_propensities, few_stochastic, note, and with
+    from), stochastic_share, n_stochastic_served, n_exploratory (propensity <= EXPLORATORY_P: the
+    logger tried a choice it did not prefer), invalid_propensities, few_stochastic (fewer than
+    ``min_stochastic`` exploratory rows), note, and with
     ``policies`` (name -> (n_frame, P) matrices) ``unsupported_share``: per policy, the share of its
     probability mass on rows logged with propensity 1 and another choice -- IPS/SNIPS see nothing
     there, DR only its outcome model.
@@ -383,20 +397,22 @@ def logging_summary(logged: LoggedData, policies: Mapping[str, np.ndarray] | Non
     served = logged.served if logged.served is not None else np.zeros(n, dtype=bool)
     stoch = logged.stochastic if logged.stochastic is not None else logged.propensity < 1.0
     n_stoch = int(stoch.sum())
-    few = n_stoch < min_stochastic
+    explo = logged.exploratory if logged.exploratory is not None else logged.propensity <= EXPLORATORY_P
+    n_explo = int(explo.sum())
+    few = n_explo < min_stochastic
     out: dict[str, Any] = {
         "n_rows": n, "n_served": int(served.sum()), "n_stochastic": n_stoch,
         "stochastic_share": n_stoch / n if n else float("nan"), "n_stochastic_served": int((stoch & served).sum()),
-        "invalid_propensities": int(logged.invalid_propensities), "few_stochastic": bool(few),
+        "n_exploratory": n_explo, "invalid_propensities": int(logged.invalid_propensities), "few_stochastic": bool(few),
     }
+    head = (f"{n_stoch} of {n} evaluated rows ({100.0 * n_stoch / n:.1f} %) were logged with a propensity below 1, "
+            f"{n_explo} of them at most {EXPLORATORY_P:g} (the logger tried a choice it did not prefer)")
     if few:
-        out["note"] = (f"only {n_stoch} of {n} evaluated rows were logged with a propensity below 1 (fewer than "
-                       f"{min_stochastic}): little off-policy information -- IPS/SNIPS only see rows where a policy "
-                       "makes the logged choice, DR rests on its outcome model elsewhere; is exploration switched "
-                       "off ([exploration].enabled in routing.toml)?")
+        out["note"] = (f"{head}: fewer than {min_stochastic} exploratory rows, so little off-policy information -- "
+                       "IPS/SNIPS only see rows where a policy makes the logged choice, DR rests on its outcome model "
+                       "elsewhere; is exploration switched off ([exploration].enabled in routing.toml)?")
     else:
-        out["note"] = (f"{n_stoch} of {n} evaluated rows ({100.0 * n_stoch / n:.1f} %) were logged with a propensity "
-                       "below 1: the rows off-policy estimates learn from")
+        out["note"] = f"{head}: the rows off-policy estimates learn from"
     if logged.invalid_propensities:
         out["note"] += (f"; {logged.invalid_propensities} served row(s) had no valid propensity in (0, 1] and were "
                         "counted as deterministic")
