@@ -184,6 +184,13 @@ def test_crash_mid_day_then_rerun_redoes_only_that_day(settings, monkeypatch):
     assert len(att) == len(log) == day1_rows + day2.attempts
     assert att["ATTEMPT_ID"].is_unique and log["ATTEMPT_ID"].is_unique
 
+    # a rebuilt world (another fingerprint) is not continued with the old live days
+    info = json.loads(warehouse.world_file(settings).read_text())
+    info["fingerprint"] = "0" * 16
+    warehouse.world_file(settings).write_text(json.dumps(info))
+    with pytest.raises(live.LiveError, match="continues another build of the world"):
+        live.advance(settings, 1, CrashingClient(None, dt.datetime(2000, 1, 1)))
+
 
 def test_scenario_outage_disable_and_traffic_reach_the_truth(settings):
     busy = Outage(processor="busiest", day=1, start_minute=15 * 60, duration_minutes=240, kind="timeouts", severity=0.9)
@@ -274,3 +281,71 @@ def test_continuation_incidents_leave_the_world_alone():
     starts = np.concatenate([continuation_outages(params, active, params.days + d).start - (params.days + d) * 86400.0
                              for d in range(60)])
     assert ((starts >= 14 * 3600) & (starts <= 27 * 3600)).all()  # local daytime 08-21 h = 14-27 h UTC
+
+
+@pytest.mark.slow
+def test_a_day_over_http_through_a_real_server(settings, tmp_path):
+    """`smartrouter serve` (event clock) routes a live day over HTTP; every decision is in its decision log
+    at the simulated time, and the rows land as in process."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from smartrouter.config import REPO_ROOT
+    from smartrouter.routing import read_records
+    from smartrouter.routing.config import DEFAULT_PATH
+
+    cfg = tmp_path / "routing.toml"
+    text = DEFAULT_PATH.read_text()
+    assert 'clock = "wall"' in text and "max_ahead_seconds = 300" in text
+    cfg.write_text(text.replace('clock = "wall"', 'clock = "event"').replace("max_ahead_seconds = 300", "max_ahead_seconds = 3600"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state = tmp_path / "state"
+    env = dict(os.environ, SMARTROUTER_HOME=str(settings.home), SMARTROUTER_LOCAL_DIR=str(settings.local_dir),
+               SMARTROUTER_REGISTRY_DIR=str(tmp_path / "no-models"), SMARTROUTER_STATE_DIR=str(state),
+               SMARTROUTER_ROUTING_CONFIG=str(cfg), SMARTROUTER_WAREHOUSE="local")
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    server = subprocess.Popen([sys.executable, "-m", "smartrouter", "serve", "--workers", "1", "--port", str(port)],
+                              env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()[-3000:]
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the service did not become ready"
+            time.sleep(0.3)
+        c = live.HttpClient(url, concurrency=4)
+        try:
+            (day,) = live.advance(settings, 1, c)
+        finally:
+            c.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    att = _new_rows(settings, catalog.ATTEMPTS_VIEW)
+    truth = pd.read_parquet(live.truth_path(settings, DAY1))
+    assert len(att) == len(truth) == day.attempts == day.route_calls > 1000
+    detail = att["DYNAMIC_ROUTING_DETAIL"].map(json.loads)
+    assert set(detail.map(lambda d: d["source"])) <= {"rules", "hard_rule", "failover", "fallback"}  # no model served
+    decisions = {r["request_id"]: r for r in read_records(state / "decisions", kind="decision")}
+    ids = detail.map(lambda d: d["request_id"])
+    assert set(ids) <= set(decisions)
+    at = np.array([decisions[i]["at"] for i in ids])
+    created = (pd.to_datetime(att["CREATED_AT"]) - pd.Timestamp("1970-01-01")).dt.total_seconds().to_numpy()
+    assert np.allclose(at, created, atol=1e-3)  # the request's created_at is the simulated time
+    assert (truth["LATENCY_MS"] > 0).all()
