@@ -579,7 +579,7 @@ def plots_png(days: pd.DataFrame) -> bytes | None:
         ax.plot(d["day"], 100 * d["approval_true"], marker="o", ms=3, label=f"{arm}: choices made")
     ax.plot(ref["day"], 100 * ref["approval_rules_true"], ls="--", color="#757575", label="static rules (same payments)")
     ax.plot(ref["day"], 100 * ref["approval_best_true"], ls=":", color="#2e7d32", label="oracle-best (same payments)")
-    ax.set_title("True approval of attempts (%)", fontsize=9)
+    ax.set_title("True approval of first attempts (%); rules and best: all arms", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[1]
     for arm in arms:
