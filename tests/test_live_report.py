@@ -207,6 +207,19 @@ def test_outage_label_counts_scenario_days_from_its_own_loop() -> None:
     assert w["kind"] == "timeouts"
 
 
+def test_outage_never_marked_down_is_said_so() -> None:
+    t = synthetic_truth(days=3, orders_per_day=300, explore=0.0)
+    t = LR.prepare_truth(t)
+    out = LR.outage_windows(t)  # the control arm keeps sending to WORLDPAY to the window's end, no failover
+    assert out.iloc[0]["how_marked"] == LR.NOT_MARKED
+    v = LR.verdict(LR.day_table(t), out, pd.DataFrame(), {})
+    assert v["outage_windows_not_marked"] == 1 and v["outage_failed_before_down_max"] is None
+    report = LR.LiveReport(LR.day_table(t), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), out, pd.DataFrame(),
+                           verdict={**v, "treatment": LR.group_metrics(t[t["ARM"] == "treatment"])})
+    text = LR.verdict_text(report)
+    assert "in 1 of them it never stopped sending to it" in text and "after at most" not in text
+
+
 def test_outage_matches_scenario_label() -> None:
     scen = SimpleNamespace(outages=(SimpleNamespace(processor="busiest", day=OUTAGE_DAY, start_minute=600,
                                                     duration_minutes=240, kind="timeouts", severity=0.9),))

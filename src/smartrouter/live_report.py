@@ -30,11 +30,14 @@ outage losses, exploration and latency count every attempt.
 - *outage window*: a maximal time-ordered run of attempts whose ``OUTAGE_PROCESSORS`` names the
   processor. *Marked DOWN at*: the first ``failover`` decision in the window (the service only fails
   over around a processor it holds DOWN or ramps back); without one, the moment after which the
-  processor got probes only (``exploration`` decisions); *failed attempts before DOWN* = attempts on
-  the processor in the window before that moment that were not approved.
+  processor got probes only (``exploration`` decisions), if the rest of the window would have
+  carried at least ``STOP_EVIDENCE`` attempts to it at its earlier rate (else: not marked);
+  *failed attempts before DOWN* = failed attempts on the processor in the window before that moment.
+  Limit: the truth does not say which processor a failover avoided; a processor still held DOWN from
+  an earlier outage when this window starts would be read as this one being marked at once.
 - *OPE* per 3-day block and arm: the served policy's value and the static rules' value estimated
-  from the logged first attempts only (chosen processor, outcome, the service's logged propensity, and the
-  rules' choice), with ``evaluation.estimate_policies`` (IPS and SNIPS, its Poisson-bootstrap
+  from the logged first attempts only (chosen processor, outcome, the service's logged propensity,
+  and the rules' choice), with ``evaluation.estimate_policies`` (IPS and SNIPS, its Poisson-bootstrap
   95 % interval), beside the truth (mean P_CHOSEN, mean P_RULES on the same attempts). With its own
   propensities the served policy's IPS weight is 1 on every row, so its estimate is the observed
   approval: the check that the machinery reads served logs correctly. The rules' estimate is
@@ -83,6 +86,8 @@ PROBE_SOURCE = "exploration"
 # What the service's health tracker counts as a failure; PROCESSING is unresolved, so it is no signal yet.
 FAILED_STATUSES: frozenset[str] = frozenset({"DECLINED", "TIMEOUT", "ERROR"})
 FAILOVER_SOURCE = "failover"
+NOT_MARKED = "not marked DOWN"
+STOP_EVIDENCE = 3.0  # expected attempts on a processor that must be missing before "it stopped being chosen"
 ALL_ARMS = "all"
 # Added to the run reports' CSS: the wide tables keep each number on one line and scroll sideways.
 _CSS = "table.live { font-size: .8rem; } table.live td.num { white-space: nowrap; }"
@@ -368,6 +373,15 @@ def _as_runs(scenario: Any, first_day: dt.date | None) -> list[tuple[dt.date, An
     return [(first_day, scenario)]
 
 
+def _stopped_after(window: pd.DataFrame, last: pd.Timestamp, sent: int) -> bool:
+    """Did the service stop choosing the processor after ``last``? Only if the rest of the window, at the rate
+    it got attempts until then, would have carried at least STOP_EVIDENCE more: a gap that long happens by
+    chance with probability about exp(-STOP_EVIDENCE)."""
+    until = int((window["CREATED_AT"] <= last).sum())
+    rest = len(window) - until
+    return rest * sent / max(1, until) >= STOP_EVIDENCE
+
+
 def outage_windows(truth: pd.DataFrame, scenario: Any = None, level: float = LEVEL) -> pd.DataFrame:
     """Per outage window: failed attempts before the service marked the processor DOWN, and the gap recovered.
 
@@ -390,14 +404,14 @@ def outage_windows(truth: pd.DataFrame, scenario: Any = None, level: float = LEV
             if len(failovers):
                 down_at, how = failovers["CREATED_AT"].iloc[0], "first failover decision"
                 before = mine[mine["CREATED_AT"] < down_at]
-            elif len(non_probe) and non_probe["CREATED_AT"].iloc[-1] < end:
+            elif len(non_probe) and _stopped_after(w, non_probe["CREATED_AT"].iloc[-1], len(non_probe)):
                 down_at, how = non_probe["CREATED_AT"].iloc[-1], "probes only after this"
                 before = mine[mine["CREATED_AT"] <= down_at]
             elif not len(non_probe):
                 down_at, how = start, "never chosen in the window"
                 before = mine.iloc[:0]
             else:
-                down_at, how = pd.NaT, "not marked DOWN"
+                down_at, how = pd.NaT, NOT_MARKED
                 before = mine
             after = mine[mine["CREATED_AT"] > down_at] if down_at is not pd.NaT else mine.iloc[:0]
             o = _scenario_outage(runs, proc, start, end)
@@ -512,7 +526,9 @@ def verdict(days: pd.DataFrame, outages: pd.DataFrame, ope: pd.DataFrame, overal
         "ope_blocks_covered": int(served["covered"].sum()) if len(served) else 0,
     }
     if len(outages):
-        out["outage_failed_before_down_max"] = int(outages["failed_before_down"].max())
+        marked = outages[outages["how_marked"] != NOT_MARKED]
+        out["outage_windows_not_marked"] = int(len(outages) - len(marked))
+        out["outage_failed_before_down_max"] = int(marked["failed_before_down"].max()) if len(marked) else None
         col = f"recovered_{TREATMENT}" if f"recovered_{TREATMENT}" in outages else f"recovered_{ALL_ARMS}"
         out["outage_recovered_min"] = float(outages[col].min())
     return out
@@ -624,10 +640,14 @@ def verdict_text(report: LiveReport) -> str:
         parts.append(f"On {v['days_after_first_meeting_gain_bar']} of the {v['days_after_first']} days after the first "
                      f"it took at least {GAIN_SHARE_BAR:.0%} of that gain (worst day {_pct(v['worst_day_gain_share'], 0)}).")
     if v["outage_windows"]:
-        parts.append(f"In {v['outage_windows']} outage window(s) the service stopped sending to the failing processor "
-                     f"after at most {v['outage_failed_before_down_max']} failed attempt(s) (bar: {DOWN_WITHIN_FAILURES}) "
-                     f"and its choices recovered at least {_pct(v['outage_recovered_min'], 0)} of the gap between "
-                     f"the rules and the best choice there (bar: {OUTAGE_RECOVERY_BAR:.0%}).")
+        n, missed = v["outage_windows"], v["outage_windows_not_marked"]
+        stopped = (f"the service stopped sending to the failing processor after at most "
+                   f"{v['outage_failed_before_down_max']} failed attempt(s) (bar: {DOWN_WITHIN_FAILURES})"
+                   if missed < n else "")
+        never = f"in {missed} of them it never stopped sending to it" if missed else ""
+        parts.append(f"In {n} outage window(s) {'; '.join(x for x in (stopped, never) if x)}, and its choices "
+                     f"recovered at least {_pct(v['outage_recovered_min'], 0)} of the gap between the rules and the "
+                     f"best choice there (bar: {OUTAGE_RECOVERY_BAR:.0%}).")
     else:
         parts.append("No processor outage happened in these days.")
     if v["ope_blocks"]:
