@@ -349,3 +349,39 @@ def test_a_day_over_http_through_a_real_server(settings, tmp_path):
     created = (pd.to_datetime(att["CREATED_AT"]) - pd.Timestamp("1970-01-01")).dt.total_seconds().to_numpy()
     assert np.allclose(at, created, atol=1e-3)  # the request's created_at is the simulated time
     assert (truth["LATENCY_MS"] > 0).all()
+
+
+def test_live_truth_is_the_world_oracle_continued():
+    """Without a scenario or incidents, the live truth of every processor is the world's Oracle at that time
+    (drift and seasonality continue past the span), and a scenario outage changes only its processor and window."""
+    from smartrouter.world.entities import continuation_outages
+    from smartrouter.world.generate import _DayGenerator
+
+    params = WorldParams.small(**PARAMS)
+    world = World(params)
+    active = world.effects.active_from_sec
+    day = next(d for d in range(params.days + 1, params.days + 60)
+               if not len(continuation_outages(params, active, d)) and not len(continuation_outages(params, active, d - 1)))
+    g = _DayGenerator(world, day)
+    g._orders()
+    n = g.n
+    enc = g._encode(np.arange(n), g.t0, np.ones(n, dtype=np.int64), np.full(n, -1), np.full(n, np.nan), np.full(n, -1))
+    msg = (np.arange(n) % 3 == 0).astype(np.int64)
+    p, es, pi, inside = live._Truth(world, None, day).matrix(enc, msg, g.t0)
+    oracle = world.oracle()
+    for j, name in enumerate(catalog.PROCESSORS):
+        want = oracle.probabilities(enc, np.full(n, j), msg)
+        ok = want > 0  # the oracle says 0 where ineligible; the live truth leaves eligibility to `available`
+        assert np.allclose(p[ok, j], want[ok], rtol=1e-12, atol=0), name
+    assert not inside.any()
+    cont_day = day - params.days + 1
+    sc = Scenario(name="t", description="t", outages=(
+        Outage(processor="MIT", day=cont_day, start_minute=600, duration_minutes=60, kind="declines", severity=0.5),))
+    p2, es2, pi2, inside2 = live._Truth(world, sc, day).matrix(enc, msg, g.t0)
+    sec = g.t0 - day * 86400.0
+    win = (sec >= 36000) & (sec < 39600)
+    mit = catalog.PROCESSOR_INDEX["MIT"]
+    assert win.any() and np.allclose(p2[win, mit], 0.5 * p[win, mit], rtol=1e-12)
+    others = np.ones(p.shape, dtype=bool)
+    others[win, mit] = False
+    assert np.array_equal(p2[others], p[others]) and np.array_equal(inside2[:, mit], win)

@@ -34,7 +34,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,11 @@ from smartrouter import atomic, catalog, warehouse
 from smartrouter.config import Settings, load_settings
 from smartrouter.errors import ConfigError
 from smartrouter.world.clients import HttpClient, InProcessClient, LiveError, RouterClient
-from smartrouter.world.entities import BANK_NAMES, PI, SECONDS_PER_DAY, USD_MXN, concat_outages, continuation_outages
+from smartrouter.world.entities import (
+    BANK_NAMES, PI, SECONDS_PER_DAY, USD_MXN, Outages, concat_outages, continuation_outages,
+)
 from smartrouter.world.generate import CODE_LIST, MAX_ATTEMPTS, World, _DayGenerator
-from smartrouter.world.oracle import error_share, issuer_logit, sigmoid
+from smartrouter.world.oracle import Encoded, error_share, issuer_logit, sigmoid
 from smartrouter.world.scenario import BUSIEST, MINUTES_PER_DAY, Scenario
 
 __all__ = [
@@ -161,7 +163,11 @@ class _Truth:
         self.eff, self.span = eff, world.oracle().span_sec
         parts = [world.outages] + [continuation_outages(prm, eff.active_from_sec, d)
                                    for d in (day_index - 1, day_index) if d >= prm.days]
-        self.outages = concat_outages(*parts)
+        both = concat_outages(*parts)
+        # only incidents that touch this day matter (the world's own end before its span does)
+        lo, hi = float(day_index * SECONDS_PER_DAY), float((day_index + 1) * SECONDS_PER_DAY)
+        keep = (both.end > lo) & (both.start < hi)
+        self.outages = Outages(*(getattr(both, f.name)[keep] for f in fields(Outages)))
         base = float(prm.days * SECONDS_PER_DAY)  # 00:00 UTC of continuation day 1, in world seconds
 
         def at(day: int, minute: int) -> float:
@@ -198,39 +204,43 @@ class _Truth:
         return on & self.elig[brand, currency]
 
     def matrix(self, enc: Any, msg: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(m, P) each: P(APPROVED), processor-error share, issuer approval, in-an-incident flag."""
+        """(m, P) each: P(APPROVED), processor-error share, issuer approval, in-an-incident flag.
+
+        Every processor at once: the m rows are repeated once per processor (processor-major), so
+        the truth functions run once on m * P rows instead of P times on m (slices are small and
+        numpy's per-call cost dominates there)."""
         m, P = len(t), len(catalog.PROCESSORS)
-        p_all, es_all, pi_all = (np.zeros((m, P)) for _ in range(3))
-        out_all = np.zeros((m, P), dtype=bool)
+        rep = Encoded(**{f.name: np.tile(getattr(enc, f.name), P) for f in fields(Encoded)})
+        proc = np.repeat(np.arange(P), m)
+        t_r, msg_r = rep.t_sec, np.tile(msg, P)
         o = self.outages
-        for j in range(P):
-            proc = np.full(m, j)
-            es = error_share(self.eff, proc, t, o)
-            z = issuer_logit(self.eff, enc, proc, msg, self.span, o)
-            for t0, shift, bank, bins, procs in self.steps:
-                if j in procs:
-                    hit = t >= t0
-                    if bank is not None:
-                        hit &= enc.bank_idx == bank
-                    if bins is not None:
-                        hit &= np.isin(enc.bin_idx, bins)
-                    z = z + np.where(hit, shift, 0.0)
-            dec = np.zeros(m)
-            inside = np.zeros(m, dtype=bool)
-            for i in np.flatnonzero(o.processor == j):
-                inside |= o.shape(i, t) > 0
-            for pj, s, e, kind, sev in self.sc_outages:
-                if pj == j:
-                    win = (t >= s) & (t < e)
-                    inside |= win
-                    if kind == "timeouts":
-                        es = np.maximum(es, np.where(win, sev, 0.0))
-                    else:
-                        dec = np.maximum(dec, np.where(win, sev, 0.0))
-            pi = sigmoid(z) * (1.0 - dec)
-            p_all[:, j] = (1.0 - es) * (1.0 - self.eff.processing[j]) * pi
-            es_all[:, j], pi_all[:, j], out_all[:, j] = es, pi, inside
-        return p_all, es_all, pi_all, out_all
+        es = error_share(self.eff, proc, t_r, o)
+        z = issuer_logit(self.eff, rep, proc, msg_r, self.span, o)
+        for t0, shift, bank, bins, procs in self.steps:
+            hit = (t_r >= t0) & np.isin(proc, list(procs))
+            if bank is not None:
+                hit &= rep.bank_idx == bank
+            if bins is not None:
+                hit &= np.isin(rep.bin_idx, bins)
+            z = z + np.where(hit, shift, 0.0)
+        dec = np.zeros(m * P)
+        inside = np.zeros(m * P, dtype=bool)
+        for i in range(len(o)):
+            inside |= (proc == o.processor[i]) & (o.shape(i, t_r) > 0)
+        for pj, start, end, kind, sev in self.sc_outages:
+            win = (proc == pj) & (t_r >= start) & (t_r < end)
+            inside |= win
+            if kind == "timeouts":
+                es = np.maximum(es, np.where(win, sev, 0.0))
+            else:
+                dec = np.maximum(dec, np.where(win, sev, 0.0))
+        pi = sigmoid(z) * (1.0 - dec)
+        p = (1.0 - es) * (1.0 - self.eff.processing[proc]) * pi
+
+        def cols(x: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(x.reshape(P, m).T)
+
+        return cols(p), cols(es), cols(pi), cols(inside)
 
 
 # ---------------------------------------------------------------------------- one live day
@@ -253,6 +263,12 @@ class _LiveDay:
         self._rules_cache: dict[tuple, int] = {}
         self._cand_cache: dict[tuple, tuple[str, str, list[str]]] = {}
         self._order_fields = self._order_bodies()
+        # First attempts are known at the start of the day (their message type too): their truth for
+        # every processor is computed in one vectorized pass; retries are computed per slice.
+        n = g.n
+        self.first_msg = (g.rng.random(n) < 0.2).astype(np.int64)
+        enc = g._encode(np.arange(n), g.t0, np.ones(n, dtype=np.int64), np.full(n, -1), np.full(n, np.nan), np.full(n, -1))
+        self.first_truth = self.truth.matrix(enc, self.first_msg, g.t0)
 
     # ------------------------------------------------------------------ request bodies
     def _order_bodies(self) -> list[dict[str, Any]]:
@@ -357,7 +373,11 @@ class _LiveDay:
         m = len(oi)
         if m == 0:
             return []
-        msg = (g.rng.random(m) < np.where(attempt == 1, 0.2, 0.3)).astype(np.int64)
+        first = attempt == 1
+        retry = np.flatnonzero(~first)
+        msg = np.empty(m, dtype=np.int64)
+        msg[first] = self.first_msg[oi[first]]
+        msg[retry] = (g.rng.random(len(retry)) < 0.3).astype(np.int64)
         joined = truth.in_world[None, :] & (truth.eff.active_from_sec[None, :] <= t[:, None])
         created = self._created(t)
         stamps = np.datetime_as_string(created, unit="us").tolist()
@@ -372,14 +392,14 @@ class _LiveDay:
             cands.append(c_json)
             skips.append(s_json)
             b = dict(self._order_fields[o])
-            first = attempt[i] == 1
+            head = attempt[i] == 1
             b.update(
                 payment_id=payment_ids[i], attempt_id=attempt_ids[i], mci_msi_type=catalog.MESSAGE_TYPES[msg[i]],
                 num_attempts_order=int(attempt[i]), created_at=stamps[i], candidates=names,
-                previous_order_error_code=None if first else CODE_LIST[r["prev_code"][i]],
-                previous_processor=None if first else catalog.PROCESSORS[r["prev_proc"][i]],
-                sec_since_previous_attempt=None if first else float(r["delay"][i]),
-                avg_sec_between_payment_attempts=None if first else round(float(r["avg_delay"][i]), 3),
+                previous_order_error_code=None if head else CODE_LIST[r["prev_code"][i]],
+                previous_processor=None if head else catalog.PROCESSORS[r["prev_proc"][i]],
+                sec_since_previous_attempt=None if head else float(r["delay"][i]),
+                avg_sec_between_payment_attempts=None if head else round(float(r["avg_delay"][i]), 3),
             )
             bodies.append(b)
         answers = self.client.route(bodies)
@@ -393,8 +413,12 @@ class _LiveDay:
                                 f"candidates sent ({json.loads(cands[i])}); the service must honour `candidates`")
             chosen[i] = p
         rows = np.arange(m)
-        enc = g._encode(oi, t, attempt, r["prev_code"], r["delay"], r["prev_proc"])
-        p_all, es_all, pi_all, out_all = truth.matrix(enc, msg, t)
+        p_all, es_all, pi_all, out_all = (x[oi] for x in self.first_truth)  # copies; retry rows replaced below
+        if len(retry):
+            enc = g._encode(oi[retry], t[retry], attempt[retry], r["prev_code"][retry], r["delay"][retry],
+                            r["prev_proc"][retry])
+            for full, part in zip((p_all, es_all, pi_all, out_all), truth.matrix(enc, msg[retry], t[retry])):
+                full[retry] = part
         status, code, latency = g._outcome(oi, chosen, r["prev_code"], es_all[rows, chosen], pi_all[rows, chosen])
         latency = np.round(latency, 1)
         outcomes = []
