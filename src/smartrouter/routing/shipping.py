@@ -88,6 +88,24 @@ def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield rows[i : i + _BATCH_ROWS]
 
 
+def _insert_batch(conn: Any, cur: Any, insert: str, batch: list[dict[str, Any]]) -> None:
+    """Snowflake: the INSERT, executemany. Local world: DuckDB's pandas scan of the same columns, because
+    fakesnow transpiles an executemany row by row (~20 ms a row: a live day's 28,000 records took 9 minutes)."""
+    duck = getattr(getattr(conn, "raw", None), "_duck_conn", None) if getattr(conn, "kind", None) == "local" else None
+    if duck is None:
+        cur.executemany(insert, batch)
+        return
+    import pandas as pd
+
+    columns = list(batch[0])
+    names = ", ".join(c.upper() for c in columns)
+    duck.register("_decision_batch", pd.DataFrame(batch, columns=columns))
+    try:
+        duck.execute(f"INSERT INTO {TABLE} ({names}) SELECT {', '.join(columns)} FROM _decision_batch")
+    finally:
+        duck.unregister("_decision_batch")
+
+
 def _read_progress(path: Path) -> dict[str, int]:
     if not path.exists():
         return {}
@@ -147,7 +165,7 @@ def _ship(segments: list[Path], conn: Any, progress: dict[str, int], progress_pa
         cur = conn.cursor()
         try:
             for batch in _batches(rows):
-                cur.executemany(insert, batch)
+                _insert_batch(conn, cur, insert, batch)
         except Exception as exc:  # noqa: BLE001 - name the segment; progress is not advanced
             raise WarehouseError(
                 f"loading {path.name} into {TABLE} failed ({warehouse._one_line(exc)}); nothing was marked "
