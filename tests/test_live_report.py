@@ -259,10 +259,13 @@ def test_ope_served_equals_observed_and_rules_estimate_is_off_policy() -> None:
     assert abs(naive - rec["truth"]) > 3 * abs(rec["estimate"] - rec["truth"])
 
 
-def test_ope_rejects_unusable_propensity() -> None:
+def test_ope_counts_invalid_propensities_and_rejects_unknown_processors() -> None:
     t = synthetic_truth(days=1, orders_per_day=20)
-    t.loc[3, "PROPENSITY"] = 0.0
-    with pytest.raises(LR.LiveReportError, match=r"propensity in \(0, 1\].*attempt a4"):
+    t.loc[3, "PROPENSITY"] = 0.0  # a logging fault: counted (as the evaluation does), the row weighs as deterministic
+    ope = LR.ope_table(LR.prepare_truth(t), n_boot=10)
+    assert set(ope.loc[ope["arm"] == LR.ALL_ARMS, "invalid_propensities"]) == {1}
+    t.loc[4, "CHOSEN"] = "NOPE"
+    with pytest.raises(LR.LiveReportError, match=r"1 logged attempt\(s\) name no known processor.*attempt a5"):
         LR.ope_table(LR.prepare_truth(t), n_boot=10)
 
 

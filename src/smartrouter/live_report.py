@@ -36,9 +36,9 @@ outage losses, exploration and latency count every attempt.
   Limit: the truth does not say which processor a failover avoided; a processor still held DOWN from
   an earlier outage when this window starts would be read as this one being marked at once.
 - *OPE* per 3-day block and arm: the served policy's value and the static rules' value estimated
-  from the logged first attempts only (chosen processor, outcome, the service's logged propensity,
-  and the rules' choice), with ``evaluation.estimate_policies`` (IPS and SNIPS, its Poisson-bootstrap
-  95 % interval), beside the truth (mean P_CHOSEN, mean P_RULES on the same attempts). With its own
+  from the logged first attempts only (chosen processor, outcome, arm, the service's logged
+  propensity, and the rules' choice), with ``evaluation.logged_data`` and
+  ``evaluation.estimate_policies`` (IPS and SNIPS, its Poisson-bootstrap 95 % interval), beside the truth (mean P_CHOSEN, mean P_RULES on the same attempts). With its own
   propensities the served policy's IPS weight is 1 on every row, so its estimate is the observed
   approval: the check that the machinery reads served logs correctly. The rules' estimate is
   off-policy (weight 1[chosen = rules' choice] / propensity) and needs the logger to give the
@@ -433,29 +433,40 @@ def outage_windows(truth: pd.DataFrame, scenario: Any = None, level: float = LEV
 
 
 def ope_block(frame: pd.DataFrame, *, n_boot: int = 300, seed: int = 0, level: float = LEVEL) -> list[dict[str, Any]]:
-    """IPS/SNIPS of the served policy and of the static rules from these logged attempts, beside their truth."""
-    from smartrouter.evaluation import LoggedData, estimate_policies
+    """IPS/SNIPS of the served policy and of the static rules from these logged first attempts, beside their truth.
+
+    The logged data are built by ``evaluation.logged_data`` from the same fields the warehouse rows carry
+    (processor, outcome, arm, the service's source and propensity): the served policy with the logged
+    propensity of each row (``naive``: on-policy, weight 1), the rules with the evaluation's served-log
+    propensities (``pooled``: with both A/B arms present the rules' choice is learnt from control rows,
+    each arm over its share) -- one definition with the daily run's 04_evaluate.
+    """
+    from smartrouter.evaluation import estimate_policies, logged_data
     from smartrouter.policies import P, one_hot, processor_index
 
     action = processor_index(frame["CHOSEN"])
-    prop = frame["PROPENSITY"].to_numpy(dtype=np.float64)
-    bad = (action < 0) | ~np.isfinite(prop) | (prop <= 0) | (prop > 1)
-    if bad.any():
-        first = frame["ATTEMPT_ID"].to_numpy()[np.flatnonzero(bad)[0]]
-        raise LiveReportError(f"{int(bad.sum())} logged attempt(s) have no usable chosen processor or propensity in "
-                              f"(0, 1] (first: attempt {first}); the service must log the probability of its choice")
+    if (action < 0).any():
+        first = frame["ATTEMPT_ID"].to_numpy()[np.flatnonzero(action < 0)[0]]
+        raise LiveReportError(f"{int((action < 0).sum())} logged attempt(s) name no known processor as CHOSEN "
+                              f"(first: attempt {first}); the engine wrote a broken truth file")
     n = len(frame)
     r = np.arange(n)
-    logged = LoggedData(action=action, reward=frame["APPROVED"].to_numpy(dtype=np.float64), propensity=prop,
-                        mask=np.ones((n, P), dtype=bool), rows=r, mode="served", experiment_share=float("nan"))
-    # The served policy put probability `propensity` on what it chose: weight 1 on every row.
+    ev = pd.DataFrame({"PROCESSOR": frame["CHOSEN"].to_numpy(), "APPROVED": frame["APPROVED"].to_numpy(),
+                       "EXPERIMENT_ARM": frame["ARM"].str.upper().to_numpy(),
+                       "PROPENSITY": frame["PROPENSITY"].to_numpy(), "ROUTING_SOURCE": frame["SOURCE"].to_numpy()})
+    rules_idx = processor_index(frame["RULES_CHOICE"])
+    mask = np.ones((n, P), dtype=bool)  # candidates only shape the merchant logger's mixture; every row here is served
+    zeros = np.zeros((n, P))  # no outcome model: DM/DR are left out below
+    on_policy = logged_data(ev, rules_idx, mode="naive", mask=mask)
+    # The served policy put the logged probability on what it chose: weight 1 on every row.
     served = np.zeros((n, P))
-    served[r, action] = prop
-    policies = {"served": served, "rules": one_hot(processor_index(frame["RULES_CHOICE"]))}
-    values = estimate_policies(logged, policies, np.zeros((n, P)), n_boot=n_boot, seed=seed, level=level)
+    served[r, action] = on_policy.propensity
+    tables = [estimate_policies(on_policy, {"served": served}, zeros, n_boot=n_boot, seed=seed, level=level).table,
+              estimate_policies(logged_data(ev, rules_idx, mode="pooled", mask=mask), {"rules": one_hot(rules_idx)},
+                                zeros, n_boot=n_boot, seed=seed, level=level).table]
     truth = {"served": float(frame["P_CHOSEN"].mean()), "rules": float(frame["P_RULES"].mean())}
     out = []
-    for rec in values.table.to_dict("records"):
+    for rec in pd.concat(tables, ignore_index=True).to_dict("records"):
         if rec["estimator"] not in OPE_ESTIMATORS:
             continue  # DM/DR with no outcome model are not estimates of anything
         t = truth[rec["policy"]]
@@ -463,7 +474,8 @@ def ope_block(frame: pd.DataFrame, *, n_boot: int = 300, seed: int = 0, level: f
                     "ci_low": rec["ci_low"], "ci_high": rec["ci_high"], "truth": t,
                     "error_pp": 100.0 * (rec["estimate"] - t),
                     "covered": bool(rec["ci_low"] <= t <= rec["ci_high"]),
-                    "within_tolerance": bool(abs(rec["estimate"] - t) <= OPE_TOLERANCE)})
+                    "within_tolerance": bool(abs(rec["estimate"] - t) <= OPE_TOLERANCE),
+                    "invalid_propensities": int(on_policy.invalid_propensities)})
     return out
 
 
@@ -778,6 +790,10 @@ def render_html(report: LiveReport) -> str:
                      f"<td class=\"num\">{_pct(rec['truth'], 2)}</td><td class=\"num\">{_e(_pp(rec['error_pp']))}</td>"
                      f"<td>{'yes' if rec['covered'] else 'no'}</td><td>{'yes' if rec['within_tolerance'] else 'no'}</td></tr>")
     parts.append("</table>")
+    if len(report.ope) and report.ope["invalid_propensities"].any():
+        bad = report.ope[report.ope["arm"] == ALL_ARMS].drop_duplicates("block")
+        parts.append(f"<p class=\"error\">{int(bad['invalid_propensities'].sum()):,} logged first attempt(s) carried no "
+                     "valid propensity in (0, 1]; they were counted as deterministic choices (a service logging fault).</p>")
     if report.events:
         parts.append("<h3>Registry events of the loop's runs</h3><ul>" + "".join(
             f"<li>{_e(e.get('at'))}: {_e(e.get('action'))} {_e(e.get('version'))} (run {_e(e.get('run_id'))}): "
