@@ -413,3 +413,9 @@ def test_json_has_no_nan_when_a_share_is_undefined() -> None:
     text = json.dumps(report.to_json())
     assert "NaN" not in text and json.loads(text)["verdict"]["treatment"]["gain_share"] is None
     assert "rules already best" in LR._share_ci(float("nan"), float("nan"), float("nan"))
+
+
+def test_an_unreadable_loop_record_only_costs_the_labels(tmp_path: Path) -> None:
+    (tmp_path / "loop.json").write_text("{torn")
+    assert LR.loop_scenarios(tmp_path) == []
+    assert LR.loop_scenarios(tmp_path / "nowhere") == []

@@ -353,8 +353,12 @@ def loop_scenarios(live: str | Path) -> list[tuple[dt.date, Any]]:
     from smartrouter.live import read_loop_file
     from smartrouter.world.scenario import load_scenario
 
+    try:
+        loops = read_loop_file(Path(live)).get("loops", [])
+    except SmartrouterError:
+        return []  # an unreadable loop record only costs the labels; `smartrouter live` reports it itself
     out = []
-    for loop in read_loop_file(Path(live)).get("loops", []):
+    for loop in loops:
         dates = [r.get("date") for r in loop.get("day_records") or [] if r.get("date")]
         if not dates or not loop.get("scenario"):
             continue
