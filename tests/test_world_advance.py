@@ -385,3 +385,43 @@ def test_live_truth_is_the_world_oracle_continued():
     others = np.ones(p.shape, dtype=bool)
     others[win, mit] = False
     assert np.array_equal(p2[others], p[others]) and np.array_equal(inside2[:, mit], win)
+
+
+def test_issuer_step_and_processor_changes_in_the_truth():
+    """An issuer step shifts the approval logit of its bank's cards on its processors from its start;
+    a processor disabled then enabled is out of rotation exactly in between."""
+    from smartrouter.world.generate import _DayGenerator
+    from smartrouter.world.entities import BANK_NAMES
+    from smartrouter.world.scenario import IssuerStep
+
+    params = WorldParams.small(**PARAMS)
+    world = World(params)
+    day = params.days  # continuation day 1
+    g = _DayGenerator(world, day)
+    g._orders()
+    n = g.n
+    enc = g._encode(np.arange(n), g.t0, np.ones(n, dtype=np.int64), np.full(n, -1), np.full(n, np.nan), np.full(n, -1))
+    msg = np.zeros(n, dtype=np.int64)
+    sc = Scenario(name="t", description="t",
+                  issuer_steps=(IssuerStep(day=1, start_minute=720, logit_shift=-1.0, bank="BANORTE", bins=(),
+                                           processors=("WORLDPAY",)),),
+                  processor_changes=(ProcessorChange(day=1, start_minute=300, processor="ELAVON", action="disable"),
+                                     ProcessorChange(day=1, start_minute=900, processor="ELAVON", action="enable")))
+    _, _, pi0, _ = live._Truth(world, None, day).matrix(enc, msg, g.t0)
+    truth = live._Truth(world, sc, day)
+    _, _, pi1, _ = truth.matrix(enc, msg, g.t0)
+    logit = lambda x: np.log(x / (1 - x))  # noqa: E731
+    sec = g.t0 - day * 86400.0
+    hit = (enc.bank_idx == BANK_NAMES.index("BANORTE")) & (sec >= 720 * 60)
+    wp = catalog.PROCESSOR_INDEX["WORLDPAY"]
+    assert hit.sum() > 10
+    assert np.allclose(logit(pi1[hit, wp]) - logit(pi0[hit, wp]), -1.0, atol=1e-9)
+    assert np.array_equal(pi1[~hit, wp], pi0[~hit, wp])
+    other = np.ones(pi0.shape[1], dtype=bool)
+    other[wp] = False
+    assert np.array_equal(pi1[:, other], pi0[:, other])
+    avail = truth.available(g.t0, g.brand, g.currency)
+    el = catalog.PROCESSOR_INDEX["ELAVON"]
+    could = truth.elig[g.brand, g.currency][:, el]
+    off = (sec >= 300 * 60) & (sec < 900 * 60)
+    assert could.any() and np.array_equal(avail[:, el], could & ~off)
