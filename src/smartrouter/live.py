@@ -301,7 +301,10 @@ def _get_json(url: str, timeout: float = 5.0, token: str | None = None, method: 
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     # a fresh connection per call: with several workers, successive calls reach different ones
-    r = httpx.request(method, url, timeout=timeout, headers=headers)
+    try:
+        r = httpx.request(method, url, timeout=timeout, headers=headers)
+    except httpx.TransportError as exc:  # not answering (yet): an OSError to the callers, like urllib's
+        raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
     try:
         body = r.json()
     except ValueError:
@@ -314,15 +317,22 @@ class HttpServing(Serving):
 
     def __init__(self, url: str, token: str | None, decisions_dir: Path, workers: int,
                  process: subprocess.Popen | None = None, log_path: Path | None = None):
-        from smartrouter.world.clients import HttpClient
-
         self.url = url.rstrip("/")
         self.token = token
         self.decisions_dir = decisions_dir
         self.workers = workers
         self.process = process
         self.log_path = log_path
-        self.client = HttpClient(self.url)
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The engine's HTTP client, made on first use (it checks the service answers, so not before /readyz)."""
+        from smartrouter.world.clients import HttpClient
+
+        if self._client is None:
+            self._client = HttpClient(self.url)
+        return self._client
 
     def readyz(self) -> tuple[int, dict]:
         return _get_json(self.url + "/readyz")
@@ -357,8 +367,9 @@ class HttpServing(Serving):
                             f"/admin/reload answered {version}; see {self.log_path or 'the service log'}")
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.close()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
         if self.process is not None:
             stop_process(self.process)
 
@@ -650,9 +661,12 @@ class Loop:
         if promoted is None or promoted == serving:
             return {"reloaded": False, "serving": serving}
         answer = self.serving.reload()
-        out = {"reloaded": answer.status == 200, "from": serving, "to": promoted, "status": answer.status,
-               "serving": answer.version}
-        if answer.status != 200:
+        out = {"reloaded": answer.status == 200 and answer.version == promoted, "from": serving, "to": promoted,
+               "status": answer.status, "serving": answer.version}
+        if answer.status == 200 and answer.version != promoted:  # e.g. the pointer moved again meanwhile
+            out["error"] = f"/admin/reload answered 200 but the service serves {answer.version}, not {promoted}"
+            self.echo(f"{_label(day, self.loop)}  reload: {out['error']}")
+        elif answer.status != 200:
             out["error"] = answer.error
             self.echo(f"{_label(day, self.loop)}  reload REFUSED ({answer.status}): {promoted} not served, "
                       f"{answer.version} goes on: {answer.error}")
@@ -834,8 +848,8 @@ def day_line(day: dict[str, Any], loop: dict[str, Any], serving: str | None, sec
     steps = ", ".join(f"{n} {s[n].get('seconds', 0):.1f}" for n in STEPS)
     reload = s["reload"]
     change = f" (reloaded {reload['from'] or 'rules'} -> {reload['to']})" if reload.get("reloaded") else ""
-    if reload.get("status") not in (None, 200):
-        change = f" (reload of {reload.get('to')} REFUSED: {reload.get('error')})"
+    if reload.get("error"):
+        change = f" (reload of {reload.get('to')} {'REFUSED' if reload.get('status') != 200 else 'incomplete'}: {reload['error']})"
     return (f"{_label(day, loop)}  {what}; {seconds:.1f} s ({steps}); serving {serving or 'rules'}{change}; "
             f"gate {s['retrain'].get('gate_decision')}")
 
