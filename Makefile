@@ -17,11 +17,15 @@ PROFILE ?= default
 # run parameters for `make run`
 RUN_PROFILE ?= default
 AS_OF   ?=
+# live loop parameters for `make live` (scenario: a file or a name in scenarios/)
+LIVE_DAYS     ?= 14
+SCENARIO      ?=
+RETRAIN_PROFILE ?= quick
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run test test-fast lab world serve bench bench-world bench-features bench-models bench-serve bench-failover bench-run clean
+.PHONY: help setup run live test test-fast lab world serve bench bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live clean
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +46,10 @@ setup: $(STAMP) $(KERNEL) ## create .venv, install the package, register the Jup
 run: setup ## the daily job: build the local world if missing, then run every stage (RUN_PROFILE=quick|default|prod AS_OF=YYYY-MM-DD)
 	$(BIN)/smartrouter world ensure
 	$(BIN)/smartrouter run --profile $(RUN_PROFILE) $(if $(AS_OF),--as-of $(AS_OF),)
+
+live: setup ## the live loop: the world moves on day by day through the service, daily retrain + hot reload (LIVE_DAYS=14 SCENARIO= RETRAIN_PROFILE=quick; rerun to resume)
+	$(BIN)/smartrouter world ensure
+	$(BIN)/smartrouter live --days $(LIVE_DAYS) --retrain-profile $(RETRAIN_PROFILE) $(if $(SCENARIO),--scenario $(SCENARIO),)
 
 test: setup ## run the whole test suite (sets everything up first, Chromium and Redis included)
 	bash tests/ensure_chromium.sh
@@ -92,7 +100,10 @@ bench-models: setup ## model training time per family, serving latency p50/p99, 
 bench-run: setup ## the whole daily run on the default world vs the 10-minute budget
 	$(BIN)/python bench/bench_run.py
 
-bench: bench-world bench-features bench-models bench-serve bench-failover bench-run ## every benchmark
+bench-live: setup ## one simulated day of the default world through HTTP (<= 60 s), on a copy; BENCH_LIVE_FLAGS=--loop adds the whole loop (<= 45 min)
+	$(BIN)/python bench/bench_live.py $(BENCH_LIVE_FLAGS)
+
+bench: bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live ## every benchmark
 
 clean: ## remove the virtualenv, local world, runs, reports and registry
 	rm -rf $(VENV) data runs/[0-9]* reports/[0-9]* reports/index.html models .pytest_cache
