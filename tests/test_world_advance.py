@@ -184,6 +184,12 @@ def test_crash_mid_day_then_rerun_redoes_only_that_day(settings, monkeypatch):
     assert len(att) == len(log) == day1_rows + day2.attempts
     assert att["ATTEMPT_ID"].is_unique and log["ATTEMPT_ID"].is_unique
 
+    # a warehouse that lost the live days (the world rebuilt with the same parameters) is not continued
+    with warehouse.connect(settings, read_only=False) as conn:
+        conn.raw._duck_conn.execute(f"DELETE FROM {catalog.ATTEMPTS_VIEW} WHERE CREATED_AT >= ?",
+                                    [dt.datetime(DAY2.year, DAY2.month, DAY2.day)])
+    with pytest.raises(live.LiveError, match="warehouse was rebuilt or changed"):
+        live.advance(settings, 1, CrashingClient(None, dt.datetime(2000, 1, 1)))
     # a rebuilt world (another fingerprint) is not continued with the old live days
     info = json.loads(warehouse.world_file(settings).read_text())
     info["fingerprint"] = "0" * 16

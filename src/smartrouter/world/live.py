@@ -601,6 +601,15 @@ def _check_live_state(settings: Settings, world: World, world_fp: str) -> list[d
             raise LiveError(f"{live_dir(settings)} continues another build of the world (fingerprint "
                             f"{meta.get(_WORLD_KEY, b'?').decode()} != {world_fp}); the world was rebuilt: "
                             f"remove {live_dir(settings)} to start the live days again")
+        last = done[-1]
+        want = _summary_from_truth(truth_path(settings, last)).attempts
+        have = int(warehouse.query_frame(
+            f"SELECT COUNT(*) AS N FROM {catalog.ATTEMPTS_VIEW} WHERE CREATED_AT >= %(a)s AND CREATED_AT < %(b)s",
+            {"a": dt.datetime(last.year, last.month, last.day), "b": dt.datetime(last.year, last.month, last.day) + dt.timedelta(days=1)},
+            settings=settings).iloc[0, 0])
+        if have != want:  # e.g. the world rebuilt with the same parameters: the live days' rows are gone
+            raise LiveError(f"the warehouse holds {have:,} attempts on live day {last}, its truth file {want:,}; the "
+                            f"warehouse was rebuilt or changed: remove {live_dir(settings)} to start the live days again")
     return done
 
 
