@@ -354,3 +354,40 @@ def test_an_outcome_a_little_ahead_does_not_slide_the_feature_windows_past_now()
     for w, wc in state._health["MIT"].items():
         # a query now is answered from the running totals, not by re-summing what slid out
         assert wc.lo <= now_minute - features.HEALTH_WINDOWS[w]
+
+
+def test_event_clock_service_seeds_online_features_up_to_simulated_time(tmp_path):
+    """The live loop's simulated days run ahead of the wall clock: a service started mid-simulation
+    (event clock) seeds its online features up to the warehouse's newest outcome, not up to today."""
+    import datetime as dt
+
+    from smartrouter import warehouse
+    from smartrouter.routing.service import seed_online_features
+    from smartrouter.world import World, WorldParams
+
+    today = datetime.now(timezone.utc).date()
+    env = {"SMARTROUTER_HOME": str(tmp_path), "SMARTROUTER_STATE_DIR": str(tmp_path / "state"),
+           "SMARTROUTER_REGISTRY_DIR": str(tmp_path / "models"), "SMARTROUTER_LOCAL_DIR": str(tmp_path / "wh"),
+           "SMARTROUTER_WAREHOUSE": "local"}
+    settings = load_settings(env)
+    warehouse.write_world(World(WorldParams.small(days=2, per_day=400, end=today + dt.timedelta(days=3))), settings,
+                          progress=False)
+    last = features.last_attempt_time(settings)
+    assert last is not None and last.date() == today + dt.timedelta(days=3)
+    volume_24h = [c for c in features.HEALTH_COLUMNS if c.endswith("VOLUME") and "24H" in c.upper()]
+    assert volume_24h
+    for mode, expect_history in (("event", True), ("wall", False)):
+        over = {"health": {"clock": mode}}
+        svc = ServiceDeps(settings=settings, routing_config=load_routing_config(overrides=over), model_loader=fake_loader,
+                          rules=list(RULE_ROWS), rules_from_warehouse=False, poll=False, seed=3,
+                          seed_features=False).build()
+        loop = asyncio.new_event_loop()
+        try:
+            seed_online_features(svc, loop)
+            loop.run_until_complete(asyncio.sleep(0))  # the install is scheduled on the loop
+            assert svc.online_features == "seeded"
+            enriched = svc.router._enrich(payment(), last.replace(tzinfo=timezone.utc).timestamp())
+            seen = sum(float(enriched.get(c) or 0.0) for c in volume_24h)
+            assert (seen > 0) == expect_history, (mode, seen)
+        finally:
+            loop.close()

@@ -594,6 +594,20 @@ def outcome_history(conn_or_settings: Any, since: date | datetime | str, until: 
     return _query(conn_or_settings, "features_online_history", params)
 
 
+def last_attempt_time(conn_or_settings: Any) -> datetime | None:
+    """The newest attempt's CREATED_AT in the warehouse (naive UTC), None when it holds none."""
+    from smartrouter import warehouse
+    from smartrouter.config import Settings
+
+    if isinstance(conn_or_settings, Settings) or conn_or_settings is None:
+        with warehouse.connect(conn_or_settings) as conn:
+            frame = _query(conn, "freshness", {})
+    else:
+        frame = _query(conn_or_settings, "freshness", {})
+    last = frame["LAST_CREATED_AT"].iloc[0] if len(frame) else None
+    return None if last is None or pd.isna(last) else pd.Timestamp(last).to_pydatetime().replace(tzinfo=None)
+
+
 # ---------------------------------------------------------------- online state (serving)
 class WindowedCounts:
     """Outcome counts per minute over a sliding window [m - window, m), bounded memory.

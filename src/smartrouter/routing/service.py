@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from smartrouter.clock import EVENT
 from smartrouter.config import Settings, load_settings
 from smartrouter.routing import peers, state_store
 from smartrouter.routing.config import RoutingConfig, load_routing_config
@@ -386,6 +387,12 @@ def seed_online_features(svc: Service, loop: asyncio.AbstractEventLoop) -> None:
         from smartrouter import features
 
         until = datetime.now(timezone.utc).replace(tzinfo=None)
+        if svc.router.health.clock.mode == EVENT:
+            # simulated time (the live loop) runs ahead of the wall clock: a service (re)started
+            # mid-simulation seeds up to the newest outcome the warehouse holds, not up to today
+            last = features.last_attempt_time(svc.settings)
+            if last is not None and last >= until:
+                until = last + timedelta(seconds=1)
         frame = features.outcome_history(svc.settings, until - timedelta(days=SEED_HISTORY_DAYS), until)
         state = features.OnlineFeatureState.from_history(frame, clock=svc.router.health.clock)
         n = len(frame)
