@@ -318,6 +318,37 @@ def test_another_loop_holding_the_lock_exits_3(env, monkeypatch, capsys):
     assert w.steps() == [] and not (env / "live" / LOOP_FILE).exists()
 
 
+def test_the_service_a_killed_loop_left_running_is_stopped_first(env):
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    w = FakeWorld(env, crash={"advance": 1})
+    with pytest.raises(Crash):
+        go(w, days=1)
+    # what a SIGKILLed loop leaves: loop.json naming its service (a process group leader, as `serve` is)
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    data = loop_file(w)
+    data["loops"][0]["service_process"] = {"pid": orphan.pid, "created": psutil.Process(orphan.pid).create_time(),
+                                           "host": socket.gethostname(), "url": "http://127.0.0.1:1"}
+    (env / "live" / LOOP_FILE).write_text(json.dumps(data))
+    r = go(w)
+    assert orphan.wait(5) is not None and r.finished
+    assert any("stopping the service a previous loop left running" in ln for ln in r.lines)
+    assert loop_file(w)["loops"][0]["service_process"] is None
+
+
+def test_url_without_an_admin_token_is_refused_before_anything_runs(env, monkeypatch, capsys):
+    w = FakeWorld(env)
+    monkeypatch.setattr(live_mod, "LoopDeps", w.deps)
+    monkeypatch.delenv("SMARTROUTER_ADMIN_TOKEN", raising=False)
+    assert cli(["live", "--url", "http://127.0.0.1:8000"]) == 2
+    assert "set SMARTROUTER_ADMIN_TOKEN" in capsys.readouterr().err
+    assert w.events == [] and not (env / "live").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--days", "0"], "--days 0: give a number of simulated days in 1..366"),
     (["--days", "x"], "'x' is not a whole number of days"),
@@ -473,3 +504,49 @@ def test_three_days_on_a_small_world_in_process_resume_after_a_kill_duplicates_n
     # every route call of every day is in the shipped decision log once; none of the killed try's
     assert per_day == {d: summaries[d].route_calls for d in days} and dup == 0
     assert any(ln.startswith(f"day 2/2 {days[2]}") and "gate rejected" in ln for ln in lines)
+
+
+@pytest.mark.slow
+def test_one_short_day_over_http_starts_the_service_and_stops_it(tmp_path, monkeypatch):
+    """`smartrouter serve` started by the loop (2 workers, event clock, own state dir), one day of a small
+    world routed over HTTP, its decision log shipped whole, the service stopped at the end."""
+    import psutil
+
+    from smartrouter import warehouse
+    from smartrouter.config import load_settings
+    from smartrouter.routing.config import load_routing_config
+    from smartrouter.routing.shipping import TABLE
+    from smartrouter.world import World, WorldParams
+    from smartrouter.world import live as engine
+
+    for name, sub in (("HOME", ""), ("LOCAL_DIR", "wh"), ("REGISTRY_DIR", "models"), ("RUNS_DIR", "runs"),
+                      ("STATE_DIR", "state"), ("REPORTS_DIR", "reports")):
+        monkeypatch.setenv(f"SMARTROUTER_{name}", str(tmp_path / sub))
+    settings = load_settings()
+    warehouse.write_world(World(WorldParams.small(days=7, per_day=1500, end=dt.date(2025, 6, 30))), settings, progress=False)
+    seen: dict[str, Any] = {}
+
+    def retrain(settings, *, profile, as_of, echo, render):
+        return type("Result", (), {"manifest": {"run_id": "fake", "status": "succeeded", "gate": {"decision": "rejected"}}})()
+
+    def open_service(settings, options, live, echo):
+        serving = live_mod.open_service(settings, options, live, echo)
+        seen["pid"] = serving.process.pid
+        seen["ready"] = live_mod.wait_ready(serving, 5)  # every worker answered 200
+        return serving
+
+    lines: list[str] = []
+    r = run_loop(LoopOptions(days=1), deps=LoopDeps(retrain=retrain, open_service=open_service,
+                                                    promoted_version=lambda s: None), echo=lines.append)
+    assert r.finished and len(seen["ready"]) == 2  # two workers, each ready
+    assert not psutil.pid_exists(seen["pid"]) or psutil.Process(seen["pid"]).status() == psutil.STATUS_ZOMBIE
+    live = engine.live_dir(settings)
+    assert load_routing_config(live / "service" / "routing.toml").health.clock == "event"
+    # the workers shared outcomes (the pytest tmp path is too long for their sockets: a short link to it)
+    assert "peer bus unavailable" not in (live / "service" / "serve.log").read_text()
+    assert all(body["peers"] == 1 for body in seen["ready"].values())
+    [summary] = engine.read_days(settings)
+    with warehouse.connect(settings) as conn:
+        decisions = conn.raw._duck_conn.execute(f"SELECT COUNT(*) FROM {TABLE} WHERE KIND = 'decision'").fetchone()[0]
+    assert decisions == summary.route_calls > 0
+    assert json.loads((live / LOOP_FILE).read_text())["loops"][0]["service_process"] is None

@@ -374,6 +374,24 @@ class HttpServing(Serving):
             stop_process(self.process)
 
 
+def short_path(folder: Path, room: int = len("/peers/4194304.sock"), limit: int = 100) -> Path:
+    """``folder``, or a short link to it in the temp dir when the workers' peer sockets would not fit in it.
+
+    An AF_UNIX socket path is limited to ~108 bytes (peers.py refuses over 100): past it the workers
+    run without their peer bus and stop sharing outcomes, so their health and event clocks drift apart.
+    """
+    if len(str(folder)) + room <= limit:
+        return folder
+    import hashlib
+    import tempfile
+
+    link = Path(tempfile.gettempdir()) / f"smartrouter-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
+    if not (link.is_symlink() and Path(os.readlink(link)) == folder):
+        link.unlink(missing_ok=True)
+        link.symlink_to(folder, target_is_directory=True)
+    return link
+
+
 def stop_process(process: subprocess.Popen) -> None:
     """SIGTERM the service's process group (uvicorn drains and stops its workers), SIGKILL if it hangs."""
     if process.poll() is not None:
@@ -423,7 +441,7 @@ def start_service(settings: Settings, live: Path, workers: int, echo: Callable[[
     (state / SNAPSHOT_FILE).unlink(missing_ok=True)
     config = event_clock_config(None, home / "routing.toml")
     port, token = free_port(), secrets.token_urlsafe(24)
-    env = dict(os.environ, SMARTROUTER_ROUTING_CONFIG=str(config), SMARTROUTER_STATE_DIR=str(state),
+    env = dict(os.environ, SMARTROUTER_ROUTING_CONFIG=str(config), SMARTROUTER_STATE_DIR=str(short_path(state)),
                SMARTROUTER_ADMIN_TOKEN=token, SMARTROUTER_PORT=str(port), SMARTROUTER_HOST="127.0.0.1",
                SMARTROUTER_WORKERS=str(workers))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # `serve` makes its own under the state dir
@@ -446,7 +464,7 @@ def start_service(settings: Settings, live: Path, workers: int, echo: Callable[[
 
 
 def wait_ready(serving: HttpServing, timeout_s: float) -> dict[int, dict]:
-    """Every worker answers /readyz 200 (features seeded); LoopError naming the last reasons otherwise."""
+    """Every worker answers /readyz 200 (features seeded) and hears the others; LoopError naming the last reasons otherwise."""
     seen: dict[int, dict] = {}
     last = "no answer yet"
     deadline = time.monotonic() + timeout_s
@@ -460,10 +478,13 @@ def wait_ready(serving: HttpServing, timeout_s: float) -> dict[int, dict]:
             last = f"not answering ({exc.__class__.__name__})"
             time.sleep(0.2)
             continue
-        if code == 200:
+        peers = int(body.get("peers") or 0)
+        if code == 200 and peers >= serving.workers - 1:
             seen[body.get("worker")] = body
             if len(seen) >= serving.workers:
                 return seen
+        elif code == 200:  # the workers must share outcomes, or their health and event clocks drift apart
+            last = f"worker {body.get('worker')} hears {peers} of its {serving.workers - 1} peer(s) (peer bus; see the log)"
         else:
             last = "; ".join(body.get("not_ready") or []) or f"HTTP {code}"
         time.sleep(0.1)
@@ -862,4 +883,7 @@ def run_loop(options: LoopOptions, settings: Settings | None = None, deps: LoopD
     if options.scenario is not None:
         deps.load_scenario(resolve_scenario_path(options.scenario))  # ScenarioError (exit 2) names file and key
     settings = settings or load_settings()
+    if options.url and not settings.admin_token:
+        raise ConfigError("--url: set SMARTROUTER_ADMIN_TOKEN to that service's admin token; the loop hot-reloads "
+                          "it (POST /admin/reload) when a new model is promoted")
     return Loop(settings, options, deps, echo).run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -52,6 +53,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _live(args: argparse.Namespace) -> int:
+    def stop(signum, frame):  # noqa: ANN001 - `kill` stops the loop like Ctrl-C: the service is stopped, loop.json saved
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from smartrouter.live import LoopOptions, run_loop
 
     options = LoopOptions(days=args.days, scenario=args.scenario, retrain_profile=args.retrain_profile,
