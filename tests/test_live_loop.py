@@ -197,8 +197,8 @@ def test_crash_mid_advance_redoes_that_day_only_and_drops_its_shipped_decisions(
         go(w, days=3)
     rec = loop_file(w)["loops"][0]
     assert rec["status"] == "failed" and [d["complete"] for d in rec["day_records"]] == [True, False]
-    assert rec["day_records"][1]["steps"]["advance"] == {"done": False, "tries": 1,
-                                                         "started_at": rec["day_records"][1]["steps"]["advance"]["started_at"]}
+    advance = rec["day_records"][1]["steps"]["advance"]
+    assert (advance["done"], advance["tries"]) == (False, 1)
     w.events.clear()
     go(w)  # resume: no options needed, the recorded ones hold
     since = dt.datetime.combine(day(2), dt.time())
@@ -235,17 +235,32 @@ def test_crash_in_the_daily_run_resumes_at_the_run_not_before(env):
     assert w.steps() == [("retrain", day(2), "quick")]
 
 
+def _started_long_ago(w: FakeWorld, where: tuple) -> None:
+    """Move a step's recorded start back in time (a resume comes later than the try it resumes)."""
+    data = loop_file(w)
+    step = data["loops"][0]
+    for key in where:
+        step = step[key]
+    step["started_at"] = step["first_started_at"] = "2000-01-01T00:00:00Z"
+    (w.tmp / "live" / LOOP_FILE).write_text(json.dumps(data))
+
+
+def _run_folder(env: Path, as_of: dt.date, **manifest) -> Path:
+    folder = env / "runs" / "20990101T000000Z"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({
+        "run_id": folder.name, "as_of": str(as_of), "profile": "quick", "started_at": "2000-01-01T00:00:05Z",
+        "gate": {"decision": "rejected"}, "model_version": "v1", "error": None, **manifest}))
+    return folder
+
+
 def test_a_daily_run_that_finished_before_the_loop_died_is_adopted_not_rerun(env):
     w = FakeWorld(env, crash_after={"retrain": 1})
     with pytest.raises(Crash):
         go(w, days=1)
-    # the run folder the pipeline left (what run_pipeline writes), started after the step began
-    step = loop_file(w)["loops"][0]["day_records"][0]["steps"]["retrain"]
-    folder = env / "runs" / "20990101T000000Z"
-    folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps({
-        "run_id": folder.name, "status": "succeeded", "as_of": str(day(2)), "profile": "quick",
-        "started_at": step["started_at"], "gate": {"decision": "rejected"}, "model_version": "v1", "error": None}))
+    # the run folder the pipeline left (what run_pipeline writes), started after the step's first try began
+    _started_long_ago(w, ("day_records", 0, "steps", "retrain"))
+    folder = _run_folder(env, day(2), status="succeeded")
     w.events.clear()
     go(w)
     assert w.steps() == []  # neither advance, ship nor retrain ran again; v1 still promoted: no reload
@@ -257,12 +272,8 @@ def test_an_interrupted_run_folder_is_not_adopted(env):
     w = FakeWorld(env, crash_after={"retrain": 1})
     with pytest.raises(Crash):
         go(w, days=1)
-    step = loop_file(w)["loops"][0]["day_records"][0]["steps"]["retrain"]
-    folder = env / "runs" / "20990101T000000Z"
-    folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps({
-        "run_id": folder.name, "status": "failed", "as_of": str(day(2)), "profile": "quick",
-        "started_at": step["started_at"], "error": "interrupted (Ctrl-C or SIGINT)"}))
+    _started_long_ago(w, ("day_records", 0, "steps", "retrain"))
+    _run_folder(env, day(2), status="failed", error="interrupted (Ctrl-C or SIGINT)")
     w.events.clear()
     go(w)
     assert w.steps() == [("retrain", day(2), "quick")]
@@ -302,6 +313,18 @@ def test_nothing_promoted_first_runs_the_pipeline_so_day_one_is_served_by_a_mode
     go(w, days=1)
     assert w.events[:2] == [("retrain", day(1), "quick"), ("open",)]
     assert loop_file(w)["loops"][0]["bootstrap"]["gate_decision"] == "promoted"
+
+
+def test_a_bootstrap_cut_short_is_resumed_not_skipped(env):
+    w = FakeWorld(env, promoted=None, promote_on={day(1)}, crash={"retrain": 1})
+    with pytest.raises(Crash):
+        go(w, days=1)
+    assert loop_file(w)["loops"][0]["bootstrap"] | {"first_started_at": None, "started_at": None} == {
+        "done": False, "tries": 1, "first_started_at": None, "started_at": None}
+    w.events.clear()
+    go(w)
+    assert w.events[:2] == [("retrain", day(1), "quick"), ("open",)]
+    assert loop_file(w)["loops"][0]["bootstrap"]["done"]
 
 
 def test_another_loop_holding_the_lock_exits_3(env, monkeypatch, capsys):

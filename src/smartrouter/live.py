@@ -634,6 +634,7 @@ class Loop:
             return step
         step["tries"] += 1
         step["started_at"] = _now()
+        step.setdefault("first_started_at", step["started_at"])
         self.save()  # a try that dies is on the disk: the next one knows it must clean up after it
         t0 = time.monotonic()
         step.update(fn(step))
@@ -667,8 +668,7 @@ class Loop:
 
     def _retrain(self, day: dict[str, Any], step: dict[str, Any], as_of: dt.date) -> dict[str, Any]:
         profile = self.loop["retrain_profile"]
-        found = _finished_run(self.settings, as_of, profile, step.get("started_at_first") or step["started_at"])
-        step.setdefault("started_at_first", step["started_at"])
+        found = _finished_run(self.settings, as_of, profile, step["first_started_at"])
         if found is not None:  # it ran to the end before the loop died: not run twice
             return {**_run_fields(found), "recovered": "a finished run folder"}
         self.echo(f"{_label(day, self.loop)}  retrain: `smartrouter run --profile {profile} --as-of {as_of}` ...")
@@ -706,20 +706,21 @@ class Loop:
 
     def _bootstrap(self) -> None:
         """Nothing promoted yet: one daily run as of the first day, so the service starts on a model."""
-        if self.loop.get("bootstrap") is not None or self.loop["day_records"]:
+        record = self.loop.get("bootstrap")
+        if self.loop["day_records"] or (record is not None and (record.get("done") or record.get("needed") is False)):
             return
-        if self.deps.promoted_version(self.settings) is not None:
+        if record is None and self.deps.promoted_version(self.settings) is not None:
             self.loop["bootstrap"] = {"needed": False}
             self.save()
             return
         completed = self.deps.completed_days(self.settings)
         as_of = max(completed) + dt.timedelta(days=1) if completed else self.deps.first_day(self.settings)
         self.echo(f"no promoted model: a first daily run as of {as_of} so that day 1 is served by a model")
-        holder = {"bootstrap": {"done": False, "tries": 0}}
-        fake_day = {"steps": holder, "date": as_of.isoformat(), "index": 0}
-        self.loop["bootstrap"] = holder["bootstrap"]
-        self._step(fake_day, "bootstrap", lambda step: self._retrain(fake_day, step, as_of))
-        self.echo(f"bootstrap: gate {self.loop['bootstrap'].get('gate_decision')}, "
+        # a bootstrap cut short resumes like a day's retrain step (a run that finished is kept)
+        self.loop["bootstrap"] = record = record or {"done": False, "tries": 0}
+        pseudo_day = {"steps": {"bootstrap": record}, "date": as_of.isoformat(), "index": 0}
+        self._step(pseudo_day, "bootstrap", lambda step: self._retrain(pseudo_day, step, as_of))
+        self.echo(f"bootstrap: gate {record.get('gate_decision')}, "
                   f"promoted {self.deps.promoted_version(self.settings) or 'nothing (static rules serve)'}")
 
     def run(self) -> LoopResult:
