@@ -573,3 +573,28 @@ def test_one_short_day_over_http_starts_the_service_and_stops_it(tmp_path, monke
         decisions = conn.raw._duck_conn.execute(f"SELECT COUNT(*) FROM {TABLE} WHERE KIND = 'decision'").fetchone()[0]
     assert decisions == summary.route_calls > 0
     assert json.loads((live / LOOP_FILE).read_text())["loops"][0]["service_process"] is None
+
+
+def test_http_reload_reads_the_services_reload_answer_and_waits_for_every_worker(monkeypatch, tmp_path):
+    """The answer's fields are serve/app.py's ReloadResponse (a renamed field would be read as None)."""
+    import msgspec
+
+    from smartrouter.cli.serve import import_app_module
+
+    app = import_app_module()
+    answers = {"/admin/reload": [(200, msgspec.to_builtins(app.ReloadResponse("loaded", "v3", None))),
+                                 (409, msgspec.to_builtins(app.ReloadResponse("failed", "v3", "version v4 refused: bad checksum")))]}
+    workers = iter([(200, {"worker": 1, "model_version": "v3"}), (200, {"worker": 2, "model_version": "v2"}),
+                    (200, {"worker": 2, "model_version": "v3"})] * 3)
+
+    def fake_get(url, timeout=5.0, token=None, method="GET"):
+        path = url.split("127.0.0.1:1")[1]
+        if path == "/admin/reload":
+            assert token == "tok" and method == "POST"
+            return answers[path].pop(0)
+        return next(workers)
+
+    monkeypatch.setattr(live_mod, "_get_json", fake_get)
+    serving = live_mod.HttpServing("http://127.0.0.1:1", "tok", tmp_path, workers=2)
+    assert serving.reload() == ReloadAnswer(200, "v3", None)  # after worker 2 followed
+    assert serving.reload() == ReloadAnswer(409, "v3", "version v4 refused: bad checksum")

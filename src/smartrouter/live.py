@@ -343,12 +343,13 @@ class HttpServing(Serving):
     def reload(self) -> ReloadAnswer:
         if not self.token:
             return ReloadAnswer(0, self.serving_version(), "no admin token: set SMARTROUTER_ADMIN_TOKEN to the service's token")
+        # serve/app.py's ReloadResponse: result, model_version, last_error (409 when refused)
         code, body = _get_json(self.url + "/admin/reload", timeout=120.0, token=self.token, method="POST")
         if code == 200:
-            self._wait_workers_follow(body.get("version"))
-            return ReloadAnswer(200, body.get("version"), None)
-        error = body.get("error") or body.get("detail") or f"HTTP {code}"
-        return ReloadAnswer(code, body.get("version"), str(error))
+            self._wait_workers_follow(body.get("model_version"))
+            return ReloadAnswer(200, body.get("model_version"), None)
+        error = body.get("last_error") or body.get("detail") or f"HTTP {code}"
+        return ReloadAnswer(code, body.get("model_version"), str(error))
 
     def _wait_workers_follow(self, version: str | None) -> None:
         """Until every worker serves ``version`` (they hear of the reload on the peer bus), or a time limit."""
@@ -857,6 +858,8 @@ def _pct(num: float, den: float) -> str:
 
 
 def _label(day: dict[str, Any], loop: dict[str, Any]) -> str:
+    if day["index"] == 0:
+        return f"bootstrap as of {day['date']}"
     return f"day {day['index']}/{loop['days']} {day['date']}"
 
 
