@@ -20,7 +20,7 @@ AS_OF   ?=
 # live loop parameters for `make live` (scenario: a file or a name in scenarios/)
 LIVE_DAYS     ?= 14
 SCENARIO      ?=
-RETRAIN_PROFILE ?= quick
+RETRAIN_PROFILE ?= live
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
@@ -47,7 +47,7 @@ run: setup ## the daily job: build the local world if missing, then run every st
 	$(BIN)/smartrouter world ensure
 	$(BIN)/smartrouter run --profile $(RUN_PROFILE) $(if $(AS_OF),--as-of $(AS_OF),)
 
-live: setup ## the live loop: the world moves on day by day through the service, daily retrain + hot reload (LIVE_DAYS=14 SCENARIO= RETRAIN_PROFILE=quick; rerun to resume)
+live: setup ## the live loop: the world moves on day by day through the service, daily retrain + hot reload (LIVE_DAYS=14 SCENARIO= RETRAIN_PROFILE=live; rerun to resume)
 	$(BIN)/smartrouter world ensure
 	$(BIN)/smartrouter live --days $(LIVE_DAYS) --retrain-profile $(RETRAIN_PROFILE) $(if $(SCENARIO),--scenario $(SCENARIO),)
 

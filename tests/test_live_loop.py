@@ -18,7 +18,7 @@ import pytest
 from smartrouter import live as live_mod
 from smartrouter.cli import main
 from smartrouter.errors import ConfigError
-from smartrouter.live import LOOP_FILE, LoopDeps, LoopOptions, ReloadAnswer, Serving, run_loop
+from smartrouter.live import DEFAULT_PROFILE, LOOP_FILE, LoopDeps, LoopOptions, ReloadAnswer, Serving, run_loop
 from smartrouter.pipeline import RunLock, RunLocked
 
 FIRST = dt.date(2026, 3, 1)
@@ -188,7 +188,7 @@ def test_a_second_call_after_a_finished_loop_starts_a_new_one_after_the_last_day
     loops = loop_file(w)["loops"]
     assert [lp["status"] for lp in loops] == ["finished", "finished"]
     assert [d["date"] for d in loops[1]["day_records"]] == [str(day(3))]
-    assert loops[0]["retrain_profile"] == "quick"  # the default
+    assert loops[0]["retrain_profile"] == DEFAULT_PROFILE  # the default
 
 
 def test_crash_mid_advance_redoes_that_day_only_and_drops_its_shipped_decisions(env):
@@ -204,8 +204,8 @@ def test_crash_mid_advance_redoes_that_day_only_and_drops_its_shipped_decisions(
     since = dt.datetime.combine(day(2), dt.time())
     assert w.steps() == [
         ("ship",), ("drop", since),  # the aborted try's decision log: shipped, then removed from the warehouse
-        ("advance", day(2)), ("ship",), ("retrain", day(3), "quick"),
-        ("advance", day(3)), ("ship",), ("retrain", day(4), "quick"),
+        ("advance", day(2)), ("ship",), ("retrain", day(3), DEFAULT_PROFILE),
+        ("advance", day(3)), ("ship",), ("retrain", day(4), DEFAULT_PROFILE),
     ]
     assert w.days == [day(1), day(2), day(3)]  # every day generated once
     rec = loop_file(w)["loops"][0]
@@ -220,7 +220,7 @@ def test_engine_done_but_loop_killed_before_recording_it_is_not_advanced_again(e
         go(w, days=2)
     w.events.clear()
     go(w)
-    assert w.steps()[:2] == [("ship",), ("retrain", day(2), "quick")]  # no second advance of day 1
+    assert w.steps()[:2] == [("ship",), ("retrain", day(2), DEFAULT_PROFILE)]  # no second advance of day 1
     assert w.days == [day(1), day(2)]
     adv = loop_file(w)["loops"][0]["day_records"][0]["steps"]["advance"]
     assert adv["recovered"] and adv["tries"] == 2 and adv["done"]
@@ -232,7 +232,7 @@ def test_crash_in_the_daily_run_resumes_at_the_run_not_before(env):
         go(w, days=1)
     w.events.clear()
     go(w)
-    assert w.steps() == [("retrain", day(2), "quick")]
+    assert w.steps() == [("retrain", day(2), DEFAULT_PROFILE)]
 
 
 def _started_long_ago(w: FakeWorld, where: tuple) -> None:
@@ -249,7 +249,7 @@ def _run_folder(env: Path, as_of: dt.date, **manifest) -> Path:
     folder = env / "runs" / "20990101T000000Z"
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({
-        "run_id": folder.name, "as_of": str(as_of), "profile": "quick", "started_at": "2000-01-01T00:00:05Z",
+        "run_id": folder.name, "as_of": str(as_of), "profile": DEFAULT_PROFILE, "started_at": "2000-01-01T00:00:05Z",
         "gate": {"decision": "rejected"}, "model_version": "v1", "error": None, **manifest}))
     return folder
 
@@ -276,7 +276,7 @@ def test_an_interrupted_run_folder_is_not_adopted(env):
     _run_folder(env, day(2), status="failed", error="interrupted (Ctrl-C or SIGINT)")
     w.events.clear()
     go(w)
-    assert w.steps() == [("retrain", day(2), "quick")]
+    assert w.steps() == [("retrain", day(2), DEFAULT_PROFILE)]
 
 
 def test_a_refused_reload_is_reported_and_the_loop_goes_on(env):
@@ -311,7 +311,7 @@ def test_resuming_with_contradicting_options_is_refused_naming_the_recorded_ones
 def test_nothing_promoted_first_runs_the_pipeline_so_day_one_is_served_by_a_model(env):
     w = FakeWorld(env, promoted=None, promote_on={day(1)})
     go(w, days=1)
-    assert w.events[:2] == [("retrain", day(1), "quick"), ("open",)]
+    assert w.events[:2] == [("retrain", day(1), DEFAULT_PROFILE), ("open",)]
     assert loop_file(w)["loops"][0]["bootstrap"]["gate_decision"] == "promoted"
 
 
@@ -323,7 +323,7 @@ def test_a_bootstrap_cut_short_is_resumed_not_skipped(env):
         "done": False, "tries": 1, "first_started_at": None, "started_at": None}
     w.events.clear()
     go(w)
-    assert w.events[:2] == [("retrain", day(1), "quick"), ("open",)]
+    assert w.events[:2] == [("retrain", day(1), DEFAULT_PROFILE), ("open",)]
     assert loop_file(w)["loops"][0]["bootstrap"]["done"]
 
 
@@ -377,7 +377,7 @@ def test_url_without_an_admin_token_is_refused_before_anything_runs(env, monkeyp
     (["--days", "x"], "'x' is not a whole number of days"),
     (["--url", "http://h:1", "--in-process"], "not allowed with argument"),
     (["--url", "ftp://h"], "give the service's base URL"),
-    (["--retrain-profile", "nope"], "no such profile; use one of default, quick, prod"),
+    (["--retrain-profile", "nope"], "no such profile; use one of default, quick, live, prod"),
     (["--scenario", "no_such_scenario"], "no such file; give a scenario TOML file or one of"),
     (["--decisions-dir", "/tmp"], "--decisions-dir is for --url only"),
     (["--workers", "0"], "--workers 0: give 1..64"),

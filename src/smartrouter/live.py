@@ -48,7 +48,7 @@ LOOP_FILE = "loop.json"
 LOOP_FORMAT = 1
 STEPS: tuple[str, ...] = ("advance", "ship", "retrain", "reload")
 DEFAULT_DAYS = 14
-DEFAULT_PROFILE = "quick"  # the 45-minute budget for 14 days leaves ~3 minutes per day for the daily run
+DEFAULT_PROFILE = "live"  # profiles.toml [live.*]: the 7-day test window the gates need, ~2 min per day on 2 cores
 DEFAULT_WORKERS = 2
 SERVICE_DIR = "service"  # under the live dir: the started service's routing.toml, state dir and log
 READY_TIMEOUT_S = 300.0  # seeding the online features of the default world takes well under a minute
@@ -757,6 +757,8 @@ class Loop:
                     day = self._next_day()
                     self._run_day(day, result)
                 self.loop["status"] = "finished"
+                if self.options.render:
+                    self._write_live_report()
             except KeyboardInterrupt:
                 self.loop["status"] = "interrupted"
                 raise
@@ -771,6 +773,19 @@ class Loop:
                 result.seconds = time.monotonic() - t_start
                 self.save()
         return result
+
+    def _write_live_report(self) -> None:
+        """reports/live/index.html over every live day (also `smartrouter live-report`); a failure is reported, not fatal."""
+        from smartrouter import live_report
+
+        t0 = time.monotonic()
+        try:
+            report = live_report.build_report(self.settings, self.live)
+            path = live_report.write_report(report, self.settings)
+        except Exception as exc:  # noqa: BLE001 - the days are done and recorded; the page can be rebuilt
+            self.echo(f"live report not written ({exc}); rebuild it with `smartrouter live-report`")
+            return
+        self.echo(f"live report: {path} ({time.monotonic() - t0:.0f} s)")
 
     def _run_day(self, day: dict[str, Any], result: LoopResult) -> None:
         t0 = time.monotonic()
