@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _targets import Targets  # noqa: E402
-from bench_serve import _free_port, _lua  # noqa: E402  (the same body and request script)
+from bench_serve import _free_port, _lua, stop_server, wait_ready  # noqa: E402  (the same body, request script and start-up)
 
 RECOVERY_SECONDS = 10
 WITHIN = 0.10  # throughput back within 10 % of the pre-kill level
@@ -56,27 +56,6 @@ done = function(summary, latency, requests)
   for s, n in pairs(total) do io.write(string.format("SEC %d %d\n", s, n)) end
 end
 """
-
-
-def wait_ready(url: str, server: subprocess.Popen, workers: int, seconds: float = 300) -> dict[int, dict]:
-    """Every worker answering /readyz, sharing outcomes and done seeding its online features."""
-    seen: dict[int, dict] = {}
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError("the service exited during start-up")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                ready = json.loads(r.read())
-            seen[ready["worker"]] = ready
-        except OSError:
-            time.sleep(0.2)
-            continue
-        done = [w for w, rd in seen.items() if rd["online_features"] != "seeding" and rd["peers"] == workers - 1]
-        if len(done) >= workers:
-            return seen
-        time.sleep(0.05)
-    raise RuntimeError(f"{workers} workers were not all ready in {seconds:.0f} s (seen: {sorted(seen)})")
 
 
 def analyse(per_second: dict[int, int], start: int, kill_at: int, end: int) -> dict:
@@ -138,12 +117,7 @@ def main() -> int:
         os.unlink(script)
         respawned = sorted(wait_ready(url, server, args.workers, seconds=30))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
         shutil.rmtree(state, ignore_errors=True)
     per_second = {int(s): int(n) for s, n in (line.split()[1:] for line in out.splitlines() if line.startswith("SEC "))}
     if not killed or not per_second:

@@ -70,6 +70,37 @@ def _lua(path: str) -> str:
     return LUA % (json.dumps(head + '"ORD-'), json.dumps('"' + tail), path)
 
 
+def wait_ready(url: str, server: subprocess.Popen, workers: int, seconds: float = 300) -> dict[int, dict]:
+    """Every worker answering /readyz, sharing outcomes and done seeding its online features."""
+    seen: dict[int, dict] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("the service exited during start-up")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                ready = json.loads(r.read())
+            seen[ready["worker"]] = ready
+        except OSError:
+            time.sleep(0.2)
+            continue
+        done = [w for w, rd in seen.items() if rd["online_features"] != "seeding" and rd["peers"] == workers - 1]
+        if len(done) >= workers:
+            return seen
+        time.sleep(0.05)
+    raise RuntimeError(f"{workers} workers were not all ready in {seconds:.0f} s (seen: {sorted(seen)})")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM (the service drains and exits), SIGKILL after 30 s."""
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def run_wrk_full(url: str, path: str, duration: int, connections: int, threads: int) -> dict:
     """wrk with p50/p95/p99 in one run (a done() hook prints p95)."""
     lua = _lua(path) + r"""
@@ -144,38 +175,19 @@ def main() -> int:
         # every worker must be up, sharing outcomes, and done seeding its online features from the
         # warehouse (a background replay of 28 days): measure the steady state, not start-up.
         # A fresh connection per probe lands on a random worker; wait until each has said so.
-        seen: dict[int, dict] = {}
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                print("bench_serve: the service exited during start-up", file=sys.stderr)
-                return 1
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                    ready = json.loads(r.read())
-                seen[ready["worker"]] = ready
-            except OSError:
-                time.sleep(0.2)
-                continue
-            done = [w for w, rd in seen.items() if rd["online_features"] != "seeding" and rd["peers"] == workers - 1]
-            if len(done) >= workers:
-                break
-            time.sleep(0.05)
-        else:
-            print(f"bench_serve: {workers} workers were not all ready in 300 s (seen: {sorted(seen)})", file=sys.stderr)
+        try:
+            seen = wait_ready(url, server, workers)
+        except RuntimeError as exc:
+            print(f"bench_serve: {exc}", file=sys.stderr)
             return 1
+        ready = next(iter(seen.values()))
         print(f"service: {url} workers={workers} serving={ready['serving']} model={ready['model_version']} "
               f"rules={ready['rules_source']} online_features={ready['online_features']}")
         run_wrk_full(url, "/v1/route", 2, args.connections, args.threads)  # warm-up
         route = run_wrk_full(url, "/v1/route", args.duration, args.connections, args.threads)
         const = run_wrk_full(url, "/v1/constant", args.duration, args.connections, args.threads)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     inproc = in_process(args.in_process_calls)
     shutil.rmtree(state, ignore_errors=True)
     print(f"\nwrk {args.duration}s, {args.connections} connections, {args.threads} threads, POST bodies of "
