@@ -125,9 +125,25 @@ def test_equal_same_family_candidate_is_accepted_as_non_inferior(setup):
     lift = reg.details["value_lift"]
     assert lift["lift"] != 0.0 and lift["ci_low"] < 0 < lift["ci_high"]  # noise, in both directions
     assert reg.passed and reg.details["test"] == "non-inferiority", reg.line()
-    assert reg.threshold == -setup["cfg"]["regression"]["non_inferiority_margin"] and reg.value == lift["ci_low"]
+    # the margin: the part of the champion's own lift over the rules a retrain may give up (>= the floor)
+    c = setup["cfg"]["regression"]
+    champ_lift = reg.details["champion_lift_over_rules"]["lift"]
+    assert champ_lift > 0.02  # the fixture's champion gains on the rules
+    margin = max(c["non_inferiority_margin"], (1 - c["preserved_fraction"]) * champ_lift)
+    assert reg.threshold == -margin and reg.value == lift["ci_low"] and margin > c["non_inferiority_margin"]
     assert reg.reason.startswith("non-inferiority vs champion v1 (same family): paired DR lift ")
-    assert "95% CI" in reg.reason and "-0.50 pp" in reg.reason
+    assert "95% CI" in reg.reason and f"{-100 * margin:+.2f} pp" in reg.reason and "80 % of the champion's lift" in reg.reason
+
+
+def test_non_inferiority_margin_never_below_its_floor(setup):
+    """A champion that gains nothing over the rules leaves only the absolute floor as the margin."""
+    ev, probs, unc = setup["evaluate"](setup["good"])
+    cfg = {**setup["cfg"], "regression": {**setup["cfg"]["regression"], "preserved_fraction": 1.0}}
+    champ = G.Champion(version="v1", family="logistic", probs=_shifted(probs, 0.03))
+    rep = G.run_gates(ev, train_counts=setup["train_counts"], serving_dirs={"logistic": setup["good"]},
+                      uncertain={"logistic": unc}, champion=champ, config=cfg)
+    reg = {r.gate: r for r in rep.results}["regression"]
+    assert reg.threshold == -cfg["regression"]["non_inferiority_margin"]
     gate_json = rep.to_json("v2")
     assert {g["gate"]: g for g in gate_json["gates"]}["regression"]["details"]["test"] == "non-inferiority"
     assert rep.passed and gate_json["reasons"][1] == f"regression: {reg.reason}"  # the run report shows it
@@ -210,7 +226,9 @@ def test_rejected_model_is_registered_but_champion_stays_promoted(setup, tmp_pat
     # the model card says which test the regression gate applied, with the paired lift and the margin
     card_gates = reg.show("v2")["card"]["gates"]
     regression = {g["gate"]: g for g in card_gates["results"]}["regression"]
-    assert regression["details"]["test"] == "non-inferiority" and regression["details"]["margin"] == 0.005
+    d = regression["details"]
+    expected_margin = max(0.005, (1 - d["preserved_fraction"]) * max(d["champion_lift_over_rules"]["lift"], 0.0))
+    assert d["test"] == "non-inferiority" and d["margin"] == expected_margin
     assert {"lift", "ci_low", "ci_high", "se"} <= set(regression["details"]["value_lift"])
     assert card_gates["family_choice"] == []  # one family: nothing to compare
 
