@@ -397,16 +397,17 @@ def test_mixed_window_pools_merchant_rows_and_keeps_served_propensities():
 
 def test_served_rows_are_recognised_and_invalid_propensities_counted():
     f = pd.DataFrame({
-        "PROCESSOR": ["WORLDPAY"] * 5, "APPROVED": [1, 0, 1, 1, 0], "CURRENCY": "MXN", "CARD_BRAND": "VISA",
-        "EXPERIMENT_ARM": ["CONTROL", "EXPERIMENT", "treatment", "treatment", "treatment"],  # one served arm: no split
-        "ALGORITHM_TYPE": ["STATIC_RULES", "RANDOMIZED_EXPERIMENT", None, "MODEL", None],
-        "ROUTING_SOURCE": [None, None, "rules", None, "exploration"],
-        "PROPENSITY": [1.0, 0.25, 0.0, np.nan, 0.4],
+        "PROCESSOR": ["WORLDPAY"] * 6, "APPROVED": [1, 0, 1, 1, 0, 1], "CURRENCY": "MXN", "CARD_BRAND": "VISA",
+        "EXPERIMENT_ARM": ["CONTROL", "EXPERIMENT", "treatment", "treatment", "treatment", "treatment"],  # one served arm
+        "ALGORITHM_TYPE": ["STATIC_RULES", "RANDOMIZED_EXPERIMENT", None, "MODEL", None, None],
+        "ROUTING_SOURCE": [None, None, "rules", None, "exploration", "exploration"],
+        # 1e-6: what a Monte-Carlo propensity of 0 was floored at by an earlier service (a weight of 1e6)
+        "PROPENSITY": [1.0, 0.25, 0.0, np.nan, 0.4, 1e-6],
     })
-    assert E.served_rows(f).tolist() == [False, False, True, True, True]
-    logged = E.logged_data(f, np.zeros(5, dtype=int))
-    assert logged.invalid_propensities == 2
-    assert logged.propensity[2:].tolist() == [1.0, 1.0, 0.4]
+    assert E.served_rows(f).tolist() == [False, False, True, True, True, True]
+    logged = E.logged_data(f, np.zeros(6, dtype=int))
+    assert logged.invalid_propensities == 3
+    assert logged.propensity[2:].tolist() == [1.0, 1.0, 0.4, 1.0]
     s = E.logging_summary(logged)
     assert s["n_stochastic"] == s["n_exploratory"] == 2 and s["n_stochastic_served"] == 1
     assert "counted as deterministic" in s["note"]

@@ -48,22 +48,30 @@ def test_exploration_share_never_exceeds_the_cap():
 
 
 def test_propensities_are_probabilities_of_the_choice():
-    b = ThompsonBandit(ExplorationConfig(max_share=0.2, propensity_samples=4000, seed=1))
+    """An explored choice is drawn from Thompson's win shares mixed with a uniform floor, and the
+    logged propensity is exactly that mixture's probability (never a Monte-Carlo zero)."""
+    eps, floor = 0.2, 0.5
+    b = ThompsonBandit(ExplorationConfig(max_share=eps, uniform_floor=floor, propensity_samples=4000, seed=1))
     seg = ("USD", "VISA", "DEBIT")
     for _ in range(300):  # ELAVON clearly better in this segment
         b.observe("ELAVON", seg, True)
         b.observe("WORLDPAY", seg, False)
     p = b.ts_probabilities(seg, ["WORLDPAY", "ELAVON"])
     assert p[1] > 0.99 and abs(p.sum() - 1) < 1e-9
-    choices = [b.decide(seg, ["WORLDPAY", "ELAVON"], "WORLDPAY") for _ in range(3000)]
+    n = 3000
+    choices = [b.decide(seg, ["WORLDPAY", "ELAVON"], "WORLDPAY") for _ in range(n)]
+    elavon = eps * ((1 - floor) * p[1] + floor / 2)  # only an explored draw picks it
     for c in choices:
         if c.chosen == "WORLDPAY":
-            assert abs(c.propensity - 0.8) < 0.01 or c.propensity == 1.0  # (1-eps) + eps*~0
+            assert c.propensity == 1.0 or abs(c.propensity - (1 - elavon)) < 1e-9
         else:
-            assert c.explored and abs(c.propensity - 0.2) < 0.01  # eps * ~1
-    # the exploring choices went to the posterior's favourite
-    exp = [c for c in choices if c.explored]
-    assert exp and np.mean([c.chosen == "ELAVON" for c in exp]) > 0.95
+            assert c.explored and abs(c.propensity - elavon) < 1e-9
+    # the propensities are the choice's frequencies: ELAVON's share within 4 binomial standard errors
+    may = [c for c in choices if c.propensity < 1.0]  # decisions where exploring was allowed
+    share = np.mean([c.chosen == "ELAVON" for c in may])
+    assert abs(share - elavon) < 4 * np.sqrt(elavon * (1 - elavon) / len(may))
+    # no propensity below the floor's bound: eps x floor / |candidates|
+    assert min(c.propensity for c in choices) >= eps * floor / 2 - 1e-12
 
 
 def test_single_candidate_never_explores():

@@ -92,6 +92,11 @@ MIN_STOCHASTIC_ROWS = 200
 # 0.5 < p < 1 is stochastic too, but mostly re-weights the logger's own preferred choice (the
 # service logs p = 0.98 on every row routed while a probe of a DOWN processor was possible).
 EXPLORATORY_P = 0.5
+# The smallest propensity the routing service can log (routing.bandit: an explored choice has at
+# least max_share x uniform_floor / |candidates|, ~0.006 with the shipped routing.toml). A smaller
+# logged value is a logging fault (e.g. a Monte-Carlo estimate of 0 floored at 1e-6 by an earlier
+# service): weighting its row by 1/p would swamp every estimate, so it counts as invalid.
+MIN_VALID_PROPENSITY = 1e-3
 SLICE_COLUMNS: dict[str, str] = {
     "brand": "CARD_BRAND",
     "currency": "CURRENCY",
@@ -293,9 +298,9 @@ def logged_data(frame: pd.DataFrame, rules_idx: np.ndarray | None = None, mode: 
     served = served_rows(frame)
     is_exp = (arm == EXPERIMENT_ARM) & ~served
     logged_p = pd.to_numeric(frame["PROPENSITY"], errors="coerce").to_numpy(dtype=np.float64) if "PROPENSITY" in frame.columns else np.ones(n)
-    valid = np.isfinite(logged_p) & (logged_p > 0) & (logged_p <= 1)
+    valid = np.isfinite(logged_p) & (logged_p >= MIN_VALID_PROPENSITY) & (logged_p <= 1)
     # an invalid propensity on a served row (a logging fault) counts as a deterministic choice: a
-    # guessed small value would give the row an arbitrary, possibly huge, weight
+    # guessed or implausibly small value would give the row an arbitrary, possibly huge, weight
     served_p = np.where(valid, logged_p, 1.0)
     stochastic = valid & (logged_p < 1.0)
     exploratory = valid & (logged_p <= EXPLORATORY_P)
@@ -414,8 +419,8 @@ def logging_summary(logged: LoggedData, policies: Mapping[str, np.ndarray] | Non
     else:
         out["note"] = f"{head}: the rows off-policy estimates learn from"
     if logged.invalid_propensities:
-        out["note"] += (f"; {logged.invalid_propensities} served row(s) had no valid propensity in (0, 1] and were "
-                        "counted as deterministic")
+        out["note"] += (f"; {logged.invalid_propensities} served row(s) had no valid propensity in "
+                        f"[{MIN_VALID_PROPENSITY:g}, 1] and were counted as deterministic")
     if policies is not None:
         out["unsupported_share"] = {name: unsupported_share(logged, matrix) for name, matrix in policies.items()}
     return out

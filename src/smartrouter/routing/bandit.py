@@ -125,16 +125,19 @@ class ThompsonBandit:
                 self.explored += 1
         if not may_explore:
             return BanditChoice(greedy, 1.0, False)
-        probs = self.ts_probabilities(segment, candidates)
+        # the explored choice is drawn from exactly the distribution the propensity states: Thompson
+        # sampling's win shares (Monte Carlo) mixed with a uniform floor. Drawing from a fresh posterior
+        # sample instead could pick an arm whose estimated share was 0 (logged as 1e-6: a weight of a
+        # million in every off-policy estimate); the floor keeps every weight below |C| / (eps · floor)
+        floor = cfg.uniform_floor
+        probs = (1.0 - floor) * self.ts_probabilities(segment, candidates) + floor / len(candidates)
         eps = cfg.max_share
         if explore:
-            a = np.array([self.posterior(p, segment)[0] for p in candidates])
-            b = np.array([self.posterior(p, segment)[1] for p in candidates])
             with self._lock:
-                sample = self._rng.beta(a, b)
-            chosen = candidates[int(sample.argmax())]
+                i = int(self._rng.choice(len(candidates), p=probs / probs.sum()))
+            chosen = candidates[i]
         else:
             chosen = greedy
-        i = candidates.index(chosen)
+            i = candidates.index(chosen)
         propensity = (1.0 - eps) * (chosen == greedy) + eps * float(probs[i])
-        return BanditChoice(chosen, max(propensity, 1e-6), explore)
+        return BanditChoice(chosen, propensity, explore)

@@ -67,6 +67,7 @@ class ExplorationConfig:
     segment: tuple[str, ...] = ("CURRENCY", "CARD_BRAND", "CARD_TYPE")
     propensity_samples: int = 256
     seed: int = 7
+    uniform_floor: float = 0.5  # share of an explored choice drawn uniformly (bounds the logged propensities)
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ def _validate(cfg: RoutingConfig, where: str) -> None:
     _share(e.treatment_share, "[experiment].treatment_share", where)
     x = cfg.exploration
     _share(x.max_share, "[exploration].max_share", where, 0.0, 0.5)
+    _share(x.uniform_floor, "[exploration].uniform_floor", where, 0.0, 1.0)
     if x.prior_alpha <= 0 or x.prior_beta <= 0:
         raise ConfigError(f"{where}: [exploration] prior_alpha and prior_beta must be positive")
     allowed_segment = set(catalog.ATTEMPT_COLUMNS)
