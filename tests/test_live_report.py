@@ -78,6 +78,22 @@ def synthetic_truth(days: int = 6, orders_per_day: int = 600, seed: int = 1, exp
     return pd.DataFrame(rows)
 
 
+def test_an_outage_of_a_processor_its_cards_cannot_leave_is_not_held_to_the_failover_bars() -> None:
+    """Amex cards go only to AMEX: an AMEX outage has nothing to fail over to; the verdict says so
+    instead of reporting that the service 'never stopped sending to it'."""
+    assert not LR.has_alternative("AMEX") and LR.has_alternative("WORLDPAY")
+    t = LR.prepare_truth(synthetic_truth(days=3, orders_per_day=300, explore=0.0))
+    out = LR.outage_windows(t)
+    out = out.assign(processor="AMEX")  # the same never-marked window, on the processor with no alternative
+    v = LR.verdict(LR.day_table(t), out, pd.DataFrame(), {})
+    assert v["outage_windows"] == 0 and v["outage_windows_without_alternative"] == len(out)
+    assert v["outage_windows_not_marked"] == 0
+    report = LR.LiveReport(LR.day_table(t), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), out, pd.DataFrame(),
+                           verdict={**v, "treatment": LR.group_metrics(t[t["ARM"] == "treatment"])})
+    text = LR.verdict_text(report)
+    assert "never stopped sending" not in text and "nothing to fail over to" in text
+
+
 def with_outage_detection(truth: pd.DataFrame) -> pd.DataFrame:
     """Rewrite the outage window so that the service sent OUTAGE_FAILURES failing attempts to WORLDPAY,
     then failed over (first 'failover' decision), then sent it probes only."""

@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from smartrouter import atomic
+from smartrouter import atomic, catalog
 from smartrouter.config import Settings, load_settings
 from smartrouter.errors import SmartrouterError
 
@@ -542,12 +542,28 @@ def verdict(days: pd.DataFrame, outages: pd.DataFrame, ope: pd.DataFrame, overal
         "ope_blocks_covered": int(served["covered"].sum()) if len(served) else 0,
     }
     if len(outages):
-        marked = outages[outages["how_marked"] != NOT_MARKED]
-        out["outage_windows_not_marked"] = int(len(outages) - len(marked))
+        # a processor that is the only one its cards may use (AMEX for Amex cards) cannot be failed
+        # over: its windows are reported, but not held to the failover bars
+        sole = outages["processor"].map(lambda p: not has_alternative(str(p)))
+        out["outage_windows_without_alternative"] = int(sole.sum())
+        judged = outages[~sole]
+        out["outage_windows"] = int(len(judged))
+        marked = judged[judged["how_marked"] != NOT_MARKED]
+        out["outage_windows_not_marked"] = int(len(judged) - len(marked))
         out["outage_failed_before_down_max"] = int(marked["failed_before_down"].max()) if len(marked) else None
         col = f"recovered_{TREATMENT}" if f"recovered_{TREATMENT}" in outages else f"recovered_{ALL_ARMS}"
-        out["outage_recovered_min"] = float(outages[col].min())
+        out["outage_recovered_min"] = float(judged[col].min()) if len(judged) else float("nan")
     return out
+
+
+def has_alternative(processor: str) -> bool:
+    """Whether some payment that may go to ``processor`` may also go elsewhere (catalog's hard rules)."""
+    for brand in catalog.CARD_BRANDS:
+        for currency in catalog.CURRENCIES:
+            eligible = catalog.eligible_processors(brand, currency, catalog.PROCESSORS)
+            if processor in eligible and len(eligible) > 1:
+                return True
+    return False
 
 
 def build_report(settings: Settings | None = None, live: str | Path | None = None, *, scenario: Any = None,
@@ -661,10 +677,15 @@ def verdict_text(report: LiveReport) -> str:
                    f"{v['outage_failed_before_down_max']} failed attempt(s) (bar: {DOWN_WITHIN_FAILURES})"
                    if missed < n else "")
         never = f"in {missed} of them it never stopped sending to it" if missed else ""
-        parts.append(f"In {n} outage window(s) {'; '.join(x for x in (stopped, never) if x)}, and its choices "
-                     f"recovered at least {_pct(v['outage_recovered_min'], 0)} of the gap between the rules and the "
-                     f"best choice there (bar: {OUTAGE_RECOVERY_BAR:.0%}).")
-    else:
+        if n:
+            parts.append(f"In {n} outage window(s) {'; '.join(x for x in (stopped, never) if x)}, and its choices "
+                         f"recovered at least {_pct(v['outage_recovered_min'], 0)} of the gap between the rules and the "
+                         f"best choice there (bar: {OUTAGE_RECOVERY_BAR:.0%}).")
+    if v.get("outage_windows_without_alternative"):
+        parts.append(f"{v['outage_windows_without_alternative']} outage window(s) hit a processor its cards cannot leave "
+                     f"(e.g. Amex cards go only to {catalog.AMEX_PROCESSOR}): nothing to fail over to, so they are listed "
+                     "below but not held to these bars.")
+    if not v["outage_windows"] and not v.get("outage_windows_without_alternative"):
         parts.append("No processor outage happened in these days.")
     if v["ope_blocks"]:
         parts.append(f"Estimated from the service's own logs alone, the served policy's value was within "
