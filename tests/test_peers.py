@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -19,6 +18,7 @@ from smartrouter.cli.serve import import_app_module
 from smartrouter.config import REPO_ROOT, load_settings
 from smartrouter.routing import load_routing_config, peers
 from smartrouter.routing.policy import owner_of
+from http_helpers import get_json as _get, post_json as _post, stop_server
 
 app_module = import_app_module()
 T0 = datetime(2024, 5, 6, 14, 0, 0)
@@ -148,15 +148,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:  # a new connection each time: any worker may answer
-        return json.loads(r.read())
-
-
-def _post(url: str, payload: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.loads(r.read())
 
 
 def test_smartrouter_serve_with_two_workers_agrees_on_an_outage_and_reports_all_metrics(tmp_path_factory):
@@ -200,10 +191,5 @@ def test_smartrouter_serve_with_two_workers_agrees_on_an_outage_and_reports_all_
         d = _post(url + "/v1/route", body(order_id="X1", card_brand="VISA", currency="MXN"))
         assert d["chosen"] != "ELAVON"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     assert not os.listdir(os.path.join(home, "peers")), "workers remove their sockets on shutdown"

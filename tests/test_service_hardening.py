@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from litestar.testing import TestClient
 
+from http_helpers import stop_server
 from routing_fakes import RULE_ROWS, body, fake_loader
 from smartrouter.cli.serve import import_app_module
 from smartrouter.config import load_settings
@@ -491,12 +492,7 @@ def test_metrics_after_kill_9_of_a_worker_report_one_state_per_processor():
         leftovers = [n for n in os.listdir(os.path.join(home, "prometheus")) if n.startswith("gauge_live") and str(victim) in n]
         assert not leftovers, leftovers
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
 
 
 @pytest.mark.slow

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime, timedelta
 
 import pytest
 
 from routing_fakes import body
 from smartrouter.config import REPO_ROOT
+from http_helpers import get_json as _get, post_json as _post, stop_server
 
 pytestmark = pytest.mark.slow
 MAX_SHARE_TO_DOWN = 0.03  # the bar (probes are 2 %)
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:  # a new connection each time: any worker may answer
-        return json.loads(r.read())
-
-
-def _post(url: str, payload: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.loads(r.read())
 
 
 def _free_port() -> int:
@@ -97,10 +87,5 @@ def test_kill_9_of_a_worker_while_a_processor_is_down():
         share = chosen.count(down) / len(chosen)
         assert share <= MAX_SHARE_TO_DOWN, f"the replacement sent {share:.1%} of {len(chosen)} to the DOWN {down}\n" + said()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
         server_log.close()

@@ -19,6 +19,7 @@ from smartrouter.world import World, WorldParams
 from smartrouter.world import live
 from smartrouter.world.generate import ATTEMPTS_PER_ORDER, WEEKDAY_FACTOR
 from smartrouter.world.scenario import Outage, ProcessorChange, Scenario, Traffic
+from http_helpers import stop_server
 
 END = dt.date(2025, 6, 30)
 PARAMS = dict(days=7, per_day=1500, end=END)
@@ -337,12 +338,7 @@ def test_a_day_over_http_through_a_real_server(settings, tmp_path):
         finally:
             c.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     att = _new_rows(settings, catalog.ATTEMPTS_VIEW)
     truth = pd.read_parquet(live.truth_path(settings, DAY1))
     assert len(att) == len(truth) == day.attempts == day.route_calls > 1000
