@@ -427,3 +427,13 @@ def test_issuer_step_and_processor_changes_in_the_truth():
     could = truth.elig[g.brand, g.currency][:, el]
     off = (sec >= 300 * 60) & (sec < 900 * 60)
     assert could.any() and np.array_equal(avail[:, el], could & ~off)
+
+
+def test_the_in_process_client_routes_only_once_online_features_are_seeded(settings):
+    """Like the HTTP loop, which waits for /readyz: routed while the features still seed, the model
+    arm would take the static rules (source fallback) for the first minutes of the first day."""
+    c = live.InProcessClient(settings, model_loader=fake_loader, poll=False)  # seeding on, as in the loop
+    try:
+        assert c.service.online_features == "seeded"
+    finally:
+        c.close()

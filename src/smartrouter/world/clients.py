@@ -162,6 +162,14 @@ class InProcessClient:
         self._loop = asyncio.new_event_loop()
         service.startup(self._loop)
         self._closed = False
+        self._loop.run_until_complete(self._seeded())
+
+    async def _seeded(self, seconds: float = 300.0) -> None:
+        """Wait until the online features are seeded, as the HTTP loop waits for /readyz: routed
+        meanwhile, the model arm would take the static rules (source fallback) for the first minutes."""
+        deadline = time.monotonic() + seconds
+        while self.service.online_features == "seeding" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the seeding thread installs its state on this loop
 
     async def _route_all(self, requests: list[dict]) -> list[dict]:
         app, svc, out = self._app, self.service, []
