@@ -252,6 +252,27 @@ def test_readers_share_the_file(built):
             warehouse.query_frame(f"DELETE FROM {ATTEMPTS}", conn=a)
 
 
+def test_a_process_that_opened_the_world_leaves_no_fakesnow_folder_behind(built):
+    """fakesnow makes a temp folder at import; a daily run's kernels and the tests would leave
+    hundreds of them in /tmp. The process removes it at exit (empty: no stages used)."""
+    settings = built[0]
+    code = (
+        "import sys\n"
+        "from smartrouter import warehouse\n"
+        "from smartrouter.config import load_settings\n"
+        f"s = load_settings({{'SMARTROUTER_HOME': {str(settings.home)!r}, 'SMARTROUTER_LOCAL_DIR': {str(settings.local_dir)!r}}})\n"
+        "with warehouse.connect(s) as c:\n"
+        "    warehouse.query_frame('SELECT 1 AS X', conn=c)\n"
+        "from fakesnow.transforms import stage\n"
+        "print(stage.LOCAL_BUCKET_PATH)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    folder = Path(out.stdout.strip().splitlines()[-1])
+    assert folder.name.startswith("fakesnow_bucket_")
+    assert not folder.exists(), f"{folder} left behind"
+
+
 # ------------------------------------------------------------------ broken local files
 def test_missing_world_says_how_to_build(tmp_path):
     with pytest.raises(WarehouseError, match=r"local world not built: .*PAYMENT_ML.db does not exist; run `make world`"):

@@ -153,10 +153,38 @@ def connect(
     return _open_local(path, read_only=read_only)
 
 
+_bucket_cleanup_registered = False
+
+
+def _rmdir_if_empty(folder: str) -> None:
+    with contextlib.suppress(OSError):  # not empty (someone used a stage) or already gone
+        os.rmdir(folder)
+
+
+def remove_fakesnow_bucket_at_exit() -> None:
+    """fakesnow creates a temporary "stage bucket" folder when imported and never removes it:
+    one empty folder in the temp dir per process that ever opened the local world (every
+    kernel of every daily run, every test worker). Nothing here uses stages, so the folder is
+    removed at exit if it is still empty."""
+    global _bucket_cleanup_registered
+    if _bucket_cleanup_registered:
+        return
+    import atexit
+
+    from fakesnow.transforms import stage
+
+    folder = getattr(stage, "LOCAL_BUCKET_PATH", None)
+    if folder:
+        atexit.register(_rmdir_if_empty, str(folder))
+    _bucket_cleanup_registered = True
+
+
 def _open_local(path: Path, *, read_only: bool) -> Connection:
     """fakesnow over the DuckDB file at ``path`` (which must be named PAYMENT_ML.db)."""
     import duckdb
     from fakesnow.instance import FakeSnow
+
+    remove_fakesnow_bucket_at_exit()
 
     fs = FakeSnow(db_path=path.parent)
     fs.results_cache = _RecentResults()
