@@ -1,0 +1,555 @@
+"""The A/B readout: what the service's live split (static rules vs model) truly did, read every day.
+
+Input is the service's decision log -- local JSONL segments (`routing.decision_log`) or the
+warehouse table PAYMENT_ML.SMARTROUTER.DECISION_LOG that `smartrouter decisions ship` fills -- with
+each decision joined to its outcome by request id. Output (`readout`):
+
+* per arm and per (arm, model version): payments (attempts with an outcome), orders, approval,
+  first-attempt approval, order conversion, decision / processor / payment latency;
+* the primary metric's lift (treatment − control) per order, the unit the SHA-256 split
+  randomizes, with the fixed-horizon interval AND the always-valid one (`smartrouter.sequential`:
+  mSPRT / normal-mixture confidence sequence), the latter computed at every day's end so the
+  always-valid p-value is the running minimum over daily looks (reading it daily costs nothing);
+* each model version against the control orders of the same hours (a randomized comparison,
+  since control runs beside every version);
+* a sample-ratio-mismatch check (chi-square of split keys per arm vs routing.toml's share);
+* a per-slice harm check (brand, currency, card type; processor listed but not tested, see
+  experiment.toml), Holm-corrected;
+* the auto-winner rule of experiment.toml (`decide`), applied only on the always-valid test;
+* the lift in approved orders and money per day, and one paragraph in plain words.
+
+`simulate` runs many A/B experiments with a known true lift through the same `decide` (the
+coverage check of bench/bench_abtest.py and tests/test_abtest_coverage.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from smartrouter import atomic, strict_toml
+from smartrouter.errors import ConfigError, SmartrouterError
+from smartrouter.routing.experiment import CONTROL, TREATMENT
+from smartrouter.sequential import SequentialTest, chi_square_split, fixed_horizon, holm, sequential_looks
+
+CONFIG_PATH = Path(__file__).resolve().parent / "experiment.toml"
+METRICS: tuple[str, ...] = ("first_attempt_approval", "order_conversion")
+# slice name -> the payment field it groups by (evaluation.SLICE_COLUMNS spells the first three the same way)
+SLICE_FIELDS: dict[str, str] = {"brand": "CARD_BRAND", "currency": "CURRENCY", "card_type": "CARD_TYPE",
+                                "processor": "PROCESSOR"}
+# slices the arm itself chooses: reported, never tested (they compare different payments)
+POST_ASSIGNMENT_SLICES = frozenset({"processor"})
+READOUT_FILE = "readout.json"
+
+SCHEMA: dict[str, dict[str, type]] = {
+    "readout": {"primary_metric": str, "alpha": float, "mixture_sd": float, "report_currency": str},
+    "readout.fx_to_report": {"MXN": float, "USD": float},
+    "srm": {"alpha": float},
+    "harm": {"slices": list, "alpha": float, "min_units": int},
+    "winner": {"alpha": float, "min_payments_per_arm": int, "min_days": int, "min_relative_lift": float,
+               "max_latency_regression": float},
+}
+
+
+class NoDataError(SmartrouterError):
+    """There is nothing to read out (no decision log, or no decision with an outcome)."""
+
+
+def load_config(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """experiment.toml (or ``path``), checked: unknown / missing / mistyped keys and bad values are errors."""
+    path = Path(path) if path else CONFIG_PATH
+    cfg = strict_toml.load(path, SCHEMA, what="experiment config", home="src/smartrouter/experiment.toml")
+    r = cfg["readout"]
+    strict_toml.require(r["primary_metric"] in METRICS, path, "[readout] primary_metric",
+                        f"= {r['primary_metric']!r} is unknown; use one of {', '.join(METRICS)}")
+    for where, value in (("[readout] alpha", r["alpha"]), ("[srm] alpha", cfg["srm"]["alpha"]),
+                         ("[harm] alpha", cfg["harm"]["alpha"]), ("[winner] alpha", cfg["winner"]["alpha"])):
+        strict_toml.require(0.0 < value < 1.0, path, where, f"= {value} must lie strictly between 0 and 1 (e.g. 0.05)")
+    strict_toml.require(r["mixture_sd"] > 0, path, "[readout] mixture_sd", f"= {r['mixture_sd']} must be > 0 (e.g. 0.01 = 1 pp)")
+    strict_toml.require(r["report_currency"] in cfg["readout.fx_to_report"], path, "[readout] report_currency",
+                        f"= {r['report_currency']!r} needs a rate in [readout.fx_to_report]")
+    bad = [s for s in cfg["harm"]["slices"] if s not in SLICE_FIELDS]
+    strict_toml.require(not bad, path, "[harm] slices", f"names unknown slices {bad}; use some of {', '.join(SLICE_FIELDS)}")
+    w = cfg["winner"]
+    for key in ("min_payments_per_arm", "min_days", "min_relative_lift", "max_latency_regression"):
+        strict_toml.require(w[key] >= 0, path, f"[winner] {key}", f"= {w[key]} must be >= 0")
+    return cfg
+
+
+# ------------------------------------------------------------------ the decision log as frames
+def load_records(source: str | Path | None = None, settings: Any = None) -> tuple[list[dict[str, Any]], str]:
+    """(records, where they came from): a folder of JSONL segments, or the warehouse table when ``source`` is None.
+
+    Raises NoDataError naming where it looked when there is no log at all.
+    """
+    from smartrouter.routing.decision_log import SEGMENT_GLOB, read_records
+
+    if source is not None:
+        folder = Path(source)
+        if not folder.is_dir() or not any(folder.glob(SEGMENT_GLOB)):
+            raise NoDataError(f"no decision log in {folder} (no {SEGMENT_GLOB} segments); point --decisions-dir at the "
+                              "service's <state dir>/decisions, or omit it to read the warehouse table")
+        return list(read_records(folder)), str(folder)
+    from smartrouter import warehouse
+    from smartrouter.routing.shipping import TABLE
+
+    try:
+        frame = warehouse.query_frame("decision_log_records", settings=settings)
+    except SmartrouterError as exc:
+        raise NoDataError(f"no decision log in the warehouse ({TABLE}: {exc}); ship it with `smartrouter decisions ship` "
+                          "or read the service's segments with --decisions-dir") from None
+    except Exception as exc:  # noqa: BLE001 - the table does not exist before the first ship
+        raise NoDataError(f"no decision log in the warehouse ({TABLE} unreadable: {type(exc).__name__}); ship it with "
+                          "`smartrouter decisions ship` or read the service's segments with --decisions-dir") from None
+    return [json.loads(text) for text in frame["RECORD"] if isinstance(text, str)], TABLE
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _attempt_number(value: Any) -> int:
+    """The attempt's number within its order (a request without one is a first attempt, as the API defaults)."""
+    n = _num(value)
+    return 1 if math.isnan(n) else int(n)
+
+
+def attempts_frame(records: Iterable[Mapping[str, Any]], split_key: str = "order_id") -> pd.DataFrame:
+    """One row per decision (deduplicated by request id) with its outcome, if one came back."""
+    decisions: dict[str, dict[str, Any]] = {}
+    outcomes: dict[str, Mapping[str, Any]] = {}
+    key_field = "ORDER_ID" if split_key == "order_id" else "USER_ID"
+    for rec in records:
+        rid = rec.get("request_id")
+        if not rid:
+            continue
+        if rec.get("kind") == "decision":
+            pay = rec.get("payment") or {}
+            decisions[rid] = {
+                "REQUEST_ID": rid, "ORDER_ID": pay.get("ORDER_ID"),
+                "KEY": pay.get(key_field) or pay.get("ORDER_ID"),
+                "CREATED_AT": rec.get("created_at"), "ARM": rec.get("arm"),
+                "MODEL_VERSION": rec.get("model_version") or "none", "SOURCE": rec.get("source"),
+                "PROCESSOR": rec.get("chosen"), "ATTEMPT": _attempt_number(pay.get("NUM_ATTEMPTS_ORDER")),
+                "CARD_BRAND": pay.get("CARD_BRAND"), "CURRENCY": pay.get("CURRENCY"), "CARD_TYPE": pay.get("CARD_TYPE"),
+                "AMOUNT": _num(pay.get("AMOUNT")), "DECISION_LATENCY_MS": _num(rec.get("latency_ms")),
+            }
+        elif rec.get("kind") == "outcome":
+            outcomes[rid] = rec
+    if not decisions:
+        return pd.DataFrame()
+    frame = pd.DataFrame.from_records(list(decisions.values()))
+    status = frame["REQUEST_ID"].map(lambda r: outcomes[r].get("status") if r in outcomes else None)
+    frame["STATUS"] = status
+    frame["HAS_OUTCOME"] = status.notna()
+    frame["APPROVED"] = (status == "APPROVED").astype(float).where(frame["HAS_OUTCOME"])
+    frame["PROCESSOR_LATENCY_MS"] = frame["REQUEST_ID"].map(
+        lambda r: _num(outcomes[r].get("latency_ms")) if r in outcomes else math.nan)
+    frame["CREATED_AT"] = pd.to_datetime(frame["CREATED_AT"])
+    frame["DAY"] = frame["CREATED_AT"].dt.strftime("%Y-%m-%d")
+    return frame.sort_values("CREATED_AT", kind="mergesort").reset_index(drop=True)
+
+
+def orders_frame(attempts: pd.DataFrame) -> pd.DataFrame:
+    """One row per order: its arm, model version, day and slices (from its first attempt) and the two order metrics."""
+    a = attempts.sort_values(["ORDER_ID", "ATTEMPT", "CREATED_AT"], kind="mergesort")
+    first = a.groupby("ORDER_ID", sort=False).head(1).set_index("ORDER_ID")
+    out = first[["KEY", "ARM", "MODEL_VERSION", "DAY", "CREATED_AT", "CARD_BRAND", "CURRENCY", "CARD_TYPE", "PROCESSOR",
+                 "AMOUNT"]].copy()
+    # first attempt of the order with an outcome: the routing decision's own result (NaN: no outcome came back)
+    out["first_attempt_approval"] = first["APPROVED"].where(first["ATTEMPT"] == 1)
+    known = a[a["HAS_OUTCOME"]].groupby("ORDER_ID")["APPROVED"].max()
+    out["order_conversion"] = known.reindex(out.index)
+    return out.reset_index()
+
+
+# ------------------------------------------------------------------ per-group metrics
+def _quantile(values: pd.Series, q: float) -> float:
+    v = values.dropna()
+    return float(v.quantile(q)) if len(v) else math.nan
+
+
+def group_metrics(attempts: pd.DataFrame, orders: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Payments, orders, approval, first-attempt approval, order conversion and latency per group."""
+    rows = []
+    for key, part in attempts.groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        sel = np.ones(len(orders), dtype=bool)
+        for col, value in zip(by, key):
+            sel &= (orders[col] == value).to_numpy()
+        o = orders[sel]
+        done = part[part["HAS_OUTCOME"]]
+        dec, proc = done["DECISION_LATENCY_MS"], done["PROCESSOR_LATENCY_MS"]
+        rows.append({
+            **dict(zip(by, key)),
+            "payments": int(len(done)), "orders": int(len(o)),
+            "approval": float(done["APPROVED"].mean()) if len(done) else math.nan,
+            "first_attempt_approval": float(o["first_attempt_approval"].mean()),
+            "order_conversion": float(o["order_conversion"].mean()),
+            "decision_latency_ms_mean": float(dec.mean()), "decision_latency_ms_p99": _quantile(dec, 0.99),
+            "processor_latency_ms_mean": float(proc.mean()),
+            "payment_latency_ms_mean": float((dec + proc.fillna(0.0)).mean()),
+            "first_day": str(part["DAY"].min()), "last_day": str(part["DAY"].max()),
+        })
+    return pd.DataFrame(rows)
+
+
+def _counts(orders: pd.DataFrame, metric: str) -> tuple[int, int, int, int]:
+    """(n_control, x_control, n_treatment, x_treatment) of a 0/1 order metric (orders without a value left out)."""
+    out = []
+    for arm in (CONTROL, TREATMENT):
+        v = orders.loc[orders["ARM"] == arm, metric].dropna()
+        out += [int(len(v)), int(v.sum())]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def daily_looks(orders: pd.DataFrame, metric: str) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """Cumulative counts at the end of each day (the looks of the sequential test)."""
+    looks = []
+    for day in sorted(orders["DAY"].unique()):
+        looks.append((str(day), _counts(orders[orders["DAY"] <= day], metric)))
+    return looks
+
+
+# ------------------------------------------------------------------ checks
+def srm_check(orders: pd.DataFrame, treatment_share: float, alpha: float, shadow: bool = False) -> dict[str, Any]:
+    """Chi-square of split keys per arm against the configured split."""
+    units = orders.drop_duplicates("KEY")
+    n_c, n_t = int((units["ARM"] == CONTROL).sum()), int((units["ARM"] == TREATMENT).sum())
+    if shadow:
+        return {"checked": False, "flagged": False, "units": {CONTROL: n_c, TREATMENT: n_t},
+                "note": "shadow mode: every payment is routed by control, there is no split to check"}
+    if not 0.0 < treatment_share < 1.0:
+        return {"checked": False, "flagged": False, "units": {CONTROL: n_c, TREATMENT: n_t},
+                "note": f"treatment_share {treatment_share} leaves one arm empty by design"}
+    stat, p = chi_square_split([n_c, n_t], [1 - treatment_share, treatment_share])
+    observed = n_t / (n_c + n_t) if n_c + n_t else math.nan
+    flagged = bool(p < alpha) if not math.isnan(p) else False
+    return {"checked": True, "flagged": flagged, "units": {CONTROL: n_c, TREATMENT: n_t},
+            "expected_treatment_share": treatment_share, "observed_treatment_share": observed,
+            "chi2": stat, "p_value": p, "alpha": alpha,
+            "note": (f"sample-ratio mismatch: treatment holds {observed:.2%} of units, {treatment_share:.0%} configured "
+                     f"(p = {p:.1e}); the split is broken, the lift cannot be trusted" if flagged else
+                     f"split as configured (treatment {observed:.2%} of units vs {treatment_share:.0%}, p = {p:.2g})")}
+
+
+def harm_check(orders: pd.DataFrame, metric: str, slices: Sequence[str], alpha: float, min_units: int) -> pd.DataFrame:
+    """Per slice value: treatment − control on ``metric``, one-sided harm p-value, Holm-adjusted over tested slices."""
+    from statistics import NormalDist
+
+    rows = []
+    for name in slices:
+        col = SLICE_FIELDS[name]
+        for value, part in orders.groupby(col, sort=True, dropna=True):
+            n_a, x_a, n_b, x_b = _counts(part, metric)
+            iv = fixed_horizon(n_a, x_a, n_b, x_b, alpha=alpha)
+            tested = name not in POST_ASSIGNMENT_SLICES and min(n_a, n_b) >= min_units
+            p_harm = NormalDist().cdf(iv.lift / iv.se) if tested and iv.se > 0 else math.nan
+            rows.append({"slice": name, "value": str(value), "n_control": n_a, "n_treatment": n_b,
+                         "rate_control": iv.rate_a, "rate_treatment": iv.rate_b, "lift": iv.lift,
+                         "ci_low": iv.ci_low, "ci_high": iv.ci_high, "tested": bool(tested),
+                         "p_harm": p_harm,
+                         "why_not_tested": None if tested else ("the arm chooses the processor: not a randomized comparison"
+                                                                if name in POST_ASSIGNMENT_SLICES else
+                                                                f"fewer than {min_units} orders in an arm")})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_harm_holm"] = holm(table["p_harm"].tolist())
+    table["harmed"] = table["tested"] & (table["p_harm_holm"] < alpha)
+    return table
+
+
+# ------------------------------------------------------------------ the decision
+@dataclass
+class Evidence:
+    """What the winner rule reads (a readout, or one simulated experiment)."""
+
+    test: SequentialTest  # after the last look
+    payments: dict[str, int]  # per arm
+    days: int
+    rate_control: float
+    latency_regression: float | None = None  # treatment / control mean payment latency − 1 (None: not measured)
+    srm_flagged: bool = False
+    harmed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Decision:
+    """The auto-winner's verdict: 'treatment', 'control' or 'continue', with every condition and why."""
+
+    winner: str | None
+    verdict: str
+    conditions: dict[str, bool]
+    reasons: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"winner": self.winner, "verdict": self.verdict, "conditions": self.conditions, "reasons": self.reasons}
+
+
+def decide(ev: Evidence, winner_cfg: Mapping[str, Any]) -> Decision:
+    """The auto-winner rule of experiment.toml [winner]; significance comes only from the always-valid test."""
+    iv = ev.test.interval
+    lift = iv.lift if iv is not None else math.nan
+    rel = lift / ev.rate_control if ev.rate_control and not math.isnan(lift) else math.nan
+    p = ev.test.p_value
+    fewest = min(ev.payments.get(CONTROL, 0), ev.payments.get(TREATMENT, 0))
+    lat = ev.latency_regression
+    cond = {
+        "significant": bool(p < winner_cfg["alpha"]),
+        "enough_payments": bool(fewest >= winner_cfg["min_payments_per_arm"]),
+        "enough_days": bool(ev.days >= winner_cfg["min_days"]),
+        "lift_large_enough": bool(not math.isnan(rel) and rel >= winner_cfg["min_relative_lift"]),
+        "latency_ok": bool(lat is None or lat <= winner_cfg["max_latency_regression"]),
+        "no_srm": not ev.srm_flagged,
+        "no_harmed_slice": not ev.harmed,
+    }
+    reasons = []
+    if not cond["significant"]:
+        reasons.append(f"always-valid p = {p:.3g}, not below {winner_cfg['alpha']:g}")
+    if not cond["enough_payments"]:
+        reasons.append(f"{fewest:,} payments in the smaller arm, {winner_cfg['min_payments_per_arm']:,} needed")
+    if not cond["enough_days"]:
+        reasons.append(f"{ev.days} day(s) of data, {winner_cfg['min_days']} needed")
+    if not cond["lift_large_enough"]:
+        reasons.append(f"relative lift {rel:+.2%}, at least {winner_cfg['min_relative_lift']:+.0%} needed")
+    if not cond["latency_ok"]:
+        reasons.append(f"payment latency {lat:+.1%} vs control, at most {winner_cfg['max_latency_regression']:+.0%} allowed")
+    if not cond["no_srm"]:
+        reasons.append("sample-ratio mismatch: the split is broken")
+    if ev.harmed:
+        reasons.append(f"harmed slice(s): {', '.join(ev.harmed)}")
+    enough = cond["enough_payments"] and cond["enough_days"] and cond["no_srm"]
+    if all(cond.values()):
+        return Decision(TREATMENT, f"treatment wins: {rel:+.2%} relative lift, always-valid p = {p:.2g}", cond, [])
+    if enough and cond["significant"] and lift < 0:
+        return Decision(CONTROL, f"control wins: treatment is worse ({rel:+.2%}, always-valid p = {p:.2g})", cond, reasons)
+    return Decision(None, "continue: no winner yet (" + "; ".join(reasons) + ")", cond, reasons)
+
+
+# ------------------------------------------------------------------ the readout
+def _version_vs_control(orders: pd.DataFrame, metric: str, alpha: float, mixture_sd: float) -> list[dict[str, Any]]:
+    """Each model version against the control orders created while it served (same hours: randomized)."""
+    out = []
+    treated = orders[orders["ARM"] == TREATMENT]
+    for version, part in treated.groupby("MODEL_VERSION", sort=True):
+        lo, hi = part["CREATED_AT"].min(), part["CREATED_AT"].max()
+        ctrl = orders[(orders["ARM"] == CONTROL) & (orders["CREATED_AT"] >= lo) & (orders["CREATED_AT"] <= hi)]
+        both = pd.concat([ctrl, part])
+        test, _ = sequential_looks([c for _, c in daily_looks(both, metric)], mixture_sd=mixture_sd, alpha=alpha)
+        fh = fixed_horizon(*_counts(both, metric), alpha=alpha)
+        iv = test.interval
+        out.append({"model_version": str(version), "from": str(lo), "to": str(hi), "n_control": fh.n_a,
+                    "n_treatment": fh.n_b, "rate_control": fh.rate_a, "rate_treatment": fh.rate_b, "lift": fh.lift,
+                    "fixed_ci_low": fh.ci_low, "fixed_ci_high": fh.ci_high, "fixed_p_value": fh.p_value,
+                    "always_valid_ci_low": iv.ci_low if iv else math.nan,
+                    "always_valid_ci_high": iv.ci_high if iv else math.nan, "always_valid_p_value": test.p_value})
+    return out
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None = None, *,
+            routing_config: Any = None, source: str = "records") -> dict[str, Any]:
+    """The whole readout as a JSON-ready dict (see the module docstring). NoDataError when nothing can be read."""
+    from smartrouter.routing.config import load_routing_config
+
+    cfg = cfg or load_config()
+    exp = (routing_config or load_routing_config()).experiment
+    r, w = cfg["readout"], cfg["winner"]
+    metric, alpha, tau = r["primary_metric"], r["alpha"], r["mixture_sd"]
+    attempts = attempts_frame(records, exp.key)
+    if attempts.empty:
+        raise NoDataError(f"the decision log at {source} holds no decisions; let the service route payments first")
+    if not attempts["HAS_OUTCOME"].any():
+        raise NoDataError(f"the decision log at {source} holds {len(attempts):,} decisions but no outcome; "
+                          "outcomes come from POST /v1/outcomes")
+    orders = orders_frame(attempts)
+    per_arm = group_metrics(attempts, orders, ["ARM"])
+    per_version = group_metrics(attempts, orders, ["ARM", "MODEL_VERSION"])
+    looks = daily_looks(orders, metric)
+    test, look_rows = sequential_looks([c for _, c in looks], mixture_sd=tau, alpha=alpha)
+    for (day, _), row in zip(looks, look_rows):
+        row["day"] = day
+    fh = fixed_horizon(*looks[-1][1], alpha=alpha)
+    iv = test.interval
+    srm = srm_check(orders, exp.treatment_share, cfg["srm"]["alpha"], exp.shadow)
+    harm = harm_check(orders, metric, cfg["harm"]["slices"], cfg["harm"]["alpha"], cfg["harm"]["min_units"])
+    harmed = [f"{row.slice}={row.value}" for row in harm.itertuples() if row.harmed] if not harm.empty else []
+    arm_row = per_arm.set_index("ARM")
+    payments = {arm: int(arm_row.loc[arm, "payments"]) if arm in arm_row.index else 0 for arm in (CONTROL, TREATMENT)}
+    lat = None
+    if {CONTROL, TREATMENT} <= set(arm_row.index):
+        c, t = arm_row.loc[CONTROL, "payment_latency_ms_mean"], arm_row.loc[TREATMENT, "payment_latency_ms_mean"]
+        lat = float(t / c - 1.0) if c > 0 and math.isfinite(c) and math.isfinite(t) else None
+    days = len(looks)
+    ev = Evidence(test, payments, days, iv.rate_a if iv else math.nan, lat, srm["flagged"], harmed)
+    decision = decide(ev, w)
+    impact = _impact(orders, iv, fh, cfg)
+    result = {
+        "source": source, "primary_metric": metric, "alpha": alpha, "mixture_sd": tau,
+        "split": {"key": exp.key, "treatment_share": exp.treatment_share, "shadow": exp.shadow},
+        "window": {"from": str(attempts["CREATED_AT"].min()), "to": str(attempts["CREATED_AT"].max()), "days": days},
+        "per_arm": per_arm.to_dict("records"), "per_version": per_version.to_dict("records"),
+        "lift": {"control": iv.rate_a, "treatment": iv.rate_b, "lift": iv.lift,
+                 "relative_lift": iv.lift / iv.rate_a if iv.rate_a else math.nan,
+                 "always_valid": {"ci_low": iv.ci_low, "ci_high": iv.ci_high, "p_value": test.p_value,
+                                  "crossed_on": looks[test.crossed_at][0] if test.crossed_at is not None else None},
+                 "fixed_horizon": {"ci_low": fh.ci_low, "ci_high": fh.ci_high, "p_value": fh.p_value,
+                                   "note": "valid for one pre-planned look only; shown for comparison, never used"},
+                 "n_control": iv.n_a, "n_treatment": iv.n_b},
+        "latency_regression": lat,
+        "daily_looks": look_rows,
+        "versions_vs_control": _version_vs_control(orders, metric, alpha, tau),
+        "srm": srm,
+        "harm": harm.to_dict("records") if not harm.empty else [],
+        "decision": decision.as_dict(),
+        "impact": impact,
+    }
+    result["summary"] = plain_words(result)
+    return _clean(result)
+
+
+def _impact(orders: pd.DataFrame, iv: Any, fh: Any, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The lift in approved orders and money per day if all traffic went the treatment's way (with the always-valid range)."""
+    r = cfg["readout"]
+    fx = cfg["readout.fx_to_report"]
+    days = max(1, orders["DAY"].nunique())
+    per_day = len(orders) / days
+    rate = orders["CURRENCY"].map(lambda c: fx.get(str(c), math.nan))
+    amount = float((orders["AMOUNT"] * rate).mean())
+    out = {"orders_per_day": per_day, "mean_order_amount": amount, "currency": r["report_currency"]}
+    for name, lo, hi in (("always_valid", iv.ci_low, iv.ci_high), ("fixed_horizon", fh.ci_low, fh.ci_high)):
+        out[name] = {"approved_orders_per_day": [lo * per_day, hi * per_day],
+                     "money_per_day": [lo * per_day * amount, hi * per_day * amount]}
+    out["approved_orders_per_day"] = iv.lift * per_day
+    out["money_per_day"] = iv.lift * per_day * amount
+    return out
+
+
+def plain_words(r: Mapping[str, Any]) -> str:
+    """One paragraph for stakeholders, every number from the readout."""
+    lift, imp, dec = r["lift"], r["impact"], r["decision"]
+    av = lift["always_valid"]
+    metric = r["primary_metric"].replace("_", " ")
+    cur = imp["currency"]
+    text = [f"Over {r['window']['days']} day(s), {metric} was {lift['treatment']:.2%} with the model (treatment, "
+            f"{lift['n_treatment']:,} orders) and {lift['control']:.2%} with the static rules (control, "
+            f"{lift['n_control']:,} orders): {lift['lift'] * 100:+.2f} pp ({lift['relative_lift']:+.1%})."]
+    text.append(f"The always-valid 95 % interval, which stays valid however often it is read, is "
+                f"[{av['ci_low'] * 100:+.2f}, {av['ci_high'] * 100:+.2f}] pp (p = {av['p_value']:.2g}); at "
+                f"{imp['orders_per_day']:,.0f} orders a day that is {imp['approved_orders_per_day']:+,.0f} approved orders "
+                f"(between {imp['always_valid']['approved_orders_per_day'][0]:+,.0f} and "
+                f"{imp['always_valid']['approved_orders_per_day'][1]:+,.0f}) and {imp['money_per_day']:+,.0f} {cur} a day "
+                f"if every order went the model's way.")
+    if av["ci_low"] > 0:
+        text.append("The model is better with confidence.")
+    elif av["ci_high"] < 0:
+        text.append("The model is worse with confidence.")
+    else:
+        text.append("The data cannot yet tell the two apart.")
+    if r["srm"].get("flagged"):
+        text.append("WARNING: " + r["srm"]["note"] + ".")
+    text.append(f"Decision: {dec['verdict']}.")
+    return " ".join(text)
+
+
+def write_readout(result: Mapping[str, Any], path: str | Path) -> Path:
+    """Save the readout JSON atomically."""
+    return atomic.write_json(path, result)
+
+
+# ------------------------------------------------------------------ coverage simulation (bench and tests)
+@dataclass(frozen=True)
+class SimulationResult:
+    """Outcome of many simulated experiments: coverage and false-winner rates, always-valid vs fixed horizon."""
+
+    experiments: int
+    days: int
+    true_lift: float
+    always_valid_coverage: float  # share of experiments whose interval held the true lift at EVERY daily look
+    fixed_coverage_all_looks: float  # same for the fixed-horizon interval
+    fixed_coverage_last_look: float  # the fixed interval at its one planned look (the last day)
+    always_valid_rejections: float  # share whose always-valid p ever fell below alpha
+    fixed_rejections_peeking: float  # share whose fixed-horizon p was below alpha at some daily look
+    fixed_rejections_last_look: float
+    winners: float  # share declared a treatment winner by `decide` at some daily look
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def simulate(experiments: int, *, days: int = 28, orders_per_day: int = 1000, base_rate: float = 0.8,
+             true_lift: float = 0.0, treatment_share: float = 0.5, heterogeneity: float = 0.5,
+             cfg: Mapping[str, Any] | None = None, seed: int = 0) -> SimulationResult:
+    """Simulate A/B experiments with a known true lift, peeked at daily, through the readout's own rule.
+
+    Each experiment draws a population of orders whose true approval varies (a logit spread of
+    ``heterogeneity`` around logit(``base_rate``), like payments of different cards), assigns each
+    order an arm with SHA-256 of its id (`routing.experiment.bucket`, as the service does), and draws its outcome from its own probability: control p_i,
+    treatment p_i + true_lift (clipped to [0, 1]). The true lift is the population mean difference.
+    Every day the readout looks (cumulative counts) and `decide` may stop with a winner.
+    """
+    from smartrouter.routing.experiment import bucket
+
+    cfg = cfg or load_config()
+    alpha, tau = cfg["readout"]["alpha"], cfg["readout"]["mixture_sd"]
+    rng = np.random.default_rng(seed)
+    n = days * orders_per_day
+    cover_av = cover_fx_all = cover_fx_last = rej_av = rej_fx = rej_fx_last = wins = 0
+    logit0 = math.log(base_rate / (1 - base_rate))
+    day_of = np.repeat(np.arange(days), orders_per_day)
+    for e in range(experiments):
+        z = logit0 + heterogeneity * rng.standard_normal(n)
+        p_c = 1 / (1 + np.exp(-z))
+        p_t = np.clip(p_c + true_lift, 0.0, 1.0)
+        truth = float((p_t - p_c).mean())
+        treated = np.fromiter((bucket(f"e{e}-o{i}", f"sim{seed}") < treatment_share for i in range(n)), bool, n)
+        y = rng.random(n) < np.where(treated, p_t, p_c)
+        test = SequentialTest(tau, alpha)
+        ok_av = ok_fx = True
+        fx_hit = won = False
+        fh = None
+        for d in range(days):
+            sel = day_of <= d
+            n_a, n_b = int((sel & ~treated).sum()), int((sel & treated).sum())
+            counts = (n_a, int((y & sel & ~treated).sum()), n_b, int((y & sel & treated).sum()))
+            iv = test.look(*counts)
+            fh = fixed_horizon(*counts, alpha=alpha)
+            ok_av &= iv.covers(truth)
+            ok_fx &= fh.covers(truth)
+            fx_hit |= fh.p_value < alpha
+            ev = Evidence(test, {CONTROL: n_a, TREATMENT: n_b}, d + 1, iv.rate_a, 0.0)
+            won |= decide(ev, cfg["winner"]).winner == TREATMENT
+        cover_av += ok_av
+        cover_fx_all += ok_fx
+        cover_fx_last += fh.covers(truth)
+        rej_av += test.p_value < alpha
+        rej_fx += fx_hit
+        rej_fx_last += fh.p_value < alpha
+        wins += won
+    k = float(experiments)
+    return SimulationResult(experiments, days, true_lift, cover_av / k, cover_fx_all / k, cover_fx_last / k,
+                            rej_av / k, rej_fx / k, rej_fx_last / k, wins / k)
