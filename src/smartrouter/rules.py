@@ -57,6 +57,15 @@ def _to_bool(value: Any) -> bool:
     return bool(value)
 
 
+def _allowed(brand: str, currency: str, candidates: Sequence[str] | None) -> list[str]:
+    """Processors a rule may name for this payment: the hard rules, then the caller's candidates."""
+    allowed = catalog.eligible_processors(brand, currency)
+    if candidates is not None:
+        wanted = set(candidates)
+        allowed = [p for p in allowed if p in wanted]
+    return allowed
+
+
 class _Rule:
     __slots__ = ("rule_id", "currency", "brand", "card_type", "processor", "priority", "shadow", "active_from", "order")
 
@@ -121,15 +130,19 @@ class RulesEngine:
         self, shadow: bool, currency: str, brand: str, card_type: str, at: dt.datetime, candidates: Sequence[str] | None
     ) -> list[str]:
         currency, brand, card_type = str(currency).upper(), str(brand).upper(), str(card_type).upper()
-        allowed = catalog.eligible_processors(brand, currency)
-        if candidates is not None:
-            wanted = set(candidates)
-            allowed = [p for p in allowed if p in wanted]
-        out: list[str] = []
+        return [p for p, _ in self._ordered_rules(shadow, currency, brand, card_type, at, _allowed(brand, currency, candidates))]
+
+    def _ordered_rules(
+        self, shadow: bool, currency: str, brand: str, card_type: str, at: dt.datetime, allowed: Sequence[str]
+    ) -> list[tuple[str, int]]:
+        """(processor, RULE_ID of the rule that placed it) in ranking order: the one matching loop."""
+        out: list[tuple[str, int]] = []
+        seen: set[str] = set()
         for rule in self._rules:
-            if rule.shadow == shadow and rule.processor in allowed and rule.processor not in out:
+            if rule.shadow == shadow and rule.processor in allowed and rule.processor not in seen:
                 if rule.matches(currency, brand, card_type, at):
-                    out.append(rule.processor)
+                    out.append((rule.processor, rule.rule_id))
+                    seen.add(rule.processor)
         return out
 
     def ranked(
@@ -195,6 +208,22 @@ class RulesEngine:
     ) -> list[str]:
         """Choices of the shadow-mode rules (logged for comparison, never acted on)."""
         return self._ordered(True, currency, brand, card_type, _resolve_at(at), candidates)
+
+    def deciding_rule(
+        self,
+        currency: str,
+        brand: str,
+        card_type: str,
+        at: dt.datetime | None = None,
+        candidates: Sequence[str] | None = None,
+    ) -> int | None:
+        """RULE_ID of the active rule that gives this payment its first choice (None when none does).
+
+        Which row of a table "owns" a payment: a rule-table diff attributes each changed payment to it.
+        """
+        currency, brand, card_type = str(currency).upper(), str(brand).upper(), str(card_type).upper()
+        ranked = self._ordered_rules(False, currency, brand, card_type, _resolve_at(at), _allowed(brand, currency, candidates))
+        return ranked[0][1] if ranked else None
 
     def priorities(
         self, currency: str, brand: str, card_type: str, at: dt.datetime | None = None, candidates: Sequence[str] | None = None
