@@ -176,6 +176,8 @@ class ReadyResponse(msgspec.Struct):
     worker: int = 0  # this worker's pid
     peers: int = 0  # other workers it shares outcomes with
     peer_messages_dropped: int = 0
+    canary: str | None = None  # the rollout's canary this worker serves beside the champion ("v5 canary-10 (10 %)")
+    canary_error: str | None = None  # why the rollout's canary is not served here (the champion serves all)
 
 
 # ---------------------------------------------------------------- request -> payment columns
@@ -392,6 +394,8 @@ async def readyz(svc: Service) -> Response[ReadyResponse]:
         not_ready=readiness.reasons,
         serving_note=h.status.serving_note,
         feature_errors=int(getattr(svc.router.features, "errors", 0) or 0),
+        canary=h.status.canary,
+        canary_error=h.status.canary_error,
     )
     return Response(body, status_code=200 if readiness.ready else 503)
 

@@ -19,6 +19,13 @@ redone by the engine; the decision-log rows that attempt already put in the ware
 first, so nothing of it is counted twice.
 
 A file lock in the live dir (the pipeline's `RunLock`) keeps two loops apart; the second exits 3.
+
+While a canary rollout is active (`smartrouter.routing.rollout`), the loop runs its controller
+between the engine's batches every ``[rollout] check_minutes`` of event time (`RolloutPacer`), so a
+bad canary is rolled back within hours of simulated time, not at the end of the day, and tells
+the service to follow a stage change at once. Each day's rollout events and stages are recorded
+in its ``advance`` step (and shown in the live report). ``--no-retrain`` skips the daily run
+(a loop that only serves what the registry holds, e.g. a rollout drill).
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ class LoopOptions:
     decisions_dir: Path | None = None  # with --url: where that service writes its decision log
     new: bool = False  # abandon an unfinished loop instead of resuming it
     render: bool = True  # the daily run's HTML reports
+    retrain: bool = True  # False: the retrain step is skipped (recorded as such); the registry is served as it is
 
 
 def resolve_scenario_path(text: str | None) -> Path:
@@ -554,6 +562,84 @@ def open_service(settings: Settings, options: LoopOptions, live: Path, echo: Cal
     return start_service(settings, live, options.workers, echo)
 
 
+# ------------------------------------------------------------------ the rollout controller, between batches
+def _rollout_active(settings: Settings) -> bool:
+    from smartrouter.routing.rollout import ACTIVE, read_rollout
+
+    try:
+        record = read_rollout(settings.registry_dir)
+    except SmartrouterError:
+        return False
+    return record is not None and record.get("status") == ACTIVE
+
+
+class RolloutPacer:
+    """The engine's router client, with the rollout controller run every ``check_minutes`` of event time.
+
+    The engine routes a day in time-sorted batches (`route`, then `report` of their outcomes); before
+    a batch that starts a new check period, the decision log is settled and `Controller.step` looks
+    at everything logged so far. A stage change or a rollback is followed by a service reload, so
+    the next batch is routed by the new stage. With no active rollout a look costs one file read.
+    """
+
+    def __init__(self, serving: Serving, settings: Settings, echo: Callable[[str], None]) -> None:
+        from smartrouter.routing.rollout import load_rollout_config, read_rollout, summary
+
+        self.serving, self.settings, self.echo = serving, settings, echo
+        self.period = 60.0 * load_rollout_config().check_minutes
+        self.next_check: float | None = None
+        self.events: list[dict[str, Any]] = []
+        record = read_rollout(settings.registry_dir)
+        self.start = summary(record) if record is not None and record.get("status") == "active" else None
+
+    def __getattr__(self, name: str) -> Any:  # close() and whatever else the engine calls
+        return getattr(self.serving.client, name)
+
+    def route(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if bodies:
+            at = dt.datetime.fromisoformat(str(bodies[-1]["created_at"])).replace(tzinfo=dt.timezone.utc).timestamp()
+            if self.next_check is None:
+                self.next_check = (at // self.period + 1) * self.period
+            elif at >= self.next_check:
+                self.next_check = (at // self.period + 1) * self.period
+                self.check(at)
+        return self.serving.client.route(bodies)
+
+    def report(self, outcomes: list[dict[str, Any]]) -> Any:
+        return self.serving.client.report(outcomes)
+
+    def check(self, at: float) -> None:
+        """One controller look now (event time ``at``); reload the service when the rollout changed."""
+        from smartrouter.routing.rollout import Controller, summary
+
+        if not _rollout_active(self.settings):
+            return
+        self.serving.settle()
+        result = Controller(self.settings, decisions_dir=self.serving.decisions_dir).step()
+        when = dt.datetime.fromtimestamp(at, tz=dt.timezone.utc).strftime("%H:%M")
+        v = result.verdict
+        if result.changed:
+            s = summary(result.record)
+            self.events.append({"event_time": when, "applied": result.applied, "stage": v.stage if v else s["stage"],
+                                "to_stage": s["stage"], "status": s["status"], "candidate": s["candidate"],
+                                "champion": s["champion"], "reason": result.message,
+                                "canary": v.canary if v else None, "champion_tally": v.champion if v else None})
+            answer = self.serving.reload()
+            what = {"advance": f"advanced to {s['stage']}", "complete": "COMPLETED: promoted",
+                    "rollback": "ROLLED BACK", "abort": "aborted"}[result.applied]
+            exposed = (v.canary or {}).get("payments") if v else None
+            self.echo(f"{when} rollout {s['candidate']} (beside {s['champion']}): {what} "
+                      f"({exposed if exposed is not None else '-'} canary payments in {v.stage if v else s['stage']}): "
+                      f"{result.message}" + ("" if answer.status == 200 else f"; reload answered {answer.status}: {answer.error}"))
+
+    def day_record(self) -> dict[str, Any]:
+        """The day's rollout: as it began, as it ended, and the changes between."""
+        from smartrouter.routing.rollout import read_rollout, summary
+
+        record = read_rollout(self.settings.registry_dir)
+        return {"start": self.start, "end": summary(record) if record is not None else None, "events": self.events}
+
+
 # ------------------------------------------------------------------ the loop
 @dataclass
 class LoopResult:
@@ -655,12 +741,14 @@ class Loop:
             since = dt.datetime.combine(date, dt.time())
             dropped = self.deps.drop_decisions_since(self.settings, since)
             step["decision_rows_dropped"] = int(step.get("decision_rows_dropped", 0)) + dropped
-        summaries = self.deps.advance(self.settings, 1, self.serving.client, self.scenario)
+        pacer = RolloutPacer(self.serving, self.settings, lambda m: self.echo(f"{_label(day, self.loop)}  {m}"))
+        summaries = self.deps.advance(self.settings, 1, pacer, self.scenario)
+        step["rollout"] = pacer.day_record()
         if len(summaries) != 1 or _date_of(summaries[0]) != date:
             got = [str(_date_of(s)) for s in summaries]
             raise LoopError(f"advance: the engine generated {got or 'nothing'} where the loop expected {date}; "
                             f"{self.path} and the live dir disagree: move {self.path} aside to start a new loop")
-        return {"summary": _summary_dict(summaries[0])}
+        return {"summary": _summary_dict(summaries[0]), "rollout": step["rollout"]}
 
     def _ship(self, day: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
         self.serving.settle()
@@ -669,6 +757,8 @@ class Loop:
 
     def _retrain(self, day: dict[str, Any], step: dict[str, Any], as_of: dt.date) -> dict[str, Any]:
         profile = self.loop["retrain_profile"]
+        if not self.options.retrain and day.get("index", 1) > 0:
+            return {"status": "skipped", "gate_decision": "skipped (--no-retrain)"}
         found = _finished_run(self.settings, as_of, profile, step["first_started_at"])
         if found is not None:  # it ran to the end before the loop died: not run twice
             return {**_run_fields(found), "recovered": "a finished run folder"}
@@ -680,6 +770,9 @@ class Loop:
     def _reload(self, day: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
         promoted = self.deps.promoted_version(self.settings)
         serving = self.serving.serving_version()
+        if promoted is not None and promoted == serving and _rollout_active(self.settings):
+            # a promotion by the daily run may have started a canary beside the same champion: load it now
+            self.serving.reload()
         if promoted is None or promoted == serving:
             return {"reloaded": False, "serving": serving}
         answer = self.serving.reload()
@@ -802,7 +895,7 @@ class Loop:
                       f"{', '.join(summary.get('model_versions') or []) or 'rules'} ({adv.get('seconds', 0):.1f} s)")
         self._step(day, "ship", lambda s: self._ship(day, s))
         run = self._step(day, "retrain", lambda s: self._retrain(day, s, date + dt.timedelta(days=1)))
-        if run.get("status") != "succeeded":
+        if run.get("status") not in ("succeeded", "skipped"):
             result.failed_runs.append(day["date"])
         self._step(day, "reload", lambda s: self._reload(day, s))
         day["complete"] = True

@@ -3,7 +3,9 @@
 Layout under ``settings.registry_dir``::
 
     PROMOTED          JSON {"version": "vN", "promoted_at", "run_id", "reason"}: the version the service serves
-    history.jsonl     one JSON line per event: register/reject/promote/force/rollback
+    ROLLOUT           JSON: the canary rollout beside the promoted champion (smartrouter.routing.rollout)
+    history.jsonl     one JSON line per event: register/reject/promote/force/rollback and
+                      canary_start/canary_stage/canary_rollback/canary_complete/canary_abort/canary_busy
     .lock             file lock: version allocation and pointer changes are serialized across processes
     vN/serving/       the serving form (encoder.json, model.json, weights, its own checksums.json)
     vN/metrics.json   per-head metrics and the policy-value table (estimates, intervals, true value on world data)
@@ -52,7 +54,7 @@ CARD_FILE = "card.json"
 METRICS_FILE = "metrics.json"
 GATES_FILE = "gates.json"
 MUTABLE = frozenset({VERSION_FILE, CARD_FILE, CHECKSUMS})
-STATUSES = ("candidate", "rejected", "promoted", "retired")
+STATUSES = ("candidate", "rejected", "canary", "promoted", "retired", "rolled_back")
 _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 
 INTENDED_USE = (
@@ -274,6 +276,161 @@ class Registry:
         if status == "promoted":
             self.promote(version, reason or "gates passed")
         return version
+
+    def promote_or_canary(self, version: str, reason: str) -> dict[str, Any]:
+        """What a daily-run promotion does: with a champion served and rollouts enabled, a canary beside it.
+
+        The first model (nothing to compare with) and ``[rollout] enabled = false`` promote at once.
+        While another canary is still rolling out, the version stays a candidate (recorded): a
+        rollout takes days, daily runs must not restart it every morning.
+        """
+        from smartrouter.routing.rollout import load_rollout_config, read_rollout
+
+        cfg = load_rollout_config()
+        champion = self.pointer()
+        if not cfg.enabled or champion is None or champion["version"] == version:
+            return self.promote(version, reason)
+        active = read_rollout(self.root)
+        if active is not None and active["status"] == "active":
+            with self._locked():
+                self._append_history({"action": "canary_busy", "version": version, "reason":
+                                      f"{reason}; not started: canary {active['candidate']} is still rolling out "
+                                      f"({active['id']})"})
+            return {"version": champion["version"], "canary": active["candidate"], "queued": version}
+        return self.start_canary(version, reason)
+
+    # ---------------------------------------------------------------- canary rollout
+    def rollout(self) -> dict[str, Any] | None:
+        """The ROLLOUT record (the active or the last rollout), or None when none was ever started."""
+        from smartrouter.routing.rollout import read_rollout
+
+        return read_rollout(self.root)
+
+    def start_canary(self, version: str, reason: str, force: bool = False) -> dict[str, Any]:
+        """Put ``version`` in the first rollout stage beside the promoted champion; returns the ROLLOUT record.
+
+        A rejected version needs ``force`` and a reason, as for promotion; the version is verified
+        and loaded first, like a promotion (a corrupt version never reaches a customer).
+        """
+        from smartrouter.routing.rollout import load_rollout_config, new_record, read_rollout, write_rollout
+
+        reason = (reason or "").strip()
+        cfg = load_rollout_config()
+        with self._locked():
+            info = self._info(version)
+            champion = self.pointer()
+            if champion is None:
+                raise RegistryError(f"no champion is promoted, so {version} has nothing to be a canary beside; "
+                                    f"promote it directly with `smartrouter models promote {version}`")
+            if champion["version"] == version:
+                raise RegistryError(f"{version} is the promoted champion already; a canary must be another version")
+            active = read_rollout(self.root)
+            if active is not None and active["status"] == "active":
+                raise RegistryError(f"canary {active['candidate']} is rolling out ({active['id']}); "
+                                    "finish it or `smartrouter rollout abort` before starting another")
+            forced = info.get("status") == "rejected"
+            if forced and not force:
+                why = "; ".join(info.get("reasons") or []) or "it failed the gates"
+                raise RegistryError(f"{version} was rejected ({why}); to roll it out anyway add --force --reason \"...\"")
+            if not reason:
+                raise RegistryError(f"starting a canary of {version} needs a reason; add --reason \"...\"")
+            if info.get("status") in ("promoted", "retired") and not force:
+                raise RegistryError(f"{version} is {info.get('status')}; add --force to roll an old version out again")
+            self.load(version)  # checksums + loadable, before any worker is told to load it
+            record = new_record(version, champion["version"], cfg, reason, forced)
+            write_rollout(self.root, record)
+            self._set_status(version, "canary", canary_started_at=record["started_at"], rollout_id=record["id"])
+            self._card_event(version, {"at": record["started_at"], "event": "canary_start", "reason": reason,
+                                       "champion": champion["version"], "stage": record["stages"][0]["name"],
+                                       "status": "canary", **({"forced": True} if forced else {})})
+            self._append_history({"action": "canary_start", "version": version, "champion": champion["version"],
+                                  "rollout_id": record["id"], "stage": record["stages"][0]["name"], "reason": reason,
+                                  "forced": forced})
+        self._lineage(version, info.get("run_id"), "canary_start", f"{record['id']}: {reason}")
+        return record
+
+    def _active_rollout(self) -> dict[str, Any]:
+        from smartrouter.routing.rollout import RolloutError, read_rollout
+
+        record = read_rollout(self.root)
+        if record is None:
+            raise RolloutError("no rollout has been started; nothing to change (a daily-run promotion or "
+                               "`smartrouter rollout start vN` starts one)")
+        if record["status"] != "active":
+            raise RolloutError(f"rollout {record['id']} of {record['candidate']} already ended ({record['status']} at "
+                               f"{record.get('ended_at')}); nothing to change")
+        return record
+
+    def note_check(self, verdict: dict[str, Any]) -> dict[str, Any]:
+        """Record the controller's latest look (no stage change) in ROLLOUT; workers ignore it."""
+        from smartrouter.routing.rollout import now_iso, write_rollout
+
+        with self._locked():
+            record = self._active_rollout()
+            record["last_check"] = {"at": now_iso(), **verdict}
+            write_rollout(self.root, record)
+        return record
+
+    def advance_rollout(self, from_index: int, verdict: dict[str, Any] | None = None, reason: str = "") -> dict[str, Any]:
+        """Move the active rollout from stage ``from_index`` to the next (a stale index changes nothing)."""
+        from smartrouter.routing.rollout import RolloutError, now_iso, write_rollout
+
+        with self._locked():
+            record = self._active_rollout()
+            if record["stage_index"] != from_index:
+                return record  # another controller moved it already: idempotent
+            if from_index + 1 >= len(record["stages"]):
+                raise RolloutError(f"{record['candidate']} is at its last stage ({record['stages'][-1]['name']}); "
+                                   "completing it promotes the canary (the controller does that when it passes)")
+            at = now_iso()
+            old, new = record["stages"][from_index]["name"], record["stages"][from_index + 1]["name"]
+            reason = reason or "; ".join((verdict or {}).get("reasons") or []) or "advanced"
+            record["stage_index"] = from_index + 1
+            record["stage_started_at"] = at
+            record["last_check"] = {"at": at, **(verdict or {})}
+            record["events"].append({"at": at, "event": "advance", "from": old, "stage": new, "reason": reason,
+                                     "canary": (verdict or {}).get("canary"), "champion": (verdict or {}).get("champion")})
+            write_rollout(self.root, record)
+            self._card_event(record["candidate"], {"at": at, "event": f"canary {old} -> {new}", "reason": reason,
+                                                   "status": "canary"})
+            self._append_history({"action": "canary_stage", "version": record["candidate"], "rollout_id": record["id"],
+                                  "from": old, "stage": new, "reason": reason})
+        info = self._info(record["candidate"])
+        self._lineage(record["candidate"], info.get("run_id"), "canary_stage", f"{record['id']}: {old} -> {new}: {reason}")
+        return record
+
+    def end_rollout(self, outcome: str, reason: str, verdict: dict[str, Any] | None = None) -> dict[str, Any]:
+        """End the active rollout: completed (the canary is promoted), rolled_back or aborted (the champion stays)."""
+        from smartrouter.routing.rollout import ENDED, now_iso, write_rollout
+
+        if outcome not in ENDED:
+            raise RegistryError(f"a rollout ends as one of {', '.join(ENDED)}, not {outcome!r}")
+        reason = (reason or "").strip() or outcome
+        with self._locked():
+            record = self._active_rollout()
+            cand, at = record["candidate"], now_iso()
+            stage = record["stages"][record["stage_index"]]["name"]
+            if outcome == "completed":
+                self.load(cand)  # never promote a version that no longer verifies
+                self._switch(cand, "promote", f"canary {record['id']} completed: {reason}")
+            record.update(status=outcome, ended_at=at, end_reason=reason)
+            if verdict is not None:
+                record["last_check"] = {"at": at, **verdict}
+            record["events"].append({"at": at, "event": outcome, "stage": stage, "reason": reason})
+            write_rollout(self.root, record)  # workers drop the canary at their next look
+            if outcome != "completed":
+                status = "rolled_back" if outcome == "rolled_back" else "candidate"
+                self._set_status(cand, status, **{f"{outcome}_at": at, f"{outcome}_reason": reason})
+                self._card_event(cand, {"at": at, "event": f"canary {outcome} at {stage}", "reason": reason,
+                                        "status": status})
+            action = {"completed": "canary_complete", "rolled_back": "canary_rollback", "aborted": "canary_abort"}[outcome]
+            self._append_history({"action": action, "version": cand, "champion": record["champion"],
+                                  "rollout_id": record["id"], "stage": stage, "reason": reason})
+        info = self._info(cand)
+        self._lineage(cand, info.get("run_id"), action, f"{record['id']} at {stage}: {reason}")
+        if outcome == "completed":  # the lineage store's promotions name the serving version, as for any promotion
+            self._lineage(cand, info.get("run_id"), "promote", f"canary {record['id']} completed")
+        return record
 
     def _card(self, info: dict[str, Any], run_dir: Path, folder: Path, metrics: Mapping[str, Any],
               gates: Mapping[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"worker processes of the service the loop starts (default {DEFAULT_WORKERS})")
     p.add_argument("--new", action="store_true", help="abandon an unfinished loop and start a new one")
     p.add_argument("--no-reports", dest="render", action="store_false", help="the daily runs skip their HTML reports")
+    p.add_argument("--no-retrain", dest="retrain", action="store_false",
+                   help="skip each day's daily run (serve what the registry holds; a canary rollout still advances)")
     p.set_defaults(func=_live)
 
 
@@ -68,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
 
     options = LoopOptions(days=args.days, scenario=args.scenario, retrain_profile=args.retrain_profile,
                           url=args.url, in_process=args.in_process, workers=args.workers,
-                          decisions_dir=args.decisions_dir, new=args.new, render=args.render)
+                          decisions_dir=args.decisions_dir, new=args.new, render=args.render, retrain=args.retrain)
     with warnings.catch_warnings():
         warnings.simplefilter("always", RuntimeWarning)  # a stale lock taken over: one line
         warnings.showwarning = lambda m, *a, **k: print(f"smartrouter live: warning: {m}", file=sys.stderr)

@@ -4,6 +4,10 @@ Control is routed by the merchant's static rules, treatment by the model. The sa
 lands in the same arm (no state, no randomness), on every process and after every restart, so
 an order's retries stay in one arm. Shadow mode routes everyone by control while the model's
 choice is still computed and logged.
+
+Within the treatment arm, a canary rollout assigns each order to the canary or the champion by
+the same bucketing with the rollout's own salt (`in_canary`): independent of the arm, and as the
+stage shares only grow, an order on the canary stays there.
 """
 
 from __future__ import annotations
@@ -43,3 +47,8 @@ class Experiment:
     @property
     def shadow(self) -> bool:
         return self.config.shadow
+
+
+def in_canary(key: str, salt: str, share: float) -> bool:
+    """Whether ``key``'s order is routed by the rollout's canary at this stage's ``share``."""
+    return bucket(key, salt) < share

@@ -11,6 +11,12 @@ The fleet converges on one version: every successful load is recorded in ``fleet
 (shared by the workers of a host), and a worker that starts while the pointer names a version it
 cannot load serves the version recorded there (else the latest earlier promotion in the
 registry's history that loads), as the workers that refused it keep doing, instead of the rules.
+
+A canary rollout (``<registry>/ROLLOUT``, see `smartrouter.routing.rollout`) is read at every
+check too: the canary version is loaded and warmed the same way, off the request path, and
+published as one `Canary` (model + rollout id + stage + share + salt) in ``canary``; a stage
+change swaps only that small object. A canary that fails to load is refused and remembered
+(``status.canary_error``): the champion goes on serving every payment.
 """
 
 from __future__ import annotations
@@ -53,6 +59,19 @@ class LoadedModel:
     rules_rows: list[dict] | None = None
 
 
+@dataclass(frozen=True)
+class Canary:
+    """The rollout's canary as a worker serves it: the model and the stage it routes at."""
+
+    loaded: LoadedModel
+    rollout_id: str
+    stage: str
+    share: float
+    shadow: bool
+    salt: str
+    champion: str
+
+
 @dataclass
 class HolderStatus:
     version: str | None = None
@@ -64,6 +83,8 @@ class HolderStatus:
     failures: int = 0
     events: list[str] = field(default_factory=list)
     serving_note: str | None = None  # why the served version is not the promoted one (None when it is)
+    canary: str | None = None  # "v5 canary-10 (10 %)" while a canary serves beside the champion
+    canary_error: str | None = None  # why the rollout's canary is not loaded (the champion serves all)
 
 
 def default_loader(path: Path) -> Any:
@@ -116,6 +137,8 @@ class ModelHolder:
         self.poll_seconds = poll_seconds
         self._on_change = on_change
         self.current: LoadedModel | None = None
+        self.canary: Canary | None = None
+        self._canary_failed: str | None = None  # rollout id whose canary was refused (retried on reload)
         self.status = HolderStatus()
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
@@ -132,31 +155,96 @@ class ModelHolder:
             self._on_change(self.status, result)
 
     def check(self, force: bool = False) -> str:
-        """Load the promoted version if it is new (``force``: retry a refused one). Returns what happened."""
+        """Load the promoted version if it is new (``force``: retry a refused one), then follow the rollout."""
         with self._reload_lock:
-            self.status.last_check = time.time()
-            try:
-                version = read_pointer(self.registry_dir)
-            except ArtifactError as exc:
-                self.status.last_error = str(exc)
-                self._event(str(exc), "failed")
-                if self.current is None:
-                    self._fall_back(None)
-                return "failed"
-            if version is None:
-                return "none"
-            if self.current is not None and version == self.current.version:
-                if self.status.last_error is not None or self.status.serving_note is not None:
-                    # the pointer names what we serve again: an earlier refusal is history, not a fault
-                    self._clear_error()
-                    self._event(f"pointer names {version} again, which is serving; earlier error cleared", "unchanged")
-                return "unchanged"
-            if version == self.status.failed_version and not force:
-                return "refused"
-            result = self._load(version)
-            if result == "failed" and self.current is None:
-                self._fall_back(version)
+            result = self._check_pointer(force)
+            self._check_canary(force)
             return result
+
+    def _check_canary(self, force: bool) -> None:
+        """Serve the rollout's canary at its current stage beside the champion, or none."""
+        from smartrouter.routing.rollout import ACTIVE, current_stage, read_rollout
+
+        try:
+            record = read_rollout(self.registry_dir)
+        except ArtifactError as exc:
+            record = None
+            self.status.canary_error = str(exc)
+        champion = self.current
+        if record is None or record.get("status") != ACTIVE or champion is None \
+                or champion.version != record.get("champion") or record.get("candidate") == champion.version:
+            if self.canary is not None:
+                self._event(f"canary {self.canary.loaded.version} dropped (rollout {record and record.get('status')})", "canary")
+            self.canary = None
+            self.status.canary = None
+            if record is not None and record.get("status") == ACTIVE and champion is not None \
+                    and champion.version != record.get("champion"):
+                self.status.canary_error = (f"rollout {record['id']} runs beside {record['champion']}, this worker serves "
+                                            f"{champion.version}: no canary here")
+            return
+        stage = current_stage(record)
+        cur = self.canary
+        if cur is not None and cur.rollout_id == record["id"] and cur.loaded.version == record["candidate"]:
+            loaded = cur.loaded
+            if cur.stage == stage["name"]:
+                return
+        else:
+            if self._canary_failed == record["id"] and not force:
+                return
+            version = record["candidate"]
+            path = self.registry_dir / version / "serving"
+            t0 = time.perf_counter()
+            try:
+                model, rules_rows = self._read(version, path)
+            except Exception as exc:  # noqa: BLE001 - a canary that cannot load never serves; the champion does
+                self._canary_failed = record["id"]
+                self.canary = None
+                self.status.canary = None
+                self.status.canary_error = f"canary {version} refused, the champion serves every payment: {exc}"
+                log.error("%s", self.status.canary_error)
+                self._event(self.status.canary_error, "failed")
+                return
+            loaded = LoadedModel(version, model, path, time.time(), time.perf_counter() - t0, rules_rows)
+        self.canary = Canary(loaded, record["id"], stage["name"], float(stage["share"]), bool(stage["shadow"]),
+                             record["salt"], record["champion"])  # one attribute: the atomic swap
+        self._canary_failed = None
+        self.status.canary_error = None
+        self.status.canary = f"{loaded.version} {stage['name']} ({float(stage['share']):.0%}{', shadow' if stage['shadow'] else ''})"
+        self._event(f"canary {self.status.canary} beside {champion.version}", "canary")
+
+    def _check_pointer(self, force: bool) -> str:
+        """The promoted pointer: load a new version, keep the old one when it is refused (caller holds the lock)."""
+        self.status.last_check = time.time()
+        try:
+            version = read_pointer(self.registry_dir)
+        except ArtifactError as exc:
+            self.status.last_error = str(exc)
+            self._event(str(exc), "failed")
+            if self.current is None:
+                self._fall_back(None)
+            return "failed"
+        if version is None:
+            return "none"
+        if self.current is not None and version == self.current.version:
+            if self.status.last_error is not None or self.status.serving_note is not None:
+                # the pointer names what we serve again: an earlier refusal is history, not a fault
+                self._clear_error()
+                self._event(f"pointer names {version} again, which is serving; earlier error cleared", "unchanged")
+            return "unchanged"
+        if version == self.status.failed_version and not force:
+            return "refused"
+        canary = self.canary
+        if canary is not None and canary.loaded.version == version:  # a completed canary: already loaded and warm
+            old = self.version
+            c = canary.loaded
+            self._swap(version, c.model, c.path, c.load_seconds, c.rules_rows)
+            self._clear_error()
+            self._event(f"serving {version} (was {old}), the canary that completed its rollout", "loaded")
+            return "loaded"
+        result = self._load(version)
+        if result == "failed" and self.current is None:
+            self._fall_back(version)
+        return result
 
     def _clear_error(self) -> None:
         self.status.failed_version = None

@@ -16,6 +16,11 @@ Order of precedence, each step explained in the decision's ``reasons``:
 6. the decision record: ranked processors with probabilities, reasons, arm, propensity, and a
    request id an outcome can name.
 
+While a canary rollout runs, step 3 scores a treatment payment with the canary instead of the
+champion when its order falls in the stage's share (one SHA-256 bucket, `experiment.in_canary`);
+in a shadow stage the champion still routes and the canary's choice is only computed and logged.
+Every treatment decision of the rollout carries its id and stage, which the rollout controller reads.
+
 `Router.decide` is these steps in order, one method each. Its collaborators are typed by the
 Protocols below (what the router calls on them), so a test double or another implementation
 says what it must provide.
@@ -41,7 +46,7 @@ from smartrouter.features import derive_row
 from smartrouter.routing import health as H
 from smartrouter.routing.bandit import ThompsonBandit
 from smartrouter.routing.config import RoutingConfig
-from smartrouter.routing.experiment import CONTROL, TREATMENT, Experiment
+from smartrouter.routing.experiment import CONTROL, TREATMENT, Experiment, in_canary
 from smartrouter.routing.health import HealthTracker, Transition
 from smartrouter.routing.model_holder import LoadedModel
 
@@ -115,6 +120,7 @@ class Scoring(NamedTuple):
     enriched: dict  # the payment with derived columns and online features, as scored
     fallback_reason: str | None  # why there are no scores: features_not_ready | model_error
     model_order: list[str] | None  # the eligible processors by score, uncertain ones last
+    score_ms: float = 0.0  # time the model took to score (a shadow canary's latency is estimated from it)
 
 
 class Route(NamedTuple):
@@ -152,6 +158,10 @@ class Decision:
     at: float = 0.0
     segment: tuple = ()
     scores: dict[str, float] | None = field(default=None, repr=False)
+    rollout_id: str | None = None  # the canary rollout this treatment decision belongs to
+    rollout_stage: str | None = None
+    canary_choice: str | None = None  # shadow stage: what the canary would have chosen
+    canary_latency_ms: float | None = None  # shadow stage: the decision's latency had the canary scored it
 
     def record(self, payment: dict) -> dict[str, Any]:
         """The decision-log record (what the next training run reads)."""
@@ -320,15 +330,42 @@ class Router:
         at = time.time() if at is None else at
         reasons: list[str] = []
         eligible, hard, overridden = self._eligible(payment, candidates, reasons)
-        arm = self.experiment.assign(self.experiment.key_of(payment))
-        scoring = self._score(payment, eligible, at)
+        key = self.experiment.key_of(payment)
+        arm = self.experiment.assign(key)
+        canary = getattr(self.holder, "canary", None) if arm == TREATMENT else None
+        on_canary = canary is not None and in_canary(key, canary.salt, canary.share)
+        scoring = self._score(payment, eligible, at, canary.loaded if on_canary and not canary.shadow else None)
         rules_order, no_rule = self._rules_order(payment, eligible, scoring.scores, at)
         order, source, fallback_reason = self._choose_order(payment, eligible, hard, overridden, arm, scoring,
                                                             rules_order, no_rule, reasons)
         route = self._failover(order, source, fallback_reason, reasons)
         segment = self.bandit.segment_of(payment)
         route = self._explore(segment, route, reasons)
-        return self._decision(payment, request_id, t0, at, arm, eligible, order, route, segment, scoring, explain, reasons)
+        if canary is None:
+            return self._decision(payment, request_id, t0, at, arm, eligible, order, route, segment, scoring, explain, reasons)
+        shadow = self._shadow_canary(canary, eligible, scoring) if on_canary and canary.shadow else None
+        d = self._decision(payment, request_id, t0, at, arm, eligible, order, route, segment, scoring, explain, reasons)
+        d.rollout_id, d.rollout_stage = canary.rollout_id, canary.stage
+        if shadow is not None:
+            d.canary_choice = shadow[0]
+            d.canary_latency_ms = d.latency_ms - scoring.score_ms + shadow[1]
+        elif on_canary:
+            reasons.append(f"canary {canary.loaded.version} ({canary.stage}, {canary.share:.0%} of the model arm)")
+        return d
+
+    def _shadow_canary(self, canary: Any, eligible: list[str], scoring: Scoring) -> tuple[str, float] | None:
+        """(the canary's choice, its scoring ms) for a shadow-stage payment; None when it cannot score it."""
+        if scoring.scores is None:  # features not ready or the champion failed: nothing to compare with
+            return None
+        t1 = time.perf_counter()
+        try:
+            scores = canary.loaded.model.score(scoring.enriched)
+        except Exception:  # noqa: BLE001 - the champion routes; a failing canary shows as no shadow choice
+            log.exception("canary %s failed to score in shadow", canary.loaded.version)
+            return None
+        order = self._model_order(canary.loaded, eligible, scores)
+        ms = (time.perf_counter() - t1) * 1000.0
+        return next((p for p in order if not self.health.is_down(p)), order[0]), ms
 
     # 1-2. eligibility: hard rules, disabled processors, candidates, BIN overrides
     def _eligible(self, payment: dict, candidates: Iterable[str] | None, reasons: list[str],
@@ -364,19 +401,22 @@ class Router:
         return eligible, hard, bool(override)
 
     # 3a. the model's scores (none when it cannot be trusted now), the row it scored, its order
-    def _score(self, payment: dict, eligible: list[str], at: float) -> Scoring:
-        loaded = self.holder.current if self.holder is not None else None
+    def _score(self, payment: dict, eligible: list[str], at: float, loaded: LoadedModel | None = None) -> Scoring:
+        if loaded is None:  # the champion, unless the canary's share of the rollout takes this payment
+            loaded = self.holder.current if self.holder is not None else None
         if loaded is None:
             return Scoring(None, None, payment, None, None)
         if self.features is not None and not self.features_warm(at):
             return Scoring(loaded, None, payment, "features_not_ready", None)
         enriched = self._enrich(payment, at)
+        t1 = time.perf_counter()
         try:
             scores = loaded.model.score(enriched)
         except Exception:  # noqa: BLE001 - the rules route it instead
             log.exception("model %s failed to score; using static rules", loaded.version)
             return Scoring(loaded, None, enriched, "model_error", None)
-        return Scoring(loaded, scores, enriched, None, self._model_order(loaded, eligible, scores))
+        ms = (time.perf_counter() - t1) * 1000.0
+        return Scoring(loaded, scores, enriched, None, self._model_order(loaded, eligible, scores), ms)
 
     def _rules_order(self, payment: dict, eligible: list[str], scores: Mapping[str, float] | None, at: float,
                      ) -> tuple[list[str], bool]:
