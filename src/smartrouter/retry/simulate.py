@@ -1,0 +1,243 @@
+"""Retry policies valued on order conversion: by simulation with the world's truth, and off-policy on logs.
+
+The population is the test window's orders (their first attempts, as logged: the outcome of the
+first attempt is what really happened). At every declined first attempt a retry policy decides
+stop, or (delay bucket, processor); the value of a policy is
+
+    conversion = mean over orders of [ first approved + first declined x retried x P_true(approved | the retry) ]
+    attempts per order = 1 + share of orders retried
+
+with P_true from the world's oracle for exactly that retry (previous code and processor, attempt
+number, delay, the time it is made, outages then). Policies compared on the same orders:
+
+- ``current``: the merchant's logged behaviour: the order's logged second attempt (its processor,
+  its delay), if it has one;
+- ``advice``: `RetryAdvisor.advise` with the run's retry model (what the service answers);
+- ``oracle``: the same rules, buckets and costs, choosing with the true probabilities, held to the
+  merchant's number of retries on these orders (the best retry policy with no more attempts per
+  order); ``oracle_unbudgeted`` retries every decline whose true value beats stopping.
+
+One retry decision per order: what a second retry would face depends on the code of a declined
+retry that was never made, which the logs cannot tell (the live loop measures every retry with the
+truth instead). The merchant's logged third attempts are left out for every policy alike.
+Violations of the network rules and retries of hard declines are counted for each policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from smartrouter import catalog
+from smartrouter.policies import candidate_mask
+from smartrouter.retry.advice import RetryAdvisor, retry_frame
+from smartrouter.retry.rules import BUCKETS, CardRetryCounter, RetryRules
+
+POLICIES = ("current", "advice", "oracle", "oracle_unbudgeted")
+PROCS = np.array(catalog.PROCESSORS, dtype=object)
+POLICY_FILE = "policy.json"  # in the retry model's folder: its operating point (extra_cost)
+
+
+@dataclass
+class RetrySimulation:
+    """Per-policy values and per-order decisions of one simulation."""
+
+    summary: pd.DataFrame  # one row per policy
+    decisions: pd.DataFrame  # one row per declined first attempt and policy
+    notes: list[str] = field(default_factory=list)
+
+    def value(self, policy: str, column: str = "conversion") -> float:
+        return float(self.summary.set_index("policy").loc[policy, column])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"summary": self.summary.to_dict(orient="records"), "notes": list(self.notes), "must_show": must_show(self)}
+
+
+def _card_key(frame: pd.DataFrame) -> np.ndarray:
+    """The card a retry counts against: the world has no card token, so user + BIN stands for it."""
+    user = frame["USER_ID"].astype(str) if "USER_ID" in frame.columns else frame["ORDER_ID"].astype(str)
+    return (user + ":" + frame["CARD_BIN"].astype(str)).to_numpy(dtype=object)
+
+
+@dataclass
+class Declined:
+    """The declined first attempts of a window, with what every policy needs to decide on them."""
+
+    n_orders: int
+    first_approved: float  # orders approved at the first attempt
+    order_ids: np.ndarray
+    codes: np.ndarray
+    brands: np.ndarray
+    prev: np.ndarray
+    cards: np.ndarray
+    at: np.ndarray  # epoch seconds of the decline
+    eligible: list[list[str]]
+    model_p: dict[str, np.ndarray]  # bucket -> (m, P) retry model P(approved)
+    true_p: dict[str, np.ndarray] | None  # bucket -> (m, P) oracle P(approved)
+    cur_retry: np.ndarray  # the merchant retried (logged second attempt)
+    cur_delay: np.ndarray
+    cur_proc: np.ndarray
+    cur_p: np.ndarray  # true P(approved) of the logged retry (0 without an oracle)
+    notes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+def declined_first_attempts(frame: pd.DataFrame, raw: pd.DataFrame, retry_model: Any, rules: RetryRules,
+                            oracle: Any = None) -> Declined:
+    """``frame``: feature-table rows of a window (every attempt); ``raw``: the same rows with the attempt
+    view's columns (`evaluation.with_attempt_columns`: ERROR_CODE, USER_ID, raw types for the oracle)."""
+    raw = raw.set_index("ATTEMPT_ID")
+    feat = frame.set_index("ATTEMPT_ID")
+    n_att = pd.to_numeric(feat["NUM_ATTEMPTS_ORDER"], errors="coerce").fillna(1).astype(int)
+    orders = feat[n_att == 1]
+    approved1 = orders["APPROVED"].to_numpy(float)
+    declined = orders.index[approved1 < 0.5]
+    d_feat = feat.loc[declined].copy()
+    d_raw = raw.loc[declined].copy()
+    for col in ("ERROR_CODE", "USER_ID"):
+        d_feat[col] = d_raw[col].to_numpy()
+    codes = d_raw["ERROR_CODE"].astype(str).to_numpy()
+    known = np.isin(codes, list(catalog.ERROR_CODES))
+    notes = []
+    if not known.all():
+        notes.append(f"{int((~known).sum())} declined first attempts without a catalog code left out (never retried)")
+    d_feat, d_raw, codes = d_feat[known].reset_index(), d_raw[known].reset_index(), codes[known]
+    m = len(d_feat)
+    order_ids = d_feat["ORDER_ID"].to_numpy()
+    prev = d_feat["PROCESSOR"].astype(str).to_numpy()
+    mask = candidate_mask(d_feat)
+    model_p, true_p = {}, ({} if oracle is not None else None)
+    for b in BUCKETS:
+        delay = rules.delays[b]
+        f = retry_frame(d_feat, delay)
+        model_p[b] = np.asarray(retry_model.score_matrix(retry_model.encoder.transform(f)), dtype=float)
+        if oracle is not None:
+            r = retry_frame(d_raw.assign(PROCESSOR=prev, NUM_ATTEMPTS_ORDER=1), delay)
+            true_p[b] = np.asarray(oracle.probability_matrix(r), dtype=float)
+    # the merchant's logged retry: the order's second attempt
+    second = feat[(n_att == 2) & feat["ORDER_ID"].isin(order_ids)].reset_index().drop_duplicates("ORDER_ID").set_index("ORDER_ID")
+    cur_retry = np.isin(order_ids, second.index)
+    cur_p, cur_delay, cur_proc = np.zeros(m), np.full(m, np.nan), np.full(m, None, dtype=object)
+    if cur_retry.any():
+        rows2 = second.loc[order_ids[cur_retry]]
+        cur_delay[cur_retry] = pd.to_numeric(rows2["SEC_SINCE_PREVIOUS_ATTEMPT"], errors="coerce").to_numpy()
+        cur_proc[cur_retry] = rows2["PROCESSOR"].astype(str).to_numpy()
+        if oracle is not None:
+            raw2 = raw.loc[rows2["ATTEMPT_ID"].to_numpy()].reset_index()
+            cur_p[cur_retry] = oracle.approval_probability(raw2, raw2["PROCESSOR"].astype(str).to_numpy())
+    return Declined(
+        n_orders=len(orders), first_approved=float(approved1.sum()), order_ids=order_ids, codes=codes,
+        brands=d_feat["CARD_BRAND"].astype(str).to_numpy(), prev=prev, cards=_card_key(d_raw),
+        at=(pd.to_datetime(d_feat["CREATED_AT"]).astype("int64") / 1e9).to_numpy(),
+        eligible=[[str(p) for p in PROCS[row]] for row in mask], model_p=model_p, true_p=true_p,
+        cur_retry=cur_retry, cur_delay=cur_delay, cur_proc=cur_proc, cur_p=cur_p, notes=notes,
+    )
+
+
+def _probs(matrices: dict[str, np.ndarray], i: int):
+    return lambda b: dict(zip(catalog.PROCESSORS, matrices[b][i]))
+
+
+def _run_policy(d: Declined, advisor: RetryAdvisor, matrices: dict[str, np.ndarray], darktime: bool) -> list[Any]:
+    """The advice for every declined attempt, in time order, counting each card's retries as it goes."""
+    counter = CardRetryCounter()
+    out: list[Any] = [None] * len(d)
+    for i in np.argsort(d.at, kind="stable"):
+        c24, c30 = counter.counts(d.cards[i], d.at[i])
+        verdict = advisor.verdict(d.brands[i], d.codes[i], 1, c24, c30)
+        adv = advisor.advise(verdict, d.codes[i], d.prev[i], d.eligible[i], _probs(matrices, i), darktime=darktime)
+        out[i] = (adv, c24, c30)
+        if adv.retry:
+            counter.record(d.cards[i], d.at[i] + adv.delay_seconds)
+    return out
+
+
+def _best_value(adv: Any) -> float | None:
+    vals = [v for k, v in adv.ev.items() if k != "stop" and v is not None]
+    return max(vals) if vals else None
+
+
+def calibrate(frame: pd.DataFrame, raw: pd.DataFrame, retry_model: Any, rules: RetryRules) -> dict[str, Any]:
+    """The retry model's operating point on a (validation) window: the extra price of an attempt that
+    keeps the advice's retries within ``rules.retry_budget`` x the merchant's logged retries there."""
+    d = declined_first_attempts(frame, raw, retry_model, rules)
+    base = _run_policy(d, RetryAdvisor(rules), d.model_p, darktime=True)
+    values = np.sort(np.array([_best_value(a) for a, _, _ in base if a.retry], dtype=float))[::-1]
+    logged = int(d.cur_retry.sum())
+    target = int(np.floor(rules.retry_budget * logged))
+    extra = float(values[target]) if len(values) > target else 0.0
+    return {"extra_cost": max(extra, 0.0), "declined_first": len(d), "logged_retries": logged,
+            "retry_budget": rules.retry_budget, "target_retries": target, "unbudgeted_retries": int(len(values)),
+            "rules": rules.path}
+
+
+def simulate(test: pd.DataFrame, raw: pd.DataFrame, retry_model: Any, oracle: Any, rules: RetryRules,
+             extra_cost: float = 0.0) -> RetrySimulation:
+    """Value the retry policies on the test window (see the module docstring); ``extra_cost``: the
+    retry model's operating point (`calibrate`, shipped as its policy.json)."""
+    d = declined_first_attempts(test, raw, retry_model, rules, oracle)
+    assert d.true_p is not None
+    runs = {
+        "advice": _run_policy(d, RetryAdvisor(rules, extra_cost), d.model_p, darktime=True),
+        "oracle_unbudgeted": _run_policy(d, RetryAdvisor(rules), d.true_p, darktime=False),
+    }
+    # the oracle held to the merchant's retries: its most valuable ones (dropping retries only lowers
+    # every card's counts, so the kept ones stay within the limits)
+    budget = int(d.cur_retry.sum())
+    vals = np.array([(_best_value(a) if a.retry else -np.inf) for a, _, _ in runs["oracle_unbudgeted"]])
+    keep = np.zeros(len(d), dtype=bool)
+    keep[np.argsort(-vals, kind="stable")[:budget]] = True
+    keep &= np.isfinite(vals)
+    recs = []
+    for i in range(len(d)):
+        code, hs = d.codes[i], catalog.ERROR_CODES[d.codes[i]].hard_soft
+        for pol in POLICIES:
+            if pol == "current":
+                go, proc, delay, bucket, p = bool(d.cur_retry[i]), d.cur_proc[i], d.cur_delay[i], None, d.cur_p[i]
+                c24 = c30 = 0  # the merchant's card counts are not in the logs: its violations are code rules only
+            else:
+                adv, c24, c30 = runs["oracle_unbudgeted" if pol == "oracle" else pol][i]
+                go = adv.retry and (pol != "oracle" or bool(keep[i]))
+                proc, delay, bucket = adv.processor, adv.delay_seconds, adv.delay
+                p = float(d.true_p[bucket][i, catalog.PROCESSOR_INDEX[proc]]) if go else 0.0
+            violation = rules.violation(d.brands[i], code, 1, c24, c30, float(np.nan_to_num(delay))) if go else None
+            recs.append((d.order_ids[i], pol, code, hs, d.prev[i], go, bucket if go else None, delay if go else np.nan,
+                         proc if go else None, p if go else 0.0, violation))
+    dec = pd.DataFrame(recs, columns=["ORDER_ID", "policy", "code", "hard_soft", "previous_processor", "retry", "bucket",
+                                      "delay_seconds", "processor", "p_true", "violation"])
+    rows = []
+    for pol in POLICIES:
+        x = dec[dec["policy"] == pol]
+        retries = int(x["retry"].sum())
+        rows.append({
+            "policy": pol, "orders": d.n_orders, "declined_first": len(d),
+            "conversion": (d.first_approved + float(x["p_true"].sum())) / d.n_orders,
+            "attempts_per_order": 1.0 + retries / d.n_orders,
+            "retries": retries,
+            "recovered": float(x["p_true"].sum()),
+            "recovery_per_retry": float(x["p_true"].sum()) / max(retries, 1),
+            "hard_decline_retries": int((x["retry"] & (x["hard_soft"] == "HARD")).sum()),
+            "never_retry_retries": int(x["violation"].astype(str).str.contains("never-retry|merchant advice").sum()),
+            "rule_violations": int(x["violation"].notna().sum()),
+        })
+    notes = d.notes + [f"advice priced with extra attempt cost {extra_cost:.3f} (the model's operating point)"]
+    return RetrySimulation(pd.DataFrame(rows), dec, notes)
+
+
+def must_show(sim: RetrySimulation) -> dict[str, Any]:
+    """The issue's bar: advice >= current + half the gap to the oracle, no more attempts, no violations."""
+    cur, adv, ora = (sim.value(p) for p in ("current", "advice", "oracle"))
+    att = {p: sim.value(p, "attempts_per_order") for p in ("current", "advice")}
+    violations = int(sim.value("advice", "rule_violations"))
+    return {
+        "current": cur, "advice": adv, "oracle": ora, "bar": cur + 0.5 * (ora - cur),
+        "share_of_gap": (adv - cur) / (ora - cur) if ora > cur else None,
+        "attempts_current": att["current"], "attempts_advice": att["advice"],
+        "advice_violations": violations, "advice_never_retry": int(sim.value("advice", "never_retry_retries")),
+        "passed": bool(adv >= cur + 0.5 * (ora - cur) and att["advice"] <= att["current"] and violations == 0),
+    }
