@@ -16,7 +16,9 @@ makes, so the search values exactly the routing the engine will do. The search i
 from the current table: each step takes the best of "make processor p the first choice of pattern
 X" (X any combination of a value or ``*`` per segment column: a new row, or a re-ordering of rows
 that are already there) and "drop row r", while the penalized objective improves. It never sees the
-model's per-payment argmax: only what a row can express.
+model's per-payment argmax: only what a row can express. A row is dropped only when every payment
+keeps a first choice and, where it had one, a fallback (the objective sees first choices only, but a
+fallback is what failover and retries use).
 
 How it reports. The proposal is evaluated on the held-out window (the run's test split), which the
 search never saw, so the reported estimate carries no selection bias: value with a bootstrap
@@ -48,8 +50,8 @@ CONFIG_PATH = Path(__file__).resolve().parent / "rule_search.toml"
 # The columns the rules engine matches on: the only dimensions a row can be specific on.
 MATCH_COLUMNS: tuple[str, ...] = ("CURRENCY", "CARD_BRAND", "CARD_TYPE")
 SCHEMA: dict[str, dict[str, type]] = {
-    "search": {"max_rows": int, "row_penalty": float, "search_days": int, "min_segment_payments": int,
-               "segments": list, "estimator": str},
+    "search": {"max_rows": int, "row_penalty": float, "min_z": float, "search_days": int,
+               "min_segment_payments": int, "segments": list, "estimator": str},
     "report": {"level": float, "bootstrap": int, "seed": int},
 }
 PROPOSAL_FILE = "proposal.json"  # under <state dir>/rules/: the last proposal (diff / export / install read it)
@@ -99,6 +101,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Mapping[
     for key in ("search_days", "min_segment_payments"):
         if s[key] < (1 if key == "search_days" else 0):
             raise ConfigError(f"rule search [search] {key} = {s[key]} is out of range; use a positive number")
+    if s["min_z"] < 0:
+        raise ConfigError(f"rule search min_z = {s['min_z']} must be >= 0 (standard errors; 2 is a sensible bar)")
     if s["row_penalty"] < 0:
         raise ConfigError(f"rule search row_penalty = {s['row_penalty']} must be >= 0 (a share of approval, 0.0005 = 0.05 pp)")
     if not 0.5 <= r["level"] < 1.0:
@@ -165,14 +169,35 @@ class Cells:
     num: np.ndarray  # (cells, P): Σ of the estimator's numerator terms if the cell's rows all go to p
     den: np.ndarray  # (cells, P): likewise the denominator terms
     size: np.ndarray  # (cells,) rows
+    gram: np.ndarray  # (cells, 2P, 2P): Σ z zᵀ of each row's terms z = (num(p) for p, den(p) for p)
+    n: int  # evaluated rows
 
     def choices(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Each cell's processor index under the table ``rows`` (evaluation's own ``rules_choice``)."""
         return rules_choice(self.rep, RulesEngine(list(rows)), self.rep_mask)
 
+    def depth(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """How many processors the table ranks for each cell's payments (first choice + fallbacks)."""
+        engine = RulesEngine(list(rows))
+        return np.array([len(engine.ranked(r.CURRENCY, r.CARD_BRAND, r.CARD_TYPE, at=r.CREATED_AT))
+                         for r in self.rep.itertuples(index=False)])
+
     def value(self, choice: np.ndarray) -> float:
         c = np.arange(len(choice))
         return float(self.num[c, choice].sum() / self.den[c, choice].sum())
+
+    def lift_se(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Standard error of value(a) − value(b) on the same rows: ``evaluation.paired_difference``'s
+        (the per-row difference of the two ratio estimates' influences), summed per cell."""
+        c = np.arange(len(a))
+        coef = np.zeros((len(a), 2 * P))
+        for choice, sign in ((a, 1.0), (b, -1.0)):
+            total_den = self.den[c, choice].sum()
+            v, m = self.num[c, choice].sum() / total_den, total_den / self.n
+            np.add.at(coef, (c, choice), sign / m)
+            np.add.at(coef, (c, P + choice), -sign * v / m)
+        ss = float(np.einsum("ci,cij,cj->", coef, self.gram, coef))
+        return math.sqrt(max(ss, 0.0) / (self.n - 1) / self.n) if self.n > 1 else math.nan
 
 
 def cell_codes(frame: pd.DataFrame, mask: np.ndarray, engine: RulesEngine) -> tuple[np.ndarray, np.ndarray]:
@@ -192,19 +217,23 @@ def build_cells(window: LoggedWindow, current: RulesEngine, estimator: str) -> C
     f = window.frame
     codes, first_row = cell_codes(f, window.mask, current)
     rep = f.iloc[first_row][[*MATCH_COLUMNS, "CREATED_AT"]].reset_index(drop=True)
+    rep["CREATED_AT"] = pd.to_datetime(rep["CREATED_AT"]).dt.floor("us")  # the engine compares microseconds
     lg = window.logged
     rows_cell = codes[lg.rows]
     k = len(first_row)
-    num, den = np.zeros((k, P)), np.zeros((k, P))
     q = window.q_hat[lg.rows]
     n = len(lg)
+    z = np.zeros((n, 2 * P))
     for a in range(P):
         pi = np.zeros((n, P))
         pi[:, a] = 1.0
-        nu, de = E._contributions(lg, pi, q)[estimator]
-        num[:, a] = np.bincount(rows_cell, nu, minlength=k)
-        den[:, a] = np.bincount(rows_cell, de, minlength=k)
-    return Cells(codes, rep, window.mask[first_row], num, den, np.bincount(codes, minlength=k))
+        z[:, a], z[:, P + a] = E._contributions(lg, pi, q)[estimator]
+    num = np.stack([np.bincount(rows_cell, z[:, a], minlength=k) for a in range(P)], axis=1)
+    den = np.stack([np.bincount(rows_cell, z[:, P + a], minlength=k) for a in range(P)], axis=1)
+    order = np.argsort(rows_cell, kind="stable")
+    bounds = np.searchsorted(rows_cell[order], np.arange(k + 1))
+    gram = np.stack([z[order[bounds[j]:bounds[j + 1]]].T @ z[order[bounds[j]:bounds[j + 1]]] for j in range(k)])
+    return Cells(codes, rep, window.mask[first_row], num, den, np.bincount(codes, minlength=k), gram, n)
 
 
 # ---------------------------------------------------------------- the search
@@ -251,6 +280,7 @@ class SearchStep:
     move: str
     rows: int
     value: float  # the search objective's estimated value (no penalty) on the search window
+    z: float  # the step's estimated gain over its own standard error (0: no payment re-routed)
 
 
 @dataclass
@@ -300,35 +330,53 @@ def propose(search: LoggedWindow, current_rows: pd.DataFrame | Sequence[Mapping[
     processors = [p for p in catalog.PROCESSORS if search.mask[:, catalog.PROCESSOR_INDEX[p]].any()]
     next_id = max(r["RULE_ID"] for r in rows_all) + 1
 
-    def objective(rows: list[dict[str, Any]]) -> tuple[float, float]:
-        v = cells.value(cells.choices(rows)) if rows else -math.inf
-        return v - penalty * len(rows), v
-
+    min_z = float(s["min_z"])
     table = [dict(r) for r in current]
-    best_j, best_v = objective(table)
-    v0 = best_v
-    steps = [SearchStep("current table", len(table), v0)]
+    # the objective only sees first choices; a fallback row matters when the first processor is down
+    # or refuses (failover, retries): every payment keeps a first choice and a fallback if it had them
+    required = np.minimum(cells.depth(table), 2)
+    choice = cells.choices(table)
+    best_v = v0 = cells.value(choice)
+    steps = [SearchStep("current table", len(table), v0, 0.0)]
     while True:
+        over = len(table) > max_rows  # a current table longer than allowed: shed rows even at a loss
+        best: tuple[float, str, list[dict[str, Any]], np.ndarray, float, float] | None = None
         moves: list[tuple[str, list[dict[str, Any]]]] = []
         for r in table:
-            moves.append((f"drop {_describe_row(r)}", [x for x in table if x is not r]))
-        if len(table) <= max_rows:
+            rest = [x for x in table if x is not r]
+            if rest and (cells.depth(rest) >= required).all():
+                moves.append((f"drop {_describe_row(r)}", rest))
+        if not over:
             for pat in patterns:
                 for proc in processors:
                     new = _set_first(table, pat, proc, next_id)
                     if len(new) <= max_rows and _signature(new) != _signature(table):
                         moves.append((f"{_pattern_words(pat)}: {proc} first", new))
-        scored = [(objective(new), name, new) for name, new in moves]
-        if not scored:
+        for name, new in moves:
+            ch = cells.choices(new)
+            v = cells.value(ch)
+            gain, gain_j = v - best_v, v - best_v - penalty * (len(new) - len(table))
+            if not over and gain_j <= 1e-12:
+                continue
+            # a re-routing must beat the noise of its own estimate, not only the penalty: with a few
+            # hundred moves tried per step, the best of them by chance alone would otherwise win
+            z = 0.0
+            if (ch != choice).any():
+                se = cells.lift_se(ch, choice)
+                z = gain / se if se > 0 else math.inf
+                if gain > 0 and z < min_z and not over:
+                    continue
+            if best is None or gain_j > best[0]:
+                best = (gain_j, name, new, ch, v, z)
+        if best is None:
             break
-        (j, v), name, new = max(scored, key=lambda t: t[0][0])
-        over = len(table) > max_rows  # a current table longer than allowed: shed rows even at a loss
-        if not over and j <= best_j + 1e-12:
-            break
-        table, best_j, best_v = new, j, v
+        _, name, table, choice, best_v, z = best
         if any(r["RULE_ID"] == next_id for r in table):
             next_id += 1
-        steps.append(SearchStep(name, len(table), v))
+        steps.append(SearchStep(name, len(table), best_v, z))
+    if len(table) > max_rows:
+        raise ConfigError(f"max rows {max_rows} is too few: {len(table)} rows are needed to keep a first choice and a "
+                          f"fallback for every payment; use --max-rows {len(table)} or more")
     table = sorted(table, key=lambda r: (r["CURRENCY"], r["CARD_BRAND"], r["CARD_TYPE"], r["PRIORITY"], r["RULE_ID"]))
     return Proposal(table, current, shadow, steps, v0, best_v, len(search), cfg)
 
@@ -425,7 +473,7 @@ def evaluate(holdout: LoggedWindow, proposal: Proposal, truth_matrix: np.ndarray
 
     # which proposed row decides each payment: a row's lift is measured on the payments it re-routes
     codes, first_row = cell_codes(f, mask, RulesEngine(proposal.current_rows + proposal.shadow_rows))
-    decider = np.array([new_engine.deciding_rule(*[f.at[i, c] for c in MATCH_COLUMNS], at=f.at[i, "CREATED_AT"],
+    decider = np.array([new_engine.deciding_rule(*[f.at[i, c] for c in MATCH_COLUMNS], at=pd.Timestamp(f.at[i, "CREATED_AT"]).floor("us"),
                                                  candidates=[catalog.PROCESSORS[j] for j in np.flatnonzero(mask[i])])
                         for i in first_row], dtype=object)[codes]
     old = {(_pattern(r), r["PROCESSOR"], r["PRIORITY"]) for r in proposal.current_rows}
