@@ -33,6 +33,7 @@ from smartrouter.errors import SmartrouterError
 from smartrouter.routing.policy import NoEligibleProcessor
 from smartrouter.clock import EventTimeError
 from smartrouter.routing.service import Service, ServiceDeps
+from smartrouter.retry.serving import RetryService, retry_service
 
 log = logging.getLogger("smartrouter.serve")
 
@@ -138,6 +139,38 @@ class OutcomeResponse(msgspec.Struct):
     processor: str
     kind: str
     state: str
+
+
+class RetryRequest(RouteRequest, kw_only=True, forbid_unknown_fields=True):
+    """The declined attempt (the route request's fields, ``num_attempts_order`` its number) and its outcome,
+    with the card's recent retries as the merchant's router counts them (retry_rules.toml)."""
+
+    error_code: ErrorCode  # the decline (or processor error) of the attempt
+    processor: Processor  # where the declined attempt went
+    card_retries_24h: Annotated[int, msgspec.Meta(ge=0, le=100000)]  # retries of this card in the last 24 h
+    card_retries_30d: Annotated[int, msgspec.Meta(ge=0, le=100000)]  # ... and the last 30 days
+    merchant_advice_code: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}$", description="Mastercard MAC")] | None = None
+
+
+class ExpectedValue(msgspec.Struct):
+    now: float | None
+    later: float | None
+    stop: float
+
+
+class RetryResponse(msgspec.Struct):
+    """Retry or not, when (bucket and seconds), where (ranked processors), what each option is worth, and why."""
+
+    retry: bool
+    delay: str | None
+    delay_seconds: float | None
+    processor: str | None
+    ranked: list[RankedProcessor]
+    expected_value: ExpectedValue
+    rule: str
+    reasons: list[str]
+    source: str
+    model_version: str | None
 
 
 class ProcessorHealth(msgspec.Struct):
@@ -325,6 +358,41 @@ def _outcome_record(data: OutcomeRequest, kind: str, at: float) -> dict[str, Any
     return rec
 
 
+@post("/v1/retry", summary="Advise whether, when and where to retry a declined attempt", status_code=200)
+async def retry(data: RetryRequest, svc: Service) -> RetryResponse:
+    """Within the card networks' retry rules: retry yes/no, the delay bucket, ranked processors and the
+    expected value of retrying now, later or stopping."""
+    rs = retry_service(svc)
+    limit = rs.rules.max_attempts
+    if data.num_attempts_order > limit:
+        raise _bad("num_attempts_order", f"{data.num_attempts_order} is beyond the order's {limit} attempts "
+                                         "(retry_rules.toml [order] max_attempts); send the declined attempt's number")
+    if data.amount > svc.config.policy.max_amount:
+        raise _bad("amount", f"{data.amount} exceeds the maximum {svc.config.policy.max_amount:g}; send the amount in currency units")
+    if data.card_retries_30d < data.card_retries_24h:
+        raise _bad("card_retries_30d", f"{data.card_retries_30d} is below card_retries_24h ({data.card_retries_24h}); "
+                                       "the 30-day count includes the last 24 h")
+    payment = {col: getattr(data, f) for f, col in PAYMENT_FIELD_COLUMNS.items()}
+    at = _epoch(data.created_at) or time.time()
+    try:
+        svc.router.health.clock.check(at)
+    except EventTimeError as exc:
+        raise _bad("created_at", str(exc)) from None
+    payment["CREATED_AT"] = datetime.fromtimestamp(at, tz=timezone.utc).replace(tzinfo=None)
+    try:
+        adv, version = rs.advise(payment, code=data.error_code, processor=data.processor, attempt_number=data.num_attempts_order,
+                                 retries_24h=data.card_retries_24h, retries_30d=data.card_retries_30d, at=at,
+                                 merchant_advice_code=data.merchant_advice_code, candidates=data.candidates)
+    except NoEligibleProcessor as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    return RetryResponse(
+        retry=adv.retry, delay=adv.delay, delay_seconds=adv.delay_seconds, processor=adv.processor,
+        ranked=[RankedProcessor(p, prob) for p, prob in adv.ranked],
+        expected_value=ExpectedValue(adv.ev["now"], adv.ev["later"], adv.ev["stop"]),
+        rule=adv.rule, reasons=adv.reasons, source=adv.source, model_version=version,
+    )
+
+
 @get("/v1/processors/health", summary="Each processor's state and recent rates")
 async def processors_health(svc: Service) -> HealthResponse:
     snap = svc.router.health.snapshot()
@@ -437,7 +505,7 @@ def _server_error(request: Request, exc: Exception) -> Response:
 
 # ---------------------------------------------------------------- the factory
 BENCH_ROUTES_ENV = "SMARTROUTER_BENCH_ROUTES"
-HANDLERS = [route, outcomes, processors_health, admin_reload, healthz, readyz, metrics]
+HANDLERS = [route, outcomes, retry, processors_health, admin_reload, healthz, readyz, metrics]
 
 
 def create_app(settings: Settings | None = None, **options: Any) -> Litestar:
@@ -447,6 +515,7 @@ def create_app(settings: Settings | None = None, **options: Any) -> Litestar:
     (`bench/bench_serve.py` sets it): a production app answers nothing it does not route.
     """
     svc = ServiceDeps(settings=settings, **options).build()
+    svc.retry = RetryService(svc.router)  # retry_rules.toml read now: a bad file stops the start, not a payment
     handlers = list(HANDLERS)
     if os.environ.get(BENCH_ROUTES_ENV) == "1":
         handlers += [constant, constant_post]

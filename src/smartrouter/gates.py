@@ -55,7 +55,7 @@ from smartrouter.models import metrics as M
 from smartrouter.policies import greedy_policy
 
 CONFIG_PATH = Path(__file__).resolve().parent / "gates.toml"
-GATES: tuple[str, ...] = ("min_data", "auc", "regression", "stability", "completeness", "slices", "simpler_is_not_better")
+GATES: tuple[str, ...] = ("min_data", "auc", "regression", "stability", "completeness", "retry", "slices", "simpler_is_not_better")
 
 
 # Every table and key gates.toml may hold, with its type: the file is checked against this on load,
@@ -70,6 +70,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     "completeness": {"max_load_seconds": float},
     "slices": {"min_slice_rows": int, "max_slice_loss": float},
     "simpler": {"min_margin_over_router": float},
+    "retry": {"max_conversion_loss": float, "max_extra_attempts": float, "max_violations": int},
 }
 
 
@@ -274,6 +275,54 @@ def _completeness(family: str, serving_dir: str | Path | None, cfg: dict[str, An
                       f"{family}: every processor has a head; artifacts present, loadable, checksums match")
 
 
+def retry_gate(serving_dir: str | Path | None, cfg: dict[str, Any]) -> GateResult:
+    """The retry model shipped in ``serving_dir/retry`` (smartrouter.retry): its advice breaks no network
+    rule and converts no fewer orders than the merchant's current retries, with no more attempts per
+    order (simulated with the truth; without truth, the off-policy estimate of its retry processor)."""
+    import json
+
+    from smartrouter.retry.model import RETRY_DIR
+    from smartrouter.retry.simulate import MODEL_EVALUATION_FILE
+
+    c = cfg["retry"]
+    folder = Path(serving_dir) / RETRY_DIR if serving_dir else None
+    if folder is None or not folder.is_dir():
+        return GateResult("retry", True, None, None, "no retry model shipped: the service gives rules-only retry advice")
+    path = folder / MODEL_EVALUATION_FILE
+    try:
+        ev = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return GateResult("retry", False, None, None, f"{path} unreadable ({exc}): run the evaluate stage's retry section")
+    sim = ev.get("simulation")
+    if sim:
+        rows = {r["policy"]: r for r in sim["summary"]}
+        adv, cur = rows["advice"], rows["current"]
+        loss = cur["conversion"] - adv["conversion"]
+        extra = adv["attempts_per_order"] - cur["attempts_per_order"]
+        problems = []
+        if adv["rule_violations"] > c["max_violations"]:
+            problems.append(f"{adv['rule_violations']} network-rule violations (limit {c['max_violations']})")
+        if loss > c["max_conversion_loss"]:
+            problems.append(f"order conversion {100 * adv['conversion']:.2f}% < current {100 * cur['conversion']:.2f}%")
+        if extra > c["max_extra_attempts"]:
+            problems.append(f"{adv['attempts_per_order']:.3f} attempts per order > current {cur['attempts_per_order']:.3f}")
+        text = (f"retry advice {100 * adv['conversion']:.2f}% order conversion vs current {100 * cur['conversion']:.2f}% "
+                f"(oracle {100 * rows['oracle']['conversion']:.2f}%), {adv['attempts_per_order']:.3f} vs "
+                f"{cur['attempts_per_order']:.3f} attempts per order, {adv['rule_violations']} rule violations (truth)")
+        return GateResult("retry", not problems, -loss, -c["max_conversion_loss"], "; ".join(problems) or text,
+                          {"simulation": sim})
+    table = pd.DataFrame(ev.get("off_policy") or [])
+    if table.empty:
+        return GateResult("retry", False, None, None, f"{path} holds neither a simulation nor off-policy estimates")
+    est = table[table["estimator"] == "SNIPS"].set_index("policy")["estimate"]
+    lift = float(est["retry_model"] - est["logged"])
+    ok = lift >= -c["max_conversion_loss"]
+    return GateResult("retry", ok, lift, -c["max_conversion_loss"],
+                      f"no truth: SNIPS approval of the retry model's processor {100 * est['retry_model']:.2f}% vs logged "
+                      f"{100 * est['logged']:.2f}% on experiment-arm retries (violations impossible by construction)",
+                      {"off_policy": ev.get("off_policy")})
+
+
 def _min_data(ev: RunEvaluation, train_counts: Mapping[str, int], uncertain: Mapping[str, bool], cfg: dict[str, Any]) -> GateResult:
     c = cfg["min_data"]
     total = int(sum(train_counts.values()))
@@ -436,6 +485,7 @@ def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dir
     results.append(GateResult("stability", not problems, worst_fold, -c["max_fold_loss"], reason, details))
 
     results.append(fam_checks[champ][1])
+    results.append(retry_gate(serving_dirs.get(champ), cfg))
 
     # ---- slices: no major slice loses vs static rules (with evidence)
     c = cfg["slices"]

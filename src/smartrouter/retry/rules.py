@@ -28,7 +28,7 @@ _NETWORK_KEYS: dict[str, type] = {
     "min_spacing_seconds": float,
 }
 _SCHEMA: dict[str, dict[str, type]] = {
-    "order": {"max_attempts": int, "max_request_attempt": int},
+    "order": {"max_attempts": int},
     "delays": {b: float for b in BUCKETS},
     "value": {"attempt_cost": float, **{f"wait_cost_{b}": float for b in BUCKETS}, "retry_budget": float},
 }
@@ -58,7 +58,6 @@ class Verdict:
 class RetryRules:
     path: str
     max_attempts: int
-    max_request_attempt: int
     networks: dict[str, NetworkRule]
     delays: dict[str, float]
     attempt_cost: float
@@ -177,14 +176,14 @@ def load_rules(path: str | Path | None = None) -> RetryRules:
         networks[brand] = NetworkRule(brand, frozenset(v["never_retry_codes"]), frozenset(v["merchant_advice_never"]),
                                       v["max_retries_24h"], v["max_retries_30d"], v["min_spacing_seconds"])
     order, delays, value = t["order"], t["delays"], t["value"]
-    if not 1 <= order["max_attempts"] <= order["max_request_attempt"]:
-        raise ConfigError(f"retry rules {path} [order]: need 1 <= max_attempts <= max_request_attempt")
+    if not 1 <= order["max_attempts"] <= 20:
+        raise ConfigError(f"retry rules {path} [order]: max_attempts = {order['max_attempts']} must be 1..20 (the API's attempt range)")
     seq = [delays[b] for b in BUCKETS]
     if seq[0] < 0 or any(a >= b for a, b in zip(seq, seq[1:])):
         raise ConfigError(f"retry rules {path} [delays]: immediate < minutes < hours, all >= 0 (got {seq})")
     if any(value[k] < 0 for k in value):
         raise ConfigError(f"retry rules {path} [value]: costs must be >= 0")
-    return RetryRules(str(path), order["max_attempts"], order["max_request_attempt"], networks, dict(delays),
+    return RetryRules(str(path), order["max_attempts"], networks, dict(delays),
                       value["attempt_cost"], {b: value[f"wait_cost_{b}"] for b in BUCKETS}, value["retry_budget"])
 
 

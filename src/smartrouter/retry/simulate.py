@@ -241,3 +241,72 @@ def must_show(sim: RetrySimulation) -> dict[str, Any]:
         "advice_violations": violations, "advice_never_retry": int(sim.value("advice", "never_retry_retries")),
         "passed": bool(adv >= cur + 0.5 * (ora - cur) and att["advice"] <= att["current"] and violations == 0),
     }
+
+
+def off_policy(frame: pd.DataFrame, retry_model: Any, oracle: Any = None, raw: pd.DataFrame | None = None, *,
+               n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Off-policy estimates (IPS, SNIPS, DM, DR with `evaluation.estimate_policies`) of where the advice
+    sends a retry, on the logged retries of the randomized experiment arm (their logged propensities;
+    the logged delay kept: the logs never randomized delays): the retry model's best processor vs the
+    logged choice. With the oracle (world only) the table holds the truth beside each estimate."""
+    from smartrouter.evaluation import estimate_policies, logged_data
+    from smartrouter.policies import greedy_policy, one_hot, processor_index
+
+    n_att = pd.to_numeric(frame["NUM_ATTEMPTS_ORDER"], errors="coerce").fillna(1)
+    rows = frame[n_att > 1].reset_index(drop=True)
+    if rows.empty:
+        return pd.DataFrame()
+    mask = candidate_mask(rows)
+    q = np.asarray(retry_model.score_matrix(retry_model.encoder.transform(rows)), dtype=float)
+    logged = logged_data(rows, mode="experiment", mask=mask)
+    policies = {"retry_model": greedy_policy(q, mask), "logged": one_hot(processor_index(rows["PROCESSOR"]))}
+    truth = None
+    if oracle is not None and raw is not None:
+        r = raw.set_index("ATTEMPT_ID").loc[rows["ATTEMPT_ID"]].reset_index()
+        truth = np.asarray(oracle.probability_matrix(r, resolved_only=True), dtype=float)
+    values = estimate_policies(logged, policies, q, n_boot=n_boot, seed=seed, truth_matrix=truth)
+    return values.table
+
+
+EVALUATION_FILE = "retry_evaluation.json"  # in the run folder
+MODEL_EVALUATION_FILE = "evaluation.json"  # beside each shipped copy of the retry model (the gate reads it)
+
+
+def evaluate_run(run_dir: Any, table: pd.DataFrame, oracle: Any = None, settings: Any = None,
+                 rules: RetryRules | None = None, n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
+    """The evaluate stage's retry section: simulation with the truth (world only) and off-policy
+    estimates on the test window, written to ``<run>/retry_evaluation.json`` and beside every
+    shipped copy of the retry model (``models/<family>/retry/evaluation.json``, which the gate reads).
+    ``{"model": None}`` when the run trained no retry model."""
+    import json
+    from pathlib import Path
+
+    from smartrouter import atomic
+    from smartrouter.evaluation import with_attempt_columns
+    from smartrouter.models.serving import load_serving_model
+    from smartrouter.retry.model import RETRY_DIR
+    from smartrouter.retry.rules import load_rules
+
+    run_dir = Path(run_dir)
+    folder = run_dir / RETRY_DIR
+    if not folder.is_dir():
+        out: dict[str, Any] = {"model": None, "note": "no retry model in this run: the service gives rules-only retry advice"}
+        atomic.write_json(run_dir / EVALUATION_FILE, out, indent=1)
+        return out
+    rules = rules or load_rules()
+    model = load_serving_model(folder)
+    extra = float(json.loads((folder / POLICY_FILE).read_text())["extra_cost"])
+    test = table[table["SPLIT"] == "test"]
+    raw = with_attempt_columns(test, settings) if oracle is not None else None
+    sim = simulate(test, raw, model, oracle, rules, extra).to_json() if oracle is not None else None
+    ope = off_policy(test, model, oracle, raw, n_boot=n_boot, seed=seed)
+    out = {"model": str(folder), "extra_cost": extra, "rules": rules.path, "simulation": sim,
+           "off_policy": ope.to_dict(orient="records"),
+           "note": "simulated with the world's truth" if sim is not None else "no truth (real warehouse): off-policy estimates only"}
+    from smartrouter.models.train import _jsonable
+
+    out = _jsonable(out)
+    atomic.write_json(run_dir / EVALUATION_FILE, out, indent=1)
+    for copy in sorted((run_dir / "models").glob(f"*/{RETRY_DIR}")):
+        atomic.write_json(copy / MODEL_EVALUATION_FILE, out, indent=1)
+    return out

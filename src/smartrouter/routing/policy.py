@@ -237,6 +237,8 @@ class Router:
     ) -> None:
         self.config = config
         self.rules = rules
+        # the optimized rule table the fallback routes by (routing.toml [policy] fallback_rules); None: the merchant's
+        self.fallback_rules: RulesSource | None = None
         self.holder = holder
         self.features = features
         self.fallback_router = fallback_router
@@ -294,6 +296,14 @@ class Router:
                 ranked = []
         self._rules_cache[key] = (at, ranked)
         return ranked
+
+    def enrich(self, payment: dict, at: float) -> dict:
+        """Public `_enrich`: the retry advice (smartrouter.retry.serving) scores the same enriched row."""
+        return self._enrich(payment, at)
+
+    def eligible(self, payment: dict, candidates: Iterable[str] | None, reasons: list[str]) -> list[str]:
+        """Public `_eligible` (the processors alone): where a retry of ``payment`` may go."""
+        return self._eligible(payment, candidates, reasons)[0]
 
     def _enrich(self, payment: dict, at: float) -> dict:
         """The payment plus derived columns and online features (processor health, BIN history) as of ``at``."""
@@ -427,6 +437,24 @@ class Router:
             return self._fallback_order(payment, eligible), True
         return rules_rank + [p for p in eligible if p not in rules_rank], no_rule
 
+    def _fallback_rules_order(self, payment: dict, eligible: list[str], rules_order: list[str], reasons: list[str],
+                              ) -> list[str]:
+        """The fallback's order: the optimized table's ranking when one is installed (the control arm
+        keeps the merchant's rules, so the A/B baseline does not move), else ``rules_order``."""
+        table = self.fallback_rules
+        if table is None:
+            return rules_order
+        try:
+            ranked = [p for p in table.ranked(payment["CURRENCY"], payment["CARD_BRAND"], payment.get("CARD_TYPE"),
+                                              candidates=eligible) if p in eligible]
+        except Exception:  # noqa: BLE001 - a broken table must not fail a payment: the merchant's rules route it
+            log.exception("optimized rule table failed; merchant's rules route the fallback")
+            return rules_order
+        if not ranked:
+            return rules_order
+        reasons.append("fallback by the optimized rule table")
+        return ranked + [p for p in eligible if p not in ranked]
+
     def _model_order(self, loaded: LoadedModel, eligible: list[str], scores: Mapping[str, float]) -> list[str]:
         """The eligible processors by score, the ones the model is unsure of last."""
         model_order = sorted(eligible, key=lambda p: -scores.get(p, 0.0))
@@ -466,6 +494,7 @@ class Router:
                     reasons.append("online features not ready (history still loading): static rules")
                 else:
                     reasons.append("no promoted model: static rules")
+                rules_order = self._fallback_rules_order(payment, eligible, rules_order, reasons)
             else:
                 reasons.append(f"{'shadow mode' if shadow else 'control arm'}: static rules")
             return rules_order, source, fallback_reason
@@ -474,7 +503,7 @@ class Router:
         min_confidence = self.config.policy.min_confidence
         if best_p < min_confidence:
             reasons.append(f"model not confident (best {healthy_first} p={best_p:.2f} < {min_confidence:.2f}): static rules")
-            return rules_order, "fallback", "not_confident"
+            return self._fallback_rules_order(payment, eligible, rules_order, reasons), "fallback", "not_confident"
         reasons.append(f"model {scoring.loaded.version}: {healthy_first} p={best_p:.2f}")
         return model_order, "model", fallback_reason
 

@@ -160,6 +160,7 @@ class Service:
     _stop: threading.Event = field(default_factory=threading.Event)
     store: Any = None  # state_store.LocalStore | RedisStore: hands state to starting workers (and hosts)
     state_note: str | None = None  # what this worker started from (the store's words)
+    retry: Any = None  # smartrouter.retry.serving.RetryService: made on the first POST /v1/retry
 
     # ------------------------------------------------------------------ outcomes, shared across workers
     def on_peer_message(self, msg: peers.PeerMessage) -> None:
@@ -485,11 +486,20 @@ class ServiceDeps:
                 fallback_router = None
         router = Router(config, rules, holder, features=features, fallback_router=fallback_router,
                         on_transition=on_transition, seed=self.seed)
+        fallback_note = None
+        if config.policy.fallback_rules == "optimized":  # routing.toml: the fallback by `rules install`'s table
+            from smartrouter.rule_search import load_optimized
+
+            router.fallback_rules, where = load_optimized(settings.registry_dir)
+            fallback_note = f"fallback rules: {where}" + ("" if router.fallback_rules is not None else
+                                                          "; the merchant's rules route the fallback")
         dlog = DecisionLog(settings.state_dir / "decisions", config.decision_log.queue_size,
                            config.decision_log.segment_records, config.decision_log.flush_seconds)
         svc = Service(settings, config, router, holder, dlog, metrics, rules_source, poll=self.poll,
                       share_outcomes=self.share_outcomes, seed_features=seed_features,
                       rules_from_warehouse=self.rules_from_warehouse)
+        if fallback_note:
+            svc.notes.append(fallback_note)
         services.append(svc)
         return svc
 
