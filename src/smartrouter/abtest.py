@@ -532,10 +532,12 @@ def simulate(experiments: int, *, days: int = 28, orders_per_day: int = 1000, ba
         ok_av = ok_fx = True
         fx_hit = won = False
         fh = None
+        # cumulative (n, approved) per arm at each day's end
+        cum = [np.cumsum(np.bincount(day_of, weights=w, minlength=days)).astype(np.int64)
+               for w in (~treated, y & ~treated, treated, y & treated)]
         for d in range(days):
-            sel = day_of <= d
-            n_a, n_b = int((sel & ~treated).sum()), int((sel & treated).sum())
-            counts = (n_a, int((y & sel & ~treated).sum()), n_b, int((y & sel & treated).sum()))
+            n_a, n_b = int(cum[0][d]), int(cum[2][d])
+            counts = (n_a, int(cum[1][d]), n_b, int(cum[3][d]))
             iv = test.look(*counts)
             fh = fixed_horizon(*counts, alpha=alpha)
             ok_av &= iv.covers(truth)
