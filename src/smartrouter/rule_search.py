@@ -378,6 +378,9 @@ def propose(search: LoggedWindow, current_rows: pd.DataFrame | Sequence[Mapping[
         raise ConfigError(f"max rows {max_rows} is too few: {len(table)} rows are needed to keep a first choice and a "
                           f"fallback for every payment; use --max-rows {len(table)} or more")
     table = sorted(table, key=lambda r: (r["CURRENCY"], r["CARD_BRAND"], r["CARD_TYPE"], r["PRIORITY"], r["RULE_ID"]))
+    for _, group in itertools.groupby(table, key=_pattern):  # priorities 1..k per pattern: the order is all that counts
+        for prio, r in enumerate(group, start=1):
+            r["PRIORITY"] = prio
     return Proposal(table, current, shadow, steps, v0, best_v, len(search), cfg)
 
 

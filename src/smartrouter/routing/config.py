@@ -20,6 +20,7 @@ from smartrouter.errors import ConfigError
 
 DEFAULT_PATH = PACKAGE_DIR / "routing.toml"
 EXPERIMENT_KEYS = ("order_id", "user_id")
+FALLBACK_RULES = ("merchant", "optimized")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class PolicyConfig:
     top_k: int = 3
     max_amount: float = 1_000_000.0
     features_warmup_minutes: float = 60.0
+    # which rule table the fallback (not confident / no model / model error) routes by: "merchant"
+    # (the static rules, like the control arm) or "optimized" (`smartrouter rules install`'s table)
+    fallback_rules: str = "merchant"
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,9 @@ def _validate(cfg: RoutingConfig, where: str) -> None:
     _share(cfg.policy.min_confidence, "[policy].min_confidence", where)
     if not 0 <= cfg.policy.features_warmup_minutes <= 1440:
         raise ConfigError(f"{where}: [policy].features_warmup_minutes must be within 0..1440 minutes")
+    if cfg.policy.fallback_rules not in FALLBACK_RULES:
+        raise ConfigError(f"{where}: [policy].fallback_rules = {cfg.policy.fallback_rules!r}; use one of "
+                          f"{', '.join(FALLBACK_RULES)} (optimized: the table `smartrouter rules install` wrote)")
     if cfg.policy.top_k < 1:
         raise ConfigError(f"{where}: [policy].top_k = {cfg.policy.top_k} must be at least 1")
     if cfg.policy.max_amount <= 0:
