@@ -653,8 +653,11 @@ def run_pipeline(
     echo: Callable[[str], None] | None = print,
     render: bool = True,
     profiles_file: Path | None = None,
+    reason: str | None = None,
 ) -> RunResult:
     """Run the stages in order into a new runs/<run_id>/; returns the result (never raises for a failed stage).
+
+    ``reason``: why this run was started (e.g. the drift check's crossings), kept in the manifest.
 
     ``stages`` replaces the notebooks/ stages (tests use their own notebooks); ``select`` picks a
     subset ('01,02'); ``profiles_file`` replaces the package's profiles.toml. Raises ConfigError on
@@ -702,6 +705,7 @@ def run_pipeline(
             "ended_at": None,
             "duration_s": None,
             "profile": profile,
+            "reason": reason or "scheduled",
             "as_of": as_of_date.isoformat(),
             "overrides": list(overrides),
             "run": redact(run_values),  # the run-level values every declaring stage received

@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "they reach every stage), stage ones as STAGE.KEY (-p 03_train.dnn_epochs=3), runner "
                         "settings as runner.KEY; names and types are checked against the notebooks first")
     p.add_argument("--no-reports", dest="render", action="store_false", help="skip the HTML reports")
+    p.add_argument("--reason", default=None, metavar="TEXT",
+                   help="why this run is started, kept in its manifest (default 'scheduled'; the drift check sets it)")
     p.set_defaults(func=_run)
 
 
@@ -52,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         warnings.showwarning = lambda m, *a, **k: print(f"smartrouter run: warning: {m}", file=sys.stderr)
         result = run_pipeline(profile=args.profile, as_of=args.as_of, select=args.stages,
                               overrides=args.params, echo=echo, render=args.render,
-                              profiles_file=args.profiles_file)
+                              profiles_file=args.profiles_file, reason=args.reason)
     if not result.ok:
         print(f"smartrouter run: error: run {result.run_id} failed at {result.failed_stage}: {result.error}; "
               f"open {result.run_dir / (str(result.failed_stage) + '.ipynb')} to see the failing cell",

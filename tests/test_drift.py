@@ -1,0 +1,149 @@
+"""Drift watch (smartrouter.drift): PSI, calibration drift, processor health, config, CLI errors, retrain reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smartrouter import drift
+from smartrouter.errors import ConfigError
+
+CFG = drift.load_config()
+
+
+def test_psi_is_near_zero_without_drift_and_large_with_it():
+    rng = np.random.default_rng(0)
+    train = pd.Series(rng.normal(0, 1, 20_000))
+    same = pd.Series(rng.normal(0, 1, 3_000))
+    shifted = pd.Series(rng.normal(1.0, 1, 3_000))
+    # no drift: PSI ~ (bins-1)(1/n_e + 1/n_a) ~ 0.0035; 0.02 leaves a 5x margin
+    assert drift.numeric_psi(train, same) < 0.02
+    assert drift.numeric_psi(train, shifted) > CFG["psi"]["threshold"]
+    # missing values are a bin of their own: 30 % missing on the live side is drift
+    holes = same.copy()
+    holes[:900] = np.nan
+    assert drift.numeric_psi(train, holes) > CFG["psi"]["threshold"]
+
+
+def test_categorical_psi_pools_rare_categories():
+    rng = np.random.default_rng(1)
+    # 2,000 rare categories (a BIN-like column): without pooling, sampling noise alone gives PSI ~ 0.7
+    train = pd.Series(rng.integers(0, 2000, 20_000).astype(str))
+    live = pd.Series(rng.integers(0, 2000, 3_000).astype(str))
+    assert drift.categorical_psi(train, live, 0.01) < 0.02
+    brands = pd.Series(rng.choice(["VISA", "MASTERCARD", "AMEX"], 20_000, p=[0.6, 0.3, 0.1]))
+    moved = pd.Series(rng.choice(["VISA", "MASTERCARD", "AMEX"], 3_000, p=[0.3, 0.3, 0.4]))
+    assert drift.categorical_psi(brands, moved, 0.01) > CFG["psi"]["threshold"]
+    assert drift.categorical_psi(brands, brands.iloc[:3000], 0.01) < 0.01
+
+
+def test_input_psi_marks_report_only_groups():
+    from smartrouter.features import MODEL_FEATURES
+
+    rng = np.random.default_rng(2)
+    health = next(f.name for f in MODEL_FEATURES if f.group == "health")
+    train = pd.DataFrame({"AMOUNT": rng.lognormal(5, 1, 5000), health: rng.random(5000) * 0.01})
+    live = pd.DataFrame({"AMOUNT": rng.lognormal(5, 1, 2000), health: 0.5 + rng.random(2000) * 0.01})
+    table = drift.input_psi(train, live, CFG).set_index("feature")
+    assert not table.loc["AMOUNT", "crossed"]
+    assert table.loc[health, "crossed"] and table.loc[health, "report_only"]
+
+
+def _calib_frame(n: int, bias_bank: str | None, shift: float, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    banks = rng.choice(["BBVA MEXICO", "BANORTE", "SANTANDER"], n)
+    procs = rng.choice(["WORLDPAY", "MIT"], n)
+    p = rng.uniform(0.6, 0.95, n)
+    truth = np.where((banks == bias_bank) & (procs == "WORLDPAY"), p - shift, p) if bias_bank else p
+    y = (rng.random(n) < truth).astype(float)
+    frame = pd.DataFrame({"PROCESSOR": procs, "APPROVED": y, "BANK": banks, "CARD_BRAND": "VISA",
+                          "CURRENCY": "MXN", "CARD_TYPE": "CREDIT"})
+    scores = np.zeros((n, 5))
+    scores[:, 0] = p  # WORLDPAY
+    scores[:, 1] = p  # MIT
+    return frame, scores
+
+
+def test_calibration_flags_the_bank_whose_approval_fell_on_one_processor_only():
+    frame, scores = _calib_frame(12_000, "BBVA MEXICO", 0.15)
+    table = drift.calibration(frame, scores, ["WORLDPAY", "MIT", "ELAVON", "AMEX", "ADYEN"], CFG)
+    crossed = {(r.processor, r.slice, r.value) for r in table.itertuples() if r.crossed}
+    assert ("WORLDPAY", "BANK", "BBVA MEXICO") in crossed
+    assert not any(p == "MIT" for p, _, _ in crossed)
+    assert ("WORLDPAY", "BANK", "BANORTE") not in crossed
+    row = table[(table.processor == "WORLDPAY") & (table.value == "BBVA MEXICO")].iloc[0]
+    # the measured bias is the planted 15 pp within 4 of its standard errors
+    assert abs(row.bias - 0.15) < 4 * math.sqrt(0.2 * 0.8 / row.n)
+
+
+def test_calibration_quiet_when_the_model_is_right():
+    frame, scores = _calib_frame(12_000, None, 0.0, seed=4)
+    table = drift.calibration(frame, scores, ["WORLDPAY", "MIT", "ELAVON", "AMEX", "ADYEN"], CFG)
+    assert not table["crossed"].any()
+    assert set(table["processor"]) == {"WORLDPAY", "MIT"}  # heads without min_rows outcomes are left out
+
+
+def test_health_trend_flags_a_timeout_spike_only():
+    day = dt.date(2026, 12, 5)
+    rows = []
+    for k in range(8):
+        d = day - dt.timedelta(days=7 - k)
+        spike = d == day
+        rows.append({"BUCKET": pd.Timestamp(d), "PROCESSOR": "WORLDPAY", "ATTEMPTS": 2000,
+                     "TIMEOUTS": 300 if spike else 20, "PROCESSOR_ERRORS": 10, "APPROVED": 1600 if not spike else 1350})
+        rows.append({"BUCKET": pd.Timestamp(d), "PROCESSOR": "MIT", "ATTEMPTS": 2000, "TIMEOUTS": 20,
+                     "PROCESSOR_ERRORS": 10, "APPROVED": 1600})
+    table = drift.health_trend(pd.DataFrame(rows), day, CFG)
+    crossed = {(r.processor, r.metric) for r in table.itertuples() if r.crossed}
+    assert crossed == {("WORLDPAY", "timeout"), ("WORLDPAY", "approval")}
+
+
+def test_retrain_reason_names_the_crossings_and_refuses_without_any():
+    report = {"day": "2026-12-05", "model_version": "v3", "retrain_reasons": ["WORLDPAY head on BANK=X: bias +9.0 pp"]}
+    assert drift.retrain_reason(report) == "drift on 2026-12-05 (model v3): WORLDPAY head on BANK=X: bias +9.0 pp"
+    with pytest.raises(drift.DriftError, match="crossed no retrain threshold"):
+        drift.retrain({**report, "retrain_reasons": []})
+
+
+def test_report_files_and_latest(tmp_path: Path):
+    class S:
+        reports_dir = tmp_path
+
+    assert drift.read_latest(S) is None
+    drift.write_report({"day": "2026-12-05", "crossed": []}, S)
+    assert drift.read_latest(S)["day"] == "2026-12-05"
+    assert (tmp_path / "drift" / "2026-12-05.json").is_file()
+
+
+@pytest.mark.parametrize("edit, key", [
+    (("\n[health]\n", "\n[health]\nwindow = 3\n"), "window"),
+    (("threshold = 0.25\nmin_category_share", "threshold = -1\nmin_category_share"), "[psi] threshold"),
+    (('report_only_groups = ["health"]', 'report_only_groups = ["weather"]'), "report_only_groups"),
+    (('slices = ["BANK", "CARD_BRAND", "CURRENCY", "CARD_TYPE"]', 'slices = ["ISSUER"]'), "[calibration] slices"),
+    (("retrain = false", 'retrain = "no"'), "retrain"),
+    (("min_z = 4.0\nmax_ece_excess", "max_ece_excess"), "min_z"),
+])
+def test_bad_config_names_the_key(tmp_path: Path, edit, key):
+    text = drift.CONFIG_PATH.read_text()
+    assert edit[0] in text
+    bad = tmp_path / "drift.toml"
+    bad.write_text(text.replace(edit[0], edit[1], 1))
+    with pytest.raises(ConfigError) as info:
+        drift.load_config(bad)
+    assert key in str(info.value) and str(bad) in str(info.value)
+
+
+def test_drift_check_on_an_empty_warehouse_is_a_clear_error(tmp_path: Path, monkeypatch, capsys):
+    from smartrouter.cli import main
+
+    monkeypatch.setenv("SMARTROUTER_LOCAL_DIR", str(tmp_path / "wh"))
+    monkeypatch.setenv("SMARTROUTER_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("SMARTROUTER_WAREHOUSE", "local")
+    assert main(["drift", "check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("smartrouter drift: error:") and "\n" not in err
