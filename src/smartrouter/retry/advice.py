@@ -96,7 +96,9 @@ class Advice:
     ev: dict[str, float | None]  # now / later / stop
     rule: str  # the network rule that applies
     reasons: list[str] = field(default_factory=list)
-    source: str = "retry_model"  # retry_model | routing_model | rules (no model to price a retry)
+    # retry_model (priced) | rules (decided by the rules or darktime alone) | no_model (no advice: an issuer
+    # decline the rules allow retrying and no model to price it; the caller keeps its own policy)
+    source: str = "retry_model"
 
 
 @dataclass
@@ -158,8 +160,10 @@ class RetryAdvisor:
                 b = buckets[0]
                 return Advice(True, b, self.rules.delays[b], procs[0], ranked, {"now": None, "later": None, "stop": stop_ev},
                               verdict.rule, reasons + ["no retry model: darktime retry on the next processor"], "rules")
+            # no advice either way: the caller keeps its own retry policy for issuer declines (within the rules)
             return Advice(False, None, None, None, ranked, {"now": None, "later": None, "stop": stop_ev}, verdict.rule,
-                          reasons + ["no retry model to price a retry of an issuer decline: stop"], "rules")
+                          reasons + ["no retry model to price a retry of an issuer decline: no advice (source no_model)"],
+                          "no_model")
         cost, wait = self.attempt_cost, self.rules.wait_cost
         best: dict[str, tuple[float, str, list[tuple[str, float]]]] = {}
         for b in buckets:

@@ -210,10 +210,13 @@ class CardRetryCounter:
             del times[:cut]
 
     def counts(self, card: Any, at: float) -> tuple[int, int]:
-        """(retries in the 24 h, in the 30 days) before ``at``."""
+        """(retries in the last 24 h, in the last 30 days) as of ``at``, retries already scheduled for
+        later included: a retry decided at ``at`` happens at ``at`` + its delay, and every window that
+        can then hold it starts after ``at`` - its length, so counting from there to any future time
+        keeps every window within the limits (tests/test_retry_rules.py, random sequences)."""
         times = self._times.get(card)
         if not times:
             return 0, 0
-        hi = bisect.bisect_left(times, float(at))
-        return (hi - bisect.bisect_left(times, float(at) - WINDOWS_SECONDS["24h"]),
-                hi - bisect.bisect_left(times, float(at) - WINDOWS_SECONDS["30d"]))
+        n = len(times)
+        return (n - bisect.bisect_left(times, float(at) - WINDOWS_SECONDS["24h"]),
+                n - bisect.bisect_left(times, float(at) - WINDOWS_SECONDS["30d"]))

@@ -310,3 +310,40 @@ def evaluate_run(run_dir: Any, table: pd.DataFrame, oracle: Any = None, settings
     for copy in sorted((run_dir / "models").glob(f"*/{RETRY_DIR}")):
         atomic.write_json(copy / MODEL_EVALUATION_FILE, out, indent=1)
     return out
+
+
+def live_recovery(settings: Any = None) -> dict[str, Any]:
+    """On the live loop's days: the orders whose first attempt hit an outage (a processor error on a
+    processor in an incident), how much an immediate retry elsewhere recovered (the truth's P(approved)
+    of the retry made: expected, so no coin-flip noise) against the oracle-best immediate retry
+    (`world.live` logs its truth for every declined attempt), and the realized approvals."""
+    from smartrouter.errors import ConfigError
+    from smartrouter.world.live import RETRY_DIR as LIVE_RETRY_DIR, TRUTH_DIR, live_dir
+
+    folder = live_dir(settings)
+    logs = sorted((folder / LIVE_RETRY_DIR).glob("*.parquet"))
+    if not logs:
+        raise ConfigError(f"no retry decisions under {folder / LIVE_RETRY_DIR}; run live days with a service that "
+                          "gives retry advice (smartrouter live / world advance)")
+    dec = pd.concat([pd.read_parquet(p) for p in logs], ignore_index=True)
+    truth = pd.concat([pd.read_parquet(folder / TRUTH_DIR / p.name) for p in logs if (folder / TRUTH_DIR / p.name).is_file()],
+                      ignore_index=True)
+    perr = [c for c, e in catalog.ERROR_CODES.items() if e.category == catalog.PROCESSOR_ERROR_CATEGORY]
+    hit = dec[(dec["ATTEMPT_NUMBER"] == 1) & dec["IN_OUTAGE"] & dec["ERROR_CODE"].isin(perr)].drop_duplicates("ORDER_ID")
+    second = truth[truth["ATTEMPT_NUMBER"] == 2].drop_duplicates("ORDER_ID").set_index("ORDER_ID")
+    h = hit.set_index("ORDER_ID")
+    made = h.index.isin(second.index) & h["RETRY"].to_numpy()
+    elsewhere = made & (h["DELAY"].to_numpy() == "immediate") & (h["ADVISED_PROCESSOR"].to_numpy() != h["PROCESSOR"].to_numpy())
+    p_retry = np.zeros(len(h))
+    approved = np.zeros(len(h))
+    p_retry[elsewhere] = second.loc[h.index[elsewhere], "P_CHOSEN"].to_numpy(float)
+    approved[elsewhere] = second.loc[h.index[elsewhere], "APPROVED"].to_numpy(float)
+    best = float(h["P_BEST_IMMEDIATE"].mean()) if len(h) else float("nan")
+    rate = float(p_retry.mean()) if len(h) else float("nan")
+    return {
+        "days": [p.stem for p in logs], "orders_hit": int(len(h)),
+        "retried_immediately_elsewhere": int(elsewhere.sum()),
+        "recovered_expected": rate, "recovered_realized": float(approved.mean()) if len(h) else float("nan"),
+        "oracle_best_immediate": best, "share_of_oracle": rate / best if best > 0 else None,
+        "by_processor": h["PROCESSOR"].value_counts().to_dict(),
+    }

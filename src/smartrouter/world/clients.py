@@ -2,7 +2,9 @@
 
 ``RouterClient`` is the protocol: ``route`` takes /v1/route JSON bodies (one time slice of
 attempts) and returns the response bodies with the client-measured ``latency_ms`` added;
-``report`` posts /v1/outcomes bodies. Two implementations:
+``report`` posts /v1/outcomes bodies; ``retry`` posts /v1/retry bodies (declined attempts) and
+returns the advice, or None when the service gives none (an older service: 404), so the loop
+falls back to the merchant's own retries. Two implementations:
 
 - ``HttpClient(url, concurrency)``: the running service over HTTP (httpx, keep-alive, a slice's
   requests sent ``concurrency`` at a time) — what `smartrouter world advance --url` uses.
@@ -42,6 +44,8 @@ class RouterClient(Protocol):
 
     def report(self, outcomes: list[dict]) -> None: ...
 
+    def retry(self, declined: list[dict]) -> list[dict] | None: ...
+
     def close(self) -> None: ...
 
 
@@ -67,6 +71,7 @@ class HttpClient:
             raise ConfigError(f"service url {url!r} must start with http:// or https://; use e.g. http://127.0.0.1:8000")
         self.url = url.rstrip("/")
         self.concurrency = concurrency
+        self._no_retry = False
         self._httpx = httpx
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         self._client = httpx.Client(base_url=self.url, timeout=timeout, limits=limits,
@@ -82,6 +87,27 @@ class HttpClient:
             self.close()
             raise LiveError(f"{self.url}/healthz answered {r.status_code}: is this the smartrouter service? "
                             "start it with `smartrouter serve` or use --in-process")
+
+    def _retry_one(self, body: dict) -> dict | None:
+        try:
+            out, _ = self._post("/v1/retry", body, 200)
+        except LiveError as exc:
+            if " answered 404" in str(exc):
+                return None
+            raise
+        return out
+
+    def retry(self, declined: list[dict]) -> list[dict] | None:
+        if self._no_retry:
+            return None
+        if self._pool is None or len(declined) <= 1:
+            out = [self._retry_one(b) for b in declined]
+        else:
+            out = list(self._pool.map(self._retry_one, declined))
+        if any(a is None for a in out):
+            self._no_retry = True  # the service has no /v1/retry: the merchant's own retries from now on
+            return None
+        return out
 
     def _post(self, path: str, body: dict, expect: int) -> tuple[Any, float]:
         data = msgspec.json.encode(body)
@@ -199,8 +225,24 @@ class InProcessClient:
                 raise LiveError(f"the in-process service refused an outcome ({exc.status_code}: {exc.detail}); "
                                 f"body {body!r}") from None
 
+    async def _retry_all(self, declined: list[dict]) -> list[dict]:
+        app, svc, out = self._app, self.service, []
+        from litestar.exceptions import HTTPException
+
+        for body in declined:
+            try:
+                resp = await app.retry.fn(data=app.decode_body(msgspec.json.encode(body), app.RetryRequest), svc=svc)
+            except HTTPException as exc:
+                raise LiveError(f"the in-process service refused a retry request ({exc.status_code}: {exc.detail}); "
+                                f"body {body!r}") from None
+            out.append(msgspec.to_builtins(resp))
+        return out
+
     def route(self, requests: list[dict]) -> list[dict]:
         return self._loop.run_until_complete(self._route_all(requests))
+
+    def retry(self, declined: list[dict]) -> list[dict] | None:
+        return self._loop.run_until_complete(self._retry_all(declined))
 
     def report(self, outcomes: list[dict]) -> None:
         self._loop.run_until_complete(self._report_all(outcomes))

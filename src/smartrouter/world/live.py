@@ -8,8 +8,10 @@ of the time), the BANORTE step stays, and processor incidents go on at the world
 sent to a `RouterClient` (the running service over HTTP, or its handlers in process); its outcome
 is drawn from the truth for the processor the service CHOSE, at that time, with the scenario's
 incidents, issuer steps and processor changes applied; the outcome is reported back
-(/v1/outcomes); a declined order is retried by the merchant's retry behaviour (the generator's
-`_retries`), each retry asking the service again.
+(/v1/outcomes); a declined order is retried as the service advises (``POST /v1/retry``: whether, after
+which delay, on which processor; the retry is then routed with that processor as its only candidate),
+or, when the service gives no retry advice, by the merchant's retry behaviour (the generator's
+`_retries`), each retry asking the service again. Retries stay inside their day (as the generator's).
 
 Time slices: the attempts of one ``slice_seconds`` window are sent together (an HTTP client sends
 them concurrently), then their outcomes; slices go in time order, so the service has heard every
@@ -20,9 +22,11 @@ What lands where (per day, in this order):
    crash never duplicates): ``VW_ATHENA_PAYMENT_ATTEMPT`` rows as the generator writes them, their
    ``DYNAMIC_ROUTING_DETAIL`` holding the service's decision, and ``VW_SMART_ROUTING_ATTEMPTS``
    with the client-measured decision latency;
-2. ``<local_dir>/live/truth/<day>.parquet`` (the oracle's view of every attempt; written last, its
+2. ``<local_dir>/live/retry/<day>.parquet``: every declined attempt, what was decided about its retry
+   (advice or merchant) and the truth of the best immediate retry (`smartrouter.retry.simulate.live_recovery`);
+3. ``<local_dir>/live/truth/<day>.parquet`` (the oracle's view of every attempt; written last, its
    presence marks the day complete);
-3. ``<local_dir>/live/days.jsonl``: one `DaySummary` line per complete day.
+4. ``<local_dir>/live/days.jsonl``: one `DaySummary` line per complete day.
 
 Truth is the world's side: models and the service never read it.
 """
@@ -59,6 +63,7 @@ __all__ = [
 
 LIVE_DIR = "live"
 TRUTH_DIR = "truth"
+RETRY_DIR = "retry"
 DAYS_FILE = "days.jsonl"
 LOCK_FILE = ".advance.lock"
 SLICE_SECONDS = 60.0
@@ -111,6 +116,11 @@ def live_dir(settings: Settings | None = None) -> Path:
 
 def truth_path(settings: Settings | None, day: dt.date) -> Path:
     return live_dir(settings) / TRUTH_DIR / f"{day.isoformat()}.parquet"
+
+
+def retry_log_path(settings: Settings | None, day: dt.date) -> Path:
+    """The day's retry decisions (one row per declined attempt) with the truth of the best immediate retry."""
+    return live_dir(settings) / RETRY_DIR / f"{day.isoformat()}.parquet"
 
 
 def completed_days(settings: Settings | None = None) -> list[dt.date]:
@@ -248,8 +258,14 @@ class _LiveDay:
     """Routes one day's attempts through the client, slice by slice; returns its frames and truth."""
 
     def __init__(self, world: World, index: int, scenario: Scenario | None, client: RouterClient,
-                 slice_seconds: float, progress: Callable[[str], None] | None) -> None:
+                 slice_seconds: float, progress: Callable[[str], None] | None, card_counter: Any = None) -> None:
+        from smartrouter.retry.rules import CardRetryCounter
+
         self.w, self.index, self.client, self.progress = world, index, client, progress
+        # the merchant's count of each card's retries (user + BIN stands for the card), sent with /v1/retry
+        self.card_counter = card_counter if card_counter is not None else CardRetryCounter()
+        self.retry_log: list[pd.DataFrame] = []
+        self.advised = getattr(client, "retry", None) is not None  # False once the service answers no advice
         self.cont_day = index - world.params.days + 1
         self.slice = float(slice_seconds)
         self.truth = _Truth(world, scenario, index)
@@ -385,10 +401,15 @@ class _LiveDay:
         self.counter += m
         attempt_ids = ("A" + self.stamp) + ids
         payment_ids = ("P" + self.stamp) + ids
-        cands, skips, bodies = [], [], []
+        cands, skips, bodies, all_names = [], [], [], []
         for i in range(m):
             o = int(oi[i])
             c_json, s_json, names = self._candidates(int(g.brand[o]), int(g.currency[o]), mask[i], joined[i])
+            all_names.append(names)
+            want = int(r["want"][i]) if "want" in r else -1
+            if want >= 0 and mask[i, want]:  # the retry advice named the processor: route there
+                names = [catalog.PROCESSORS[want]]
+                c_json = json.dumps(names, separators=(",", ":"))
             cands.append(c_json)
             skips.append(s_json)
             b = dict(self._order_fields[o])
@@ -468,6 +489,9 @@ class _LiveDay:
             "OUTAGE_MASK": (in_outage * (1 << np.arange(in_outage.shape[1]))).sum(axis=1),
             "CHOSEN_IN_OUTAGE": in_outage[rows, chosen],
         })
+        advised = self._advise(r, bodies, all_names, chosen, status, code, out_all[rows, chosen]) if self.advised else None
+        if advised is not None:
+            return [advised] if len(advised["t"]) else []
         # retries: one wave per attempt number (the generator's `_retries` works a wave at a time)
         waves = []
         for n_att in range(1, MAX_ATTEMPTS):
@@ -476,8 +500,68 @@ class _LiveDay:
                 nxt = g._retries({"status": status[sel], "attempt": attempt[sel], "code": code[sel], "t": t[sel],
                                   "avg_delay": r["avg_delay"][sel], "oi": oi[sel], "proc": chosen[sel]})
                 if nxt is not None:
-                    waves.append(nxt)
+                    waves.append({**nxt, "want": np.full(len(nxt["t"]), -1)})
         return waves
+
+    def _advise(self, r: dict[str, np.ndarray], bodies: list[dict], names: list[list[str]], chosen: np.ndarray,
+                status: np.ndarray, code: np.ndarray, in_outage: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Ask the service whether, when and where to retry each declined attempt of the batch; the retry
+        wave it advises (None: the service gives no retry advice). Logs every decision with the truth of
+        the best immediate retry (what the oracle would recover by retrying at once)."""
+        from smartrouter.retry.rules import load_rules
+
+        g, truth = self.g, self.truth
+        oi, t, attempt = r["oi"], r["t"], r["attempt"]
+        idx = np.flatnonzero(status == 1)
+        empty = {k: v[:0] for k, v in r.items()}
+        if not len(idx):
+            return empty
+        reqs = []
+        for i in idx:
+            b = dict(bodies[i])
+            c24, c30 = self.card_counter.counts((b["user_id"], b["card_bin"]), float(t[i]))
+            b.update(candidates=names[i], error_code=CODE_LIST[code[i]], processor=catalog.PROCESSORS[chosen[i]],
+                     card_retries_24h=c24, card_retries_30d=c30)
+            reqs.append(b)
+        answers = self.client.retry(reqs)
+        if answers is None:
+            self.advised = False
+            return None
+        # no advice (the served version has no retry model): the merchant's own retry for those declines
+        own = np.array([a["source"] == "no_model" for a in answers])
+        go = np.array([bool(a["retry"]) for a in answers])
+        delay = np.array([float(a["delay_seconds"]) if a["retry"] else np.nan for a in answers])
+        want = np.array([PI[a["processor"]] if a["retry"] else -1 for a in answers], dtype=np.int64)
+        go &= (t[idx] + np.nan_to_num(delay) < g.day_end)
+        for k in np.flatnonzero(go):
+            self.card_counter.record((reqs[k]["user_id"], reqs[k]["card_bin"]), float(t[idx[k]] + delay[k]))
+        # the truth of retrying at once on the truly best processor (either message type, as retries draw them)
+        d0 = load_rules().delays["immediate"]
+        ti = t[idx] + d0
+        enc = g._encode(oi[idx], ti, attempt[idx] + 1, code[idx], np.full(len(idx), d0), chosen[idx])
+        avail = truth.available(ti, g.brand[oi[idx]], g.currency[oi[idx]])
+        best = [np.where(avail, truth.matrix(enc, np.full(len(idx), mt), ti)[0], 0.0).max(axis=1) for mt in (0, 1)]
+        self.retry_log.append(pd.DataFrame({
+            "ORDER_ID": [bodies[i]["order_id"] for i in idx], "ATTEMPT_NUMBER": attempt[idx].astype(np.int64),
+            "ERROR_CODE": [CODE_LIST[c] for c in code[idx]], "PROCESSOR": _PROCS[chosen[idx]],
+            "IN_OUTAGE": in_outage[idx].astype(bool), "RETRY": go, "ADVISED_RETRY": [bool(a["retry"]) for a in answers],
+            "SOURCE": [a["source"] for a in answers],
+            "DELAY": [a["delay"] for a in answers], "DELAY_SECONDS": delay,
+            "ADVISED_PROCESSOR": [a["processor"] for a in answers], "RULE": [a["rule"] for a in answers],
+            "P_BEST_IMMEDIATE": 0.7 * best[0] + 0.3 * best[1],  # retries go out as MIT 30 % of the time
+        }))
+        sel = idx[go]
+        prev_n = attempt[sel] - 1
+        avg = np.where(prev_n > 0, (np.nan_to_num(r["avg_delay"][sel]) * prev_n + delay[go]) / (prev_n + 1), delay[go])
+        wave = {"oi": oi[sel], "t": t[sel] + delay[go], "attempt": attempt[sel] + 1, "prev_code": code[sel],
+                "prev_proc": chosen[sel], "delay": delay[go], "avg_delay": avg, "want": want[go]}
+        for n_att in range(1, MAX_ATTEMPTS):
+            mine = idx[own & (attempt[idx] == n_att)]
+            nxt = g._retries({"status": status[mine], "attempt": attempt[mine], "code": code[mine], "t": t[mine],
+                              "avg_delay": r["avg_delay"][mine], "oi": oi[mine], "proc": chosen[mine]}) if len(mine) else None
+            if nxt is not None:
+                wave = {k: np.concatenate([wave[k], nxt[k] if k != "want" else np.full(len(nxt["t"]), -1)]) for k in wave}
+        return wave
 
     # ------------------------------------------------------------------ the day
     def run(self) -> tuple[Any, pd.DataFrame, DaySummary]:
@@ -486,7 +570,7 @@ class _LiveDay:
         n = g.n
         first = {"oi": np.arange(n), "t": g.t0.copy(), "attempt": np.ones(n, dtype=np.int64),
                  "prev_code": np.full(n, -1), "prev_proc": np.full(n, -1),
-                 "delay": np.full(n, np.nan), "avg_delay": np.full(n, np.nan)}
+                 "delay": np.full(n, np.nan), "avg_delay": np.full(n, np.nan), "want": np.full(n, -1)}
         keys = list(first)
         pool = {k: v[:0] for k, v in first.items()}  # scheduled retries
         ptr = 0
@@ -646,13 +730,20 @@ def advance(settings: Settings | None, days: int, client: RouterClient, scenario
         if scenario is not None and _mentions_busiest(scenario):
             scenario = scenario.resolve_busiest(_busiest(s, world))
         out = []
+        from smartrouter.retry.rules import CardRetryCounter
+
+        cards = CardRetryCounter()  # across the days of this call (a new call starts the counts afresh)
         for _ in range(days):
             index = params.days + len(done)
-            live = _LiveDay(world, index, scenario, client, slice_seconds, progress)
+            live = _LiveDay(world, index, scenario, client, slice_seconds, progress, cards)
             chunk, truth, summary = live.run()
             t0 = time.perf_counter()
             warehouse.replace_day(chunk.day, chunk.attempts, chunk.routing_log, settings=s)
             summary.seconds = round(summary.seconds + time.perf_counter() - t0, 3)
+            if live.retry_log:  # before the truth file, whose presence marks the day complete
+                buf = io.BytesIO()
+                pd.concat(live.retry_log, ignore_index=True).to_parquet(buf, index=False)
+                atomic.write_bytes(retry_log_path(s, chunk.day), buf.getvalue())
             _write_truth(s, chunk.day, truth, summary, world_fp)
             done.append(chunk.day)
             _write_days_file(s, done)
