@@ -569,9 +569,38 @@ def run(table: pd.DataFrame, score: Callable[[pd.DataFrame], np.ndarray], curren
     return Result(proposal, evaluate(holdout, proposal, tm), model_version, run_dir)
 
 
+def scorer(model: Any) -> Callable[[pd.DataFrame], np.ndarray]:
+    """A serving model as ``run``'s outcome model: (n, P) approval probabilities of feature-table rows."""
+    def score(frame: pd.DataFrame) -> np.ndarray:
+        return np.asarray(model.score_matrix(model.encoder.transform(frame)), dtype=np.float64)
+
+    return score
+
+
+def truth_of(oracle: Any, settings: Any = None) -> Callable[[pd.DataFrame], np.ndarray] | None:
+    """The world oracle as ``run``'s truth (None without an oracle): it needs the full attempt rows."""
+    if oracle is None:
+        return None
+
+    def truth(frame: pd.DataFrame) -> np.ndarray:
+        return np.asarray(oracle.probability_matrix(E.with_attempt_columns(frame, settings), resolved_only=True))
+
+    return truth
+
+
+def current_rules(settings: Any = None) -> pd.DataFrame:
+    """The merchant's rule rows from the warehouse (sql/routing_rules.sql)."""
+    from smartrouter import warehouse
+
+    rows = warehouse.query_frame("routing_rules", {"merchant": catalog.MERCHANT}, settings=settings)
+    if rows.empty:
+        raise ConfigError(f"no static rules for {catalog.MERCHANT} in {catalog.RULES_VIEW}; load the rules view first")
+    return rows
+
+
 def promoted_run(settings: Any = None, config: Mapping[str, Any] | None = None, with_truth: bool = True) -> Result:
     """``run`` on the promoted model's run: its feature table, its serving model, the warehouse's rules."""
-    from smartrouter import features, warehouse
+    from smartrouter import features
     from smartrouter.config import load_settings
     from smartrouter.registry import Registry
 
@@ -588,20 +617,9 @@ def promoted_run(settings: Any = None, config: Mapping[str, Any] | None = None, 
         raise ConfigError(f"no logs: {table_path} (the feature table of {version}'s run) does not exist; "
                           "run the daily pipeline again (`smartrouter run`)")
     model = reg.load(version)
-    current = warehouse.query_frame("routing_rules", {"merchant": catalog.MERCHANT}, settings=settings)
-    if current.empty:
-        raise ConfigError(f"no static rules for {catalog.MERCHANT} in {catalog.RULES_VIEW}; load the rules view first")
-    truth = None
-    if with_truth:
-        oracle, _ = E.load_oracle(settings)
-        if oracle is not None:
-            def truth(frame: pd.DataFrame) -> np.ndarray:
-                return np.asarray(oracle.probability_matrix(E.with_attempt_columns(frame, settings), resolved_only=True))
-
-    def score(frame: pd.DataFrame) -> np.ndarray:
-        return np.asarray(model.score_matrix(model.encoder.transform(frame)), dtype=np.float64)
-
-    return run(features.read_table(table_path), score, current, config=config, truth=truth,
+    current = current_rules(settings)
+    truth = truth_of(E.load_oracle(settings)[0], settings) if with_truth else None
+    return run(features.read_table(table_path), scorer(model), current, config=config, truth=truth,
                model_version=version, run_dir=str(run_dir))
 
 
