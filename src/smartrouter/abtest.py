@@ -154,7 +154,7 @@ def attempts_frame(records: Iterable[Mapping[str, Any]], split_key: str = "order
     frame["APPROVED"] = (status == "APPROVED").astype(float).where(frame["HAS_OUTCOME"])
     frame["PROCESSOR_LATENCY_MS"] = frame["REQUEST_ID"].map(
         lambda r: _num(outcomes[r].get("latency_ms")) if r in outcomes else math.nan)
-    frame["CREATED_AT"] = pd.to_datetime(frame["CREATED_AT"])
+    frame["CREATED_AT"] = pd.to_datetime(frame["CREATED_AT"], format="ISO8601")  # isoformat() drops zero microseconds
     frame["DAY"] = frame["CREATED_AT"].dt.strftime("%Y-%m-%d")
     return frame.sort_values("CREATED_AT", kind="mergesort").reset_index(drop=True)
 
@@ -372,8 +372,11 @@ def _clean(obj: Any) -> Any:
 
 
 def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None = None, *,
-            routing_config: Any = None, source: str = "records") -> dict[str, Any]:
-    """The whole readout as a JSON-ready dict (see the module docstring). NoDataError when nothing can be read."""
+            routing_config: Any = None, source: str = "records", until: str | None = None) -> dict[str, Any]:
+    """The whole readout as a JSON-ready dict (see the module docstring). NoDataError when nothing can be read.
+
+    ``until`` (YYYY-MM-DD, exclusive): only decisions before that day (a backfilled run reads what it would have seen).
+    """
     from smartrouter.routing.config import load_routing_config
 
     cfg = cfg or load_config()
@@ -381,6 +384,8 @@ def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None 
     r, w = cfg["readout"], cfg["winner"]
     metric, alpha, tau = r["primary_metric"], r["alpha"], r["mixture_sd"]
     attempts = attempts_frame(records, exp.key)
+    if until and not attempts.empty:
+        attempts = attempts[attempts["CREATED_AT"] < pd.Timestamp(until)].reset_index(drop=True)
     if attempts.empty:
         raise NoDataError(f"the decision log at {source} holds no decisions; let the service route payments first")
     if not attempts["HAS_OUTCOME"].any():

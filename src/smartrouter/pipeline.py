@@ -46,7 +46,7 @@ from smartrouter.errors import ConfigError, PipelineError
 from smartrouter.notebook_tools import METRICS_FILE, STAGE_ENV, read_json, write_json_atomic
 
 # Run order. Each name is a notebook notebooks/<name>.ipynb and a key in profiles.toml.
-STAGES: tuple[str, ...] = ("01_extract_eda", "02_features", "03_train", "04_evaluate", "05_gate")
+STAGES: tuple[str, ...] = ("01_extract_eda", "02_features", "03_train", "04_evaluate", "05_gate", "06_readout")
 PROFILES_FILE = PACKAGE_DIR / "profiles.toml"
 BASE_PROFILE = "default"
 RUNNER_SECTION = "runner"
