@@ -25,7 +25,7 @@ RETRAIN_PROFILE ?= live
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run live test test-fast lab world serve bench bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live bench-abtest clean
+.PHONY: help setup run live test test-fast lab world serve bench bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live bench-abtest bench-retry clean
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -103,10 +103,13 @@ bench-run: setup ## the whole daily run on the default world vs the 10-minute bu
 bench-live: setup ## one simulated day of the default world through HTTP (<= 60 s), on a copy; BENCH_LIVE_FLAGS=--loop adds the whole loop (<= 45 min)
 	$(BIN)/python bench/bench_live.py $(BENCH_LIVE_FLAGS)
 
+bench-retry: setup ## retry advice (POST /v1/retry) in process on the newest run's retry model: p99 <= 1 ms
+	$(BIN)/python bench/bench_retry.py
+
 bench-abtest: setup ## simulated A/B experiments read daily: always-valid coverage >= 95 %, false winners <= 5 %, SRM flagged
 	$(BIN)/python bench/bench_abtest.py
 
-bench: bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live bench-abtest ## every benchmark
+bench: bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live bench-abtest bench-retry ## every benchmark
 
 clean: ## remove the virtualenv, local world, runs, reports and registry
 	rm -rf $(VENV) data runs/[0-9]* reports/[0-9]* reports/index.html models .pytest_cache
