@@ -142,6 +142,18 @@ def test_latency_breach_rolls_back():
     assert v.action == "rollback" and any(r.startswith("latency") for r in v.reasons), v.reasons
 
 
+def test_a_few_slow_decisions_are_not_a_latency_regression():
+    log = Log(_record())
+    log.add("v1", 2970, 0.80, seed=1, latency=1.0)
+    log.add("v1", 30, 0.80, seed=2, latency=30.0)  # the champion's p99 sits at its pauses: 30 ms
+    log.add("v2", 690, 0.80, seed=3, latency=1.0)
+    log.add("v2", 10, 0.80, seed=4, latency=45.0)  # its p99 is 45 ms > 34 ms, but 10 of 700 (1.4 %) is no evidence of > 1 %
+    v = log.verdict()
+    lat = v.checks["latency_p99"]
+    assert lat["canary_p99_ms"] > lat["limit_ms"] and lat["share_above_lower"] < 0.01
+    assert v.action != "rollback" and not any(r.startswith("latency") for r in v.reasons), v.reasons
+
+
 def test_one_eligibility_violation_rolls_back():
     log = Log(_record())
     log.add("v1", 3000, 0.80, seed=1)
@@ -167,8 +179,7 @@ def test_stage_minimums_hold_and_maximum_without_evidence_rolls_back():
     log.add("v2", 1400, 0.775, seed=2)
     v = log.verdict()
     a = v.checks["approval"]
-    if a["upper"] < -a["tolerance"] or a["lower"] > -a["tolerance"]:
-        pytest.skip("this draw decided the approval check")  # deterministic seeds: documents the path taken
+    assert a["lower"] <= -a["tolerance"] <= a["upper"]  # (fixed seeds) the interval straddles the tolerance
     assert v.action == "rollback" and "stage maximum" in v.reasons[0]
 
 

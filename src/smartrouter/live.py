@@ -248,10 +248,11 @@ def drop_decisions_since(settings: Settings, since: dt.datetime, conn: Any = Non
     return int(cur.rowcount or 0)
 
 
-def _retrain(settings: Settings, *, profile: str, as_of: dt.date, echo: Callable[[str], None], render: bool) -> Any:
+def _retrain(settings: Settings, *, profile: str, as_of: dt.date, echo: Callable[[str], None], render: bool,
+             reason: str | None = None) -> Any:
     from smartrouter.pipeline import run_pipeline
 
-    return run_pipeline(settings, profile=profile, as_of=as_of, echo=echo, render=render)
+    return run_pipeline(settings, profile=profile, as_of=as_of, echo=echo, render=render, reason=reason)
 
 
 def _promoted_version(settings: Settings) -> str | None:
@@ -741,8 +742,10 @@ class Loop:
             since = dt.datetime.combine(date, dt.time())
             dropped = self.deps.drop_decisions_since(self.settings, since)
             step["decision_rows_dropped"] = int(step.get("decision_rows_dropped", 0)) + dropped
+        # a rollout starts only between days (a daily run's promotion, or by hand): without one the engine
+        # gets the service's client itself
         pacer = RolloutPacer(self.serving, self.settings, lambda m: self.echo(f"{_label(day, self.loop)}  {m}"))
-        summaries = self.deps.advance(self.settings, 1, pacer, self.scenario)
+        summaries = self.deps.advance(self.settings, 1, pacer if pacer.start else self.serving.client, self.scenario)
         step["rollout"] = pacer.day_record()
         if len(summaries) != 1 or _date_of(summaries[0]) != date:
             got = [str(_date_of(s)) for s in summaries]
@@ -757,14 +760,18 @@ class Loop:
 
     def _retrain(self, day: dict[str, Any], step: dict[str, Any], as_of: dt.date) -> dict[str, Any]:
         profile = self.loop["retrain_profile"]
-        if not self.options.retrain and day.get("index", 1) > 0:
+        from smartrouter.drift import loop_hook  # the daily drift watch: a crossing is this run's reason (and
+        # starts it even under --no-retrain); reports in <reports>/drift/
+
+        reason = loop_hook(self.settings, as_of - dt.timedelta(days=1), lambda m: self.echo(f"{_label(day, self.loop)}  {m}"))
+        if not self.options.retrain and day.get("index", 1) > 0 and reason is None:
             return {"status": "skipped", "gate_decision": "skipped (--no-retrain)"}
         found = _finished_run(self.settings, as_of, profile, step["first_started_at"])
         if found is not None:  # it ran to the end before the loop died: not run twice
             return {**_run_fields(found), "recovered": "a finished run folder"}
         self.echo(f"{_label(day, self.loop)}  retrain: `smartrouter run --profile {profile} --as-of {as_of}` ...")
-        result = self.deps.retrain(self.settings, profile=profile, as_of=as_of,
-                                   echo=lambda m: self.echo(f"    {m}"), render=self.options.render)
+        result = self.deps.retrain(self.settings, profile=profile, as_of=as_of, echo=lambda m: self.echo(f"    {m}"),
+                                   render=self.options.render, **({"reason": reason} if reason else {}))
         return _run_fields(result.manifest)
 
     def _reload(self, day: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:

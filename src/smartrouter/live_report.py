@@ -508,6 +508,7 @@ class LiveReport:
     summaries: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     verdict: dict[str, Any] = field(default_factory=dict)
+    rollouts: pd.DataFrame = field(default_factory=pd.DataFrame)  # per day: canary stage, changes, versions' truth
 
     def to_json(self) -> dict[str, Any]:
         def records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -522,7 +523,8 @@ class LiveReport:
 
         return {"verdict": plain(self.verdict), "days": records(self.days), "blocks": records(self.blocks),
                 "versions": records(self.versions), "gates": records(self.gates), "outages": records(self.outages),
-                "ope": records(self.ope), "day_summaries": self.summaries, "registry_events": self.events}
+                "ope": records(self.ope), "day_summaries": self.summaries, "registry_events": self.events,
+                "rollouts": records(self.rollouts)}
 
 
 def verdict(days: pd.DataFrame, outages: pd.DataFrame, ope: pd.DataFrame, overall: Mapping[str, Any]) -> dict[str, Any]:
@@ -586,7 +588,45 @@ def build_report(settings: Settings | None = None, live: str | Path | None = Non
     return LiveReport(days=days, blocks=block_table(t), versions=version_spans(t), gates=gates, outages=outages,
                       ope=ope, summaries=read_day_summaries(live),
                       events=registry_events(settings, [r for r in gates["run_id"] if r]),
-                      verdict=verdict(days, outages, ope, overall))
+                      verdict=verdict(days, outages, ope, overall), rollouts=rollout_days(t, live))
+
+
+def rollout_days(truth: pd.DataFrame, live: str | Path) -> pd.DataFrame:
+    """Per day with a canary rollout: its stage as the day began and ended, the controller's changes (from
+    loop.json), and each model version's first attempts in the model arm with their TRUE approval."""
+    from smartrouter.live import read_loop_file
+
+    try:
+        loops = read_loop_file(Path(live)).get("loops", [])
+    except SmartrouterError:
+        loops = []
+    recorded: dict[str, dict[str, Any]] = {}
+    for loop in loops:
+        for d in loop.get("day_records") or []:
+            r = ((d.get("steps") or {}).get("advance") or {}).get("rollout")
+            if r and (r.get("start") or r.get("events")):
+                recorded[str(d.get("date"))] = r
+    cols = ["DAY", "stage_start", "stage_end", "changes", "versions"]
+    first = truth[(truth["ARM"] == TREATMENT) & (truth["ATTEMPT_NUMBER"] == 1) & (truth["MODEL_VERSION"] != "")]
+    rows = []
+    for day, frame in first.groupby("DAY", sort=True):
+        r = recorded.get(str(day))
+        by = frame.groupby("MODEL_VERSION")["P_CHOSEN"].agg(["size", "mean"])
+        if r is None and len(by) < 2:
+            continue
+
+        def stage(x: dict[str, Any] | None) -> str:
+            return "–" if not x else (f"{x['candidate']} {x['stage']} ({100 * float(x['share']):.0f} %) beside "
+                                      f"{x['champion']}: {x['status']}")
+
+        changes = "; ".join(f"{e['event_time']} {e['applied']} {e['stage']}"
+                            f"{' -> ' + e['to_stage'] if e['applied'] == 'advance' else ''}: {e['reason']}"
+                            for e in (r or {}).get("events") or [])
+        rows.append({"DAY": day, "stage_start": stage((r or {}).get("start")), "stage_end": stage((r or {}).get("end")),
+                     "changes": changes or "–",
+                     "versions": ", ".join(f"{v}: {int(n):,} first attempts, true approval {100 * m:.2f} %"
+                                           for v, (n, m) in by.iterrows())})
+    return pd.DataFrame(rows, columns=cols)
 
 
 # ---------------------------------------------------------------- HTML
@@ -819,6 +859,16 @@ def render_html(report: LiveReport) -> str:
         bad = report.ope[report.ope["arm"] == ALL_ARMS].drop_duplicates("block")
         parts.append(f"<p class=\"error\">{int(bad['invalid_propensities'].sum()):,} logged first attempt(s) carried no "
                      "valid propensity in (0, 1]; they were counted as deterministic choices (a service logging fault).</p>")
+    if len(report.rollouts):
+        parts.append('<h2 id="rollouts">Canary rollouts</h2><p class="muted">The rollout controller looked at the '
+                     "service's decision log between batches; each change is listed at its event time. Versions: the "
+                     "model arm's first attempts per version and the TRUE approval of their choices.</p>"
+                     "<table class=\"live\"><tr><th>day</th><th>as the day began</th><th>as it ended</th>"
+                     "<th>changes</th><th>versions served</th></tr>")
+        for rec in report.rollouts.to_dict("records"):
+            parts.append(f"<tr><td>{_e(rec['DAY'])}</td><td>{_e(rec['stage_start'])}</td><td>{_e(rec['stage_end'])}</td>"
+                         f"<td>{_e(rec['changes'])}</td><td>{_e(rec['versions'])}</td></tr>")
+        parts.append("</table>")
     if report.events:
         parts.append("<h3>Registry events of the loop's runs</h3><ul>" + "".join(
             f"<li>{_e(e.get('at'))}: {_e(e.get('action'))} {_e(e.get('version'))} (run {_e(e.get('run_id'))}): "

@@ -328,10 +328,10 @@ class Registry:
             if active is not None and active["status"] == "active":
                 raise RegistryError(f"canary {active['candidate']} is rolling out ({active['id']}); "
                                     "finish it or `smartrouter rollout abort` before starting another")
-            forced = info.get("status") == "rejected"
+            forced = info.get("status") in ("rejected", "rolled_back")
             if forced and not force:
-                why = "; ".join(info.get("reasons") or []) or "it failed the gates"
-                raise RegistryError(f"{version} was rejected ({why}); to roll it out anyway add --force --reason \"...\"")
+                why = info.get("rolled_back_reason") or "; ".join(info.get("reasons") or []) or "it failed the gates"
+                raise RegistryError(f"{version} was {info.get('status')} ({why}); to roll it out anyway add --force --reason \"...\"")
             if not reason:
                 raise RegistryError(f"starting a canary of {version} needs a reason; add --reason \"...\"")
             if info.get("status") in ("promoted", "retired") and not force:
