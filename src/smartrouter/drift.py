@@ -257,9 +257,6 @@ def check(settings: Any = None, day: str | dt.date | None = None, cfg: Mapping[s
         except ValueError:
             raise ConfigError(f"day {day!r} is not a date; use YYYY-MM-DD") from None
     start = dt.datetime.combine(day, dt.time())
-    live = features.build_training_table(settings, start, start + dt.timedelta(days=1))
-    if live.empty:
-        raise DriftError(f"no labelled attempts on {day} in the warehouse; pick a day with data (--day YYYY-MM-DD)")
     how = "given"
     if version is None:
         version, how = served_version(settings, day)
@@ -270,6 +267,9 @@ def check(settings: Any = None, day: str | dt.date | None = None, cfg: Mapping[s
         raise DriftError(f"model {version} is not in the registry at {folder}; pass --version with a registered one")
     model = load_serving_model(folder / SERVING)
     train = _training_rows(folder)
+    live = features.build_training_table(settings, start, start + dt.timedelta(days=1))
+    if live.empty:
+        raise DriftError(f"no labelled attempts on {day} in the warehouse; pick a day with data (--day YYYY-MM-DD)")
     processors = list(catalog.PROCESSORS)
     live_scores = np.asarray(model.score_matrix(model.encoder.transform(live)), dtype=np.float64)
     train_scores = np.asarray(model.score_matrix(model.encoder.transform(train)), dtype=np.float64)
@@ -341,3 +341,29 @@ def retrain(report: Mapping[str, Any], settings: Any = None, profile: str = "def
         raise DriftError(f"the drift report of {report.get('day')} crossed no retrain threshold; nothing to retrain for")
     as_of = as_of or (dt.date.fromisoformat(report["day"]) + dt.timedelta(days=1)).isoformat()
     return run_pipeline(settings, profile=profile, as_of=as_of, echo=echo, render=render, reason=retrain_reason(report))
+
+
+def loop_hook(settings: Any, day: dt.date, echo: Any = print) -> str | None:
+    """The live loop's daily drift watch: check ``day``, write the report, say what crossed.
+
+    Returns the retrain reason when a retrain threshold was crossed, else None. Never raises: a
+    check that cannot run (no model served yet, training rows gone) is one line, not a stopped loop.
+    """
+    import logging
+
+    try:
+        report = check(settings, day)
+        write_report(report, settings)
+    except SmartrouterError as exc:
+        echo(f"drift check skipped: {exc}")
+        return None
+    except Exception as exc:  # noqa: BLE001 - the watch must never stop the loop it watches
+        logging.getLogger("smartrouter.drift").exception("drift check failed")
+        echo(f"drift check failed ({type(exc).__name__}: {exc}); the loop goes on")
+        return None
+    crossed = report["crossed"]
+    echo(f"drift check of {report['day']} vs {report['model_version']}: "
+         + (f"{len(crossed)} crossed ({'; '.join(c['what'] for c in crossed[:3])}{' ...' if len(crossed) > 3 else ''})"
+            if crossed else "nothing crossed")
+         + ("; RETRAIN triggered" if report["drifted"] else ""))
+    return retrain_reason(report) if report["drifted"] else None
