@@ -13,7 +13,6 @@ seeding) but are computed on every call, as in production.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys

@@ -19,13 +19,13 @@ NON_AMEX = [p for p in catalog.PROCESSORS if p != catalog.AMEX_PROCESSOR]
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda t: t + "\n[surprise]\nx = 1\n", r"unknown table \[surprise\]"),
+    (lambda t: t + "\n[surprise]\nx = 1\n", r"unknown table or key \[surprise\]"),
     (lambda t: t.replace("attempt_cost = 0.25", "attempt_cost = 0.25\nattempt_fee = 1.0"), r"unknown key 'attempt_fee' in \[value\]"),
-    (lambda t: t.replace("max_retries_24h = 10\nmax_retries_30d = 35", "max_retries_30d = 35"), r"\[networks.MASTERCARD\] lacks max_retries_24h"),
+    (lambda t: t.replace("max_retries_24h = 10\nmax_retries_30d = 35", "max_retries_30d = 35"), r"lacks \[networks.MASTERCARD\] max_retries_24h"),
     (lambda t: t.replace('never_retry_codes = ["14", "43"]', 'never_retry_codes = ["14", "R0"]'), r"\['R0'\] are not in the catalog"),
     (lambda t: t.replace("max_retries_30d = 15\nmin_spacing_seconds = 0.0\n\n[networks.MASTERCARD]",
                          'max_retries_30d = "15"\nmin_spacing_seconds = 0.0\n\n[networks.MASTERCARD]'), r"max_retries_30d = '15' must be an integer"),
-    (lambda t: t.replace("[networks.AMEX]", "[networks.DINERS]"), r"unknown brand \[networks.DINERS\]"),
+    (lambda t: t.replace("[networks.AMEX]", "[networks.DINERS]"), r"unknown table or key \[networks.DINERS\]"),
     (lambda t: t.replace("minutes = 600.0", "minutes = 5.0"), r"immediate < minutes < hours"),
     (lambda t: t.replace('merchant_advice_never = ["03", "21"]', 'merchant_advice_never = ["3"]'), r"two-digit codes"),
 ])

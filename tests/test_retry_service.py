@@ -4,7 +4,6 @@ and the live loop following it (a day in process: every advised retry routed whe
 from __future__ import annotations
 
 import math
-import shutil
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 from litestar.testing import TestClient
 
 from routing_fakes import RULE_ROWS, body, fake_loader, write_version
-from smartrouter import catalog
 from smartrouter.cli.serve import import_app_module
 from smartrouter.config import load_settings
 from smartrouter.retry import serving as retry_serving

@@ -9,16 +9,13 @@ when it allows, at a delay bucket no shorter than its spacing: a violation canno
 from __future__ import annotations
 
 import bisect
-import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from smartrouter import catalog
 from smartrouter.config import PACKAGE_DIR
-from smartrouter.errors import ConfigError
 
 DEFAULT_PATH = PACKAGE_DIR / "retry_rules.toml"
 ENV_VAR = "SMARTROUTER_RETRY_RULES"
@@ -109,80 +106,37 @@ class RetryRules:
         return None
 
 
-def _typed(where: str, key: str, value: Any, kind: type) -> Any:
-    ok = {
-        float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value)),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        list: isinstance(value, list) and all(isinstance(v, str) for v in value),
-    }[kind]
-    if not ok:
-        want = {float: "a finite number", int: "an integer", list: "a list of strings"}[kind]
-        raise ConfigError(f"{where}: {key} = {value!r} must be {want}")
-    return float(value) if kind is float else value
-
-
-def _table(path: Path, name: str, values: Any, schema: dict[str, type]) -> dict[str, Any]:
-    if not isinstance(values, dict):
-        raise ConfigError(f"retry rules {path}: {name} must be a table [{name}], not a value")
-    unknown = [k for k in values if k not in schema]
-    if unknown:
-        raise ConfigError(f"retry rules {path}: unknown key {unknown[0]!r} in [{name}]; keys there: {', '.join(schema)}")
-    missing = [k for k in schema if k not in values]
-    if missing:
-        raise ConfigError(f"retry rules {path}: [{name}] lacks {', '.join(missing)}; see src/smartrouter/retry_rules.toml")
-    return {k: _typed(f"retry rules {path} [{name}]", k, values[k], schema[k]) for k in schema}
-
-
 def load_rules(path: str | Path | None = None) -> RetryRules:
-    """The retry rules from ``path`` ($SMARTROUTER_RETRY_RULES, else the package's retry_rules.toml)."""
+    """The retry rules from ``path`` ($SMARTROUTER_RETRY_RULES, else the package's retry_rules.toml),
+    read strictly (`smartrouter.strict_toml`); every card brand the service accepts needs its table."""
+    from smartrouter import strict_toml
+
     path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_PATH)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"retry rules {path} do not exist; restore src/smartrouter/retry_rules.toml or fix {ENV_VAR}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"retry rules {path} are not valid TOML ({exc}); fix the file") from None
-    tables = (*_SCHEMA, "networks")
-    for name in raw:
-        if name not in tables:
-            raise ConfigError(f"retry rules {path}: unknown table [{name}]; the tables are {', '.join(tables)}")
-    for name in tables:
-        if name not in raw:
-            raise ConfigError(f"retry rules {path} lack the table [{name}]; see src/smartrouter/retry_rules.toml")
-    t = {name: _table(path, name, raw[name], schema) for name, schema in _SCHEMA.items()}
-    nets_raw = raw["networks"]
-    if not isinstance(nets_raw, dict):
-        raise ConfigError(f"retry rules {path}: networks must be tables [networks.<BRAND>]")
-    for brand in nets_raw:
-        if brand not in catalog.CARD_BRANDS:
-            raise ConfigError(f"retry rules {path}: unknown brand [networks.{brand}]; brands: {', '.join(catalog.CARD_BRANDS)}")
+    schema = {**_SCHEMA, "networks": {}, **{f"networks.{b}": _NETWORK_KEYS for b in catalog.CARD_BRANDS}}
+    t = strict_toml.load(path, schema, what="retry rules", home="src/smartrouter/retry_rules.toml")
+
+    def require(cond: bool, where: str, message: str) -> None:
+        strict_toml.require(cond, path, where, message)
+
     networks = {}
     for brand in catalog.CARD_BRANDS:
-        if brand not in nets_raw:
-            raise ConfigError(f"retry rules {path} lack [networks.{brand}]: every brand the service accepts needs its rules")
-        v = _table(path, f"networks.{brand}", nets_raw[brand], _NETWORK_KEYS)
+        where = f"[networks.{brand}]"
+        v = t[f"networks.{brand}"]
         bad = [c for c in v["never_retry_codes"] if c not in catalog.ERROR_CODES]
-        if bad:
-            raise ConfigError(f"retry rules {path} [networks.{brand}]: never_retry_codes {bad} are not in the catalog "
-                              f"({', '.join(catalog.ERROR_CODES)}); add the code to smartrouter.catalog first")
+        require(not bad, where, f"never_retry_codes {bad} are not in the catalog ({', '.join(catalog.ERROR_CODES)}); "
+                                "add the code to smartrouter.catalog first")
         macs = [c for c in v["merchant_advice_never"] if not (len(c) == 2 and c.isdigit())]
-        if macs:
-            raise ConfigError(f"retry rules {path} [networks.{brand}]: merchant_advice_never {macs} must be two-digit codes, e.g. \"03\"")
-        for k in ("max_retries_24h", "max_retries_30d"):
-            if v[k] < 0:
-                raise ConfigError(f"retry rules {path} [networks.{brand}]: {k} = {v[k]} must be >= 0")
-        if v["min_spacing_seconds"] < 0:
-            raise ConfigError(f"retry rules {path} [networks.{brand}]: min_spacing_seconds must be >= 0")
+        require(not macs, where, f"merchant_advice_never {macs} must be two-digit codes, e.g. \"03\"")
+        for k in ("max_retries_24h", "max_retries_30d", "min_spacing_seconds"):
+            require(v[k] >= 0, where, f"{k} = {v[k]} must be >= 0")
         networks[brand] = NetworkRule(brand, frozenset(v["never_retry_codes"]), frozenset(v["merchant_advice_never"]),
                                       v["max_retries_24h"], v["max_retries_30d"], v["min_spacing_seconds"])
     order, delays, value = t["order"], t["delays"], t["value"]
-    if not 1 <= order["max_attempts"] <= 20:
-        raise ConfigError(f"retry rules {path} [order]: max_attempts = {order['max_attempts']} must be 1..20 (the API's attempt range)")
+    require(1 <= order["max_attempts"] <= 20, "[order]", f"max_attempts = {order['max_attempts']} must be 1..20 (the API's attempt range)")
     seq = [delays[b] for b in BUCKETS]
-    if seq[0] < 0 or any(a >= b for a, b in zip(seq, seq[1:])):
-        raise ConfigError(f"retry rules {path} [delays]: immediate < minutes < hours, all >= 0 (got {seq})")
-    if any(value[k] < 0 for k in value):
-        raise ConfigError(f"retry rules {path} [value]: costs must be >= 0")
+    require(seq[0] >= 0 and all(a < b for a, b in zip(seq, seq[1:])), "[delays]",
+            f"must be immediate < minutes < hours, all >= 0 (got {seq})")
+    require(all(value[k] >= 0 for k in value), "[value]", "costs and the retry budget must be >= 0")
     return RetryRules(str(path), order["max_attempts"], networks, dict(delays),
                       value["attempt_cost"], {b: value[f"wait_cost_{b}"] for b in BUCKETS}, value["retry_budget"])
 

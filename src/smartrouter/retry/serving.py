@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from smartrouter.errors import SmartrouterError
 from smartrouter.retry.advice import Advice, RetryAdvisor, retry_payment
@@ -71,15 +70,16 @@ class RetryService:
         eligible = router.eligible(payment, candidates, reasons)  # NoEligibleProcessor: the handler's 422
         health = router.health
         down = {p for p in {*eligible, processor} if health.is_down(p)}
-        probs, source = None, "rules"
+        probs: Callable[[str], dict[str, float]] | None = None
+        source = "rules"
         if model is not None and (router.features is None or router.features_warm(at)):
             enriched = router.enrich(payment, at)
             delays = self.rules.delays
 
-            def probs(bucket: str) -> dict[str, float]:
+            def priced(bucket: str) -> dict[str, float]:
                 return model.score(retry_payment(enriched, code, processor, attempt_number, delays[bucket]))
 
-            source = "retry_model"
+            probs, source = priced, "retry_model"
         elif model is not None:
             reasons.append("online features not ready (history still loading): rules-only advice")
         elif self.load_error:

@@ -26,7 +26,7 @@ Violations of the network rules and retries of hard declines are counted for eac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
