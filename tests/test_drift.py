@@ -147,3 +147,33 @@ def test_drift_check_on_an_empty_warehouse_is_a_clear_error(tmp_path: Path, monk
     assert main(["drift", "check"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("smartrouter drift: error:") and "\n" not in err
+
+
+def test_metrics_export_the_latest_report(tmp_path: Path):
+    from prometheus_client import generate_latest
+
+    from smartrouter.routing.service import Metrics
+
+    m = Metrics()
+    assert not m.drift.refresh(tmp_path)  # no report yet: nothing to export, no error
+
+    class S:
+        reports_dir = tmp_path
+
+    report = {"day": "2026-12-05", "drifted": True,
+              "crossed": [{"check": "calibration", "what": "x", "retrain": True},
+                          {"check": "calibration", "what": "y", "retrain": True},
+                          {"check": "health", "what": "z", "retrain": False}],
+              "inputs": [{"feature": "AMOUNT", "psi": 0.02}, {"feature": "BANK", "psi": 0.31}],
+              "scores": [{"processor": "WORLDPAY", "psi": 0.12}],
+              "calibration": [{"processor": "WORLDPAY", "slice": "all", "bias": 0.034},
+                              {"processor": "WORLDPAY", "slice": "BANK", "value": "B", "bias": 0.2}]}
+    drift.write_report(report, S)
+    assert m.drift.refresh(tmp_path)
+    text = generate_latest(m.registry).decode()
+    assert 'smartrouter_drift_crossed{check="calibration"} 2.0' in text
+    assert 'smartrouter_drift_crossed{check="psi"} 0.0' in text
+    assert "smartrouter_drift_retrain_needed 1.0" in text
+    assert "smartrouter_drift_input_psi_max 0.31" in text
+    assert 'smartrouter_drift_calibration_bias{processor="WORLDPAY"} 0.034' in text
+    assert "smartrouter_drift_checked_day_timestamp_seconds 1.7964288e+09" in text  # 2026-12-05T00:00Z

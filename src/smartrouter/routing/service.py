@@ -83,6 +83,9 @@ class Metrics:
         self.log_dropped = Gauge("smartrouter_decision_log_dropped", "Log records dropped (buffer full)", registry=r,
                                  multiprocess_mode="livesum")
         self.bad_requests = Counter("smartrouter_rejected_requests", "Requests answered 4xx", ["status"], registry=r)
+        from smartrouter.drift_metrics import DriftGauges
+
+        self.drift = DriftGauges(r)  # smartrouter_drift_*: the latest `smartrouter drift check` report
 
     def exposition(self) -> bytes:
         """The text a scrape returns: this worker's registry, or every worker's files."""
@@ -316,6 +319,7 @@ class Service:
             m.model_versions_shown.add(current)
         m.model_failed.set(1.0 if self.holder.status.failed_version else 0.0)
         m.log_dropped.set(self.decision_log.dropped)
+        m.drift.refresh(self.settings.reports_dir)
 
     # ------------------------------------------------------------------ life cycle
     def startup(self, loop: asyncio.AbstractEventLoop) -> None:
