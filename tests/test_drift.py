@@ -177,3 +177,30 @@ def test_metrics_export_the_latest_report(tmp_path: Path):
     assert "smartrouter_drift_input_psi_max 0.31" in text
     assert 'smartrouter_drift_calibration_bias{processor="WORLDPAY"} 0.034' in text
     assert "smartrouter_drift_checked_day_timestamp_seconds 1.7964288e+09" in text  # 2026-12-05T00:00Z
+
+
+def test_live_loop_retrains_on_drift_with_the_reason_even_under_no_retrain(tmp_path, monkeypatch):
+    """The loop's hook: a day whose drift check crosses gets a retrain run carrying the reason; quiet days none."""
+    import test_live_loop as T  # the live loop's fakes (engine, ship, retrain, service)
+
+    for name, sub in (("SMARTROUTER_HOME", ""), ("SMARTROUTER_RUNS_DIR", "runs"), ("SMARTROUTER_LOCAL_DIR", "wh"),
+                      ("SMARTROUTER_STATE_DIR", "state")):
+        monkeypatch.setenv(name, str(tmp_path / sub))
+    drifted = T.day(2)
+    checked: list[dt.date] = []
+
+    def hook(settings, day, echo):
+        checked.append(day)
+        return f"drift on {day}: WORLDPAY head on BANK=X" if day == drifted else None
+
+    monkeypatch.setattr(drift, "loop_hook", hook)
+
+    class World(T.FakeWorld):
+        def retrain(self, settings, *, profile, as_of, echo, render, reason=None):
+            self.events.append(("reason", as_of, reason))
+            return super().retrain(settings, profile=profile, as_of=as_of, echo=echo, render=render)
+
+    w = World(tmp_path)
+    T.go(w, days=3, retrain=False, retrain_profile="quick")
+    assert checked == [T.day(1), T.day(2), T.day(3)]  # every day is checked once, before its retrain step
+    assert [e for e in w.events if e[0] == "reason"] == [("reason", T.day(3), f"drift on {drifted}: WORLDPAY head on BANK=X")]
