@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from smartrouter import atomic, catalog
+from smartrouter import atomic, catalog, strict_toml
 from smartrouter.config import PACKAGE_DIR, Settings, load_settings
 from smartrouter.errors import ArtifactError, ConfigError, SmartrouterError
 
@@ -96,7 +96,6 @@ class RolloutConfig:
     source: str = "defaults"
 
 
-_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 # the type of every key each table accepts (StageConfig's name and share have no default: required)
 _KEYS: dict[type, dict[str, type]] = {
     StageConfig: {"name": str, "share": float, "shadow": bool, "min_payments": int, "min_minutes": float,
@@ -107,7 +106,9 @@ _KEYS: dict[type, dict[str, type]] = {
 
 
 def _table(raw: Any, cls: type, where: str, required: Iterable[str] = ()) -> dict[str, Any]:
-    """The table's values, type-checked; ConfigError naming an unknown, missing or mistyped key."""
+    """The table's values, type-checked; ConfigError naming an unknown, missing or mistyped key.
+
+    Not `strict_toml.load`: rollout.toml has an array of tables ([[stage]]) and optional keys."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table of keys, not {raw!r}")
     types = _KEYS[cls]
@@ -117,15 +118,7 @@ def _table(raw: Any, cls: type, where: str, required: Iterable[str] = ()) -> dic
     missing = [k for k in required if k not in raw]
     if missing:
         raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        kind = types[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise ConfigError(f"{where}.{key} = {value!r} must be {_TYPES[kind]}")
-        out[key] = value
-    return out
+    return {key: strict_toml._typed(f"{where}.{key}", value, types[key]) for key, value in raw.items()}
 
 
 def load_rollout_config(path: str | Path | None = None) -> RolloutConfig:
