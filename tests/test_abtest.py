@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from smartrouter import abtest
-from smartrouter.errors import ConfigError
+from config_edits import assert_edit_refused
 from smartrouter.routing.config import load_routing_config
 from smartrouter.routing.experiment import CONTROL, TREATMENT, Experiment
 
@@ -171,10 +171,4 @@ def test_readout_cli_json(tmp_path: Path, capsys):
     (("max_latency_regression = 0.10", ""), "max_latency_regression"),
 ])
 def test_bad_config_names_the_key(tmp_path: Path, edit, key):
-    text = abtest.CONFIG_PATH.read_text()
-    assert edit[0] in text
-    bad = tmp_path / "experiment.toml"
-    bad.write_text(text.replace(edit[0], edit[1], 1))
-    with pytest.raises(ConfigError) as info:
-        abtest.load_config(bad)
-    assert key in str(info.value) and str(bad) in str(info.value)
+    assert_edit_refused(abtest.load_config, abtest.CONFIG_PATH, tmp_path, edit, key)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from smartrouter import drift
-from smartrouter.errors import ConfigError
+from config_edits import assert_edit_refused
 
 CFG = drift.load_config()
 
@@ -129,13 +129,7 @@ def test_report_files_and_latest(tmp_path: Path):
     (("min_z = 4.0\nmax_ece_excess", "max_ece_excess"), "min_z"),
 ])
 def test_bad_config_names_the_key(tmp_path: Path, edit, key):
-    text = drift.CONFIG_PATH.read_text()
-    assert edit[0] in text
-    bad = tmp_path / "drift.toml"
-    bad.write_text(text.replace(edit[0], edit[1], 1))
-    with pytest.raises(ConfigError) as info:
-        drift.load_config(bad)
-    assert key in str(info.value) and str(bad) in str(info.value)
+    assert_edit_refused(drift.load_config, drift.CONFIG_PATH, tmp_path, edit, key)
 
 
 def test_drift_check_on_an_empty_warehouse_is_a_clear_error(tmp_path: Path, monkeypatch, capsys):

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from smartrouter import atomic, strict_toml
-from smartrouter.errors import ConfigError, SmartrouterError
+from smartrouter.errors import SmartrouterError
+from smartrouter.notebook_tools import plain
 from smartrouter.routing.experiment import CONTROL, TREATMENT
 from smartrouter.sequential import SequentialTest, chi_square_split, fixed_horizon, holm, sequential_looks
 
@@ -356,21 +357,6 @@ def _version_vs_control(orders: pd.DataFrame, metric: str, alpha: float, mixture
     return out
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None = None, *,
             routing_config: Any = None, source: str = "records", until: str | None = None) -> dict[str, Any]:
     """The whole readout as a JSON-ready dict (see the module docstring). NoDataError when nothing can be read.
@@ -434,7 +420,7 @@ def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None 
         "impact": impact,
     }
     result["summary"] = plain_words(result)
-    return _clean(result)
+    return plain(result)  # JSON-ready: NaN -> None, numpy -> Python
 
 
 def _impact(orders: pd.DataFrame, iv: Any, fh: Any, cfg: Mapping[str, Any]) -> dict[str, Any]:
