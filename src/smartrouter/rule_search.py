@@ -50,7 +50,7 @@ CONFIG_PATH = Path(__file__).resolve().parent / "rule_search.toml"
 # The columns the rules engine matches on: the only dimensions a row can be specific on.
 MATCH_COLUMNS: tuple[str, ...] = ("CURRENCY", "CARD_BRAND", "CARD_TYPE")
 SCHEMA: dict[str, dict[str, type]] = {
-    "search": {"max_rows": int, "row_penalty": float, "min_z": float, "search_days": int,
+    "search": {"max_rows": int, "row_penalty": float, "min_z": float, "confirm_days": int, "search_days": int,
                "min_segment_payments": int, "segments": list, "estimator": str},
     "report": {"level": float, "bootstrap": int, "seed": int},
 }
@@ -98,8 +98,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Mapping[
                           f"{', '.join(MATCH_COLUMNS)}: use some of those")
     if s["estimator"] not in E.ESTIMATORS:
         raise ConfigError(f"estimator {s['estimator']!r} is unknown; use one of {', '.join(E.ESTIMATORS)}")
-    for key in ("search_days", "min_segment_payments"):
-        if s[key] < (1 if key == "search_days" else 0):
+    for key in ("search_days", "confirm_days", "min_segment_payments"):
+        if s[key] < (0 if key == "min_segment_payments" else 1):
             raise ConfigError(f"rule search [search] {key} = {s[key]} is out of range; use a positive number")
     if s["min_z"] < 0:
         raise ConfigError(f"rule search min_z = {s['min_z']} must be >= 0 (standard errors; 2 is a sensible bar)")
@@ -330,7 +330,9 @@ def propose(search: LoggedWindow, current_rows: pd.DataFrame | Sequence[Mapping[
     processors = [p for p in catalog.PROCESSORS if search.mask[:, catalog.PROCESSOR_INDEX[p]].any()]
     next_id = max(r["RULE_ID"] for r in rows_all) + 1
 
-    min_z = float(s["min_z"])
+    # z grows with the square root of the window: a gain that reaches min_z on confirm_days of
+    # payments reaches min_z * sqrt(search days / confirm_days) on the longer search window
+    min_z = float(s["min_z"]) * math.sqrt(max(search.days / float(s["confirm_days"]), 1.0))
     table = [dict(r) for r in current]
     # the objective only sees first choices; a fallback row matters when the first processor is down
     # or refuses (failover, retries): every payment keeps a first choice and a fallback if it had them
@@ -358,8 +360,9 @@ def propose(search: LoggedWindow, current_rows: pd.DataFrame | Sequence[Mapping[
             gain, gain_j = v - best_v, v - best_v - penalty * (len(new) - len(table))
             if not over and gain_j <= 1e-12:
                 continue
-            # a re-routing must beat the noise of its own estimate, not only the penalty: with a few
-            # hundred moves tried per step, the best of them by chance alone would otherwise win
+            # a re-routing must beat the noise of its own estimate, not only the penalty (with a few
+            # hundred moves tried per step, the best of them by chance alone would otherwise win), and
+            # clearly enough that a readout of confirm_days (a shadow week, the held-out window) can confirm it
             z = 0.0
             if (ch != choice).any():
                 se = cells.lift_se(ch, choice)
