@@ -198,3 +198,63 @@ def test_live_loop_retrains_on_drift_with_the_reason_even_under_no_retrain(tmp_p
     T.go(w, days=3, retrain=False, retrain_profile="quick")
     assert checked == [T.day(1), T.day(2), T.day(3)]  # every day is checked once, before its retrain step
     assert [e for e in w.events if e[0] == "reason"] == [("reason", T.day(3), f"drift on {drifted}: WORLDPAY head on BANK=X")]
+
+
+@pytest.fixture(scope="module")
+def small_served(tmp_path_factory):
+    """A 6-day small world, a logistic model trained on days 2-4 (day 5 its test window) and registered as v1 (promoted)."""
+    import json as _json
+
+    from smartrouter import features, warehouse
+    from smartrouter.config import load_settings
+    from smartrouter.encoder import FeatureEncoder
+    from smartrouter.models.data import from_frame
+    from smartrouter.models.logistic import LogisticModel
+    from smartrouter.registry import Registry
+    from smartrouter.world import World, WorldParams
+
+    root = tmp_path_factory.mktemp("drift")
+    mp = pytest.MonkeyPatch()
+    for name, sub in (("SMARTROUTER_LOCAL_DIR", "wh"), ("SMARTROUTER_REGISTRY_DIR", "models"),
+                      ("SMARTROUTER_REPORTS_DIR", "reports"), ("SMARTROUTER_RUNS_DIR", "runs")):
+        mp.setenv(name, str(root / sub))
+    mp.setenv("SMARTROUTER_WAREHOUSE", "local")
+    settings = load_settings()
+    world = World(WorldParams.small(days=6, per_day=700))
+    warehouse.write_world(world, settings, progress=False)
+    start = world.start + dt.timedelta(days=1)
+    table = features.time_split(features.build_training_table(settings, start, start + dt.timedelta(days=4)),
+                                valid_days=1, test_days=1)
+    run = root / "runs" / "r1"
+    run.mkdir(parents=True)
+    features.write_table(table, run / "features.parquet")
+    (run / "split.json").write_text(_json.dumps(table.attrs["split"]))
+    encoder = FeatureEncoder.fit(table[table["SPLIT"] == "train"], features.FEATURES, min_count=5)
+    data = from_frame(table, encoder)
+    split = table["SPLIT"].to_numpy()
+    model = LogisticModel(min_rows=100, min_class=10).fit(data.subset(split == "train"), data.subset(split == "valid"))
+    model.export(run / "models" / "logistic", encoder.to_spec())
+    Registry(settings).register(run, "logistic", {}, {}, status="promoted", reason="drift test")
+    yield settings, world
+    mp.undo()
+
+
+def test_check_end_to_end_on_a_small_world(small_served):
+    settings, world = small_served
+    last_day = (pd.Timestamp(world.end) - pd.Timedelta(days=1)).date()  # world.end is exclusive
+    report = drift.check(settings, last_day)
+    assert report["model_version"] == "v1" and report["model_found_by"] == "registry (promoted)"
+    assert report["rows"]["live"] > 300 and report["rows"]["training"] > 300
+    from smartrouter.features import MODEL_FEATURES
+
+    assert {r["feature"] for r in report["inputs"]} == {f.name for f in MODEL_FEATURES}
+    assert {r["processor"] for r in report["scores"]} >= {"WORLDPAY", "MIT"}
+    assert any(r["slice"] == "all" for r in report["calibration"])
+    assert {r["metric"] for r in report["health"]} == {"approval", "timeout", "processor_error"}
+    assert report["drifted"] == bool(report["retrain_reasons"])
+    path = drift.write_report(report, settings)
+    assert drift.read_latest(settings)["day"] == report["day"] and path.is_file()
+    from smartrouter.errors import SmartrouterError
+
+    with pytest.raises(SmartrouterError, match="version v9 does not exist"):
+        drift.check(settings, report["day"], version="v9")
