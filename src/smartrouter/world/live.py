@@ -259,9 +259,10 @@ class _LiveDay:
 
     def __init__(self, world: World, index: int, scenario: Scenario | None, client: RouterClient,
                  slice_seconds: float, progress: Callable[[str], None] | None, card_counter: Any = None) -> None:
-        from smartrouter.retry.rules import CardRetryCounter
+        from smartrouter.retry.rules import CardRetryCounter, load_rules
 
         self.w, self.index, self.client, self.progress = world, index, client, progress
+        self.immediate = load_rules().delays["immediate"]  # the oracle-best retry's delay in the retry log
         # the merchant's count of each card's retries (user + BIN stands for the card), sent with /v1/retry
         self.card_counter = card_counter if card_counter is not None else CardRetryCounter()
         self.retry_log: list[pd.DataFrame] = []
@@ -508,8 +509,6 @@ class _LiveDay:
         """Ask the service whether, when and where to retry each declined attempt of the batch; the retry
         wave it advises (None: the service gives no retry advice). Logs every decision with the truth of
         the best immediate retry (what the oracle would recover by retrying at once)."""
-        from smartrouter.retry.rules import load_rules
-
         g, truth = self.g, self.truth
         oi, t, attempt = r["oi"], r["t"], r["attempt"]
         idx = np.flatnonzero(status == 1)
@@ -536,7 +535,7 @@ class _LiveDay:
         for k in np.flatnonzero(go):
             self.card_counter.record((reqs[k]["user_id"], reqs[k]["card_bin"]), float(t[idx[k]] + delay[k]))
         # the truth of retrying at once on the truly best processor (either message type, as retries draw them)
-        d0 = load_rules().delays["immediate"]
+        d0 = self.immediate
         ti = t[idx] + d0
         enc = g._encode(oi[idx], ti, attempt[idx] + 1, code[idx], np.full(len(idx), d0), chosen[idx])
         avail = truth.available(ti, g.brand[oi[idx]], g.currency[oi[idx]])
