@@ -402,3 +402,46 @@ def test_cli_bad_inputs_exit_2(env, run_dir, capsys):
     assert cli_main(["rollout", "advance"]) == 2
     assert "already ended (aborted" in capsys.readouterr().err
     assert reg.pointer()["version"] == "v1" and reg.show(bad)["version"]["status"] == "candidate"
+
+
+# ---------------------------------------------------------------- the live loop: the controller between batches
+def test_live_loop_runs_the_controller_every_check_period_of_event_time(tmp_path, monkeypatch):
+    from smartrouter.live import ReloadAnswer, RolloutPacer
+
+    settings = load_settings({"SMARTROUTER_HOME": str(tmp_path), "SMARTROUTER_REGISTRY_DIR": str(tmp_path / "models")})
+    record = R.new_record("v2", "v1", CFG, "test", False)
+    R.write_rollout(settings.registry_dir, record)
+
+    class Client:
+        def route(self, bodies):
+            return [{"chosen": "WORLDPAY"} for _ in bodies]
+
+        def report(self, outcomes):
+            return None
+
+    class Serving:
+        client, decisions_dir = Client(), tmp_path / "decisions"
+        reloads = settles = 0
+
+        def settle(self):
+            Serving.settles += 1
+
+        def reload(self):
+            Serving.reloads += 1
+            return ReloadAnswer(200, "v1")
+
+    looks: list[float] = []
+    monkeypatch.setattr(R.Controller, "step", lambda self, apply=True: looks.append(1) or R.StepResult(
+        "advance", R.read_rollout(settings.registry_dir), None, "fake"))
+    lines: list[str] = []
+    pacer = RolloutPacer(Serving(), settings, lines.append)
+    assert CFG.check_minutes == 120
+    for minute in range(0, 10 * 60, 15):  # batches every 15 event minutes from 00:00 to 09:45
+        assert len(pacer.route([{"created_at": f"2026-12-03T{minute // 60:02d}:{minute % 60:02d}:00"}])) == 1
+    assert len(looks) == 4 and Serving.reloads == 4 and Serving.settles == 4  # at 02:00, 04:00, 06:00, 08:00
+    assert [e["event_time"] for e in pacer.day_record()["events"]] == ["02:00", "04:00", "06:00", "08:00"]
+    assert "advanced to" in lines[0]
+    record["status"] = "rolled_back"  # once it ended, a look costs one file read and nothing else
+    R.write_rollout(settings.registry_dir, record)
+    pacer.route([{"created_at": "2026-12-03T10:00:00"}])
+    assert len(looks) == 4
