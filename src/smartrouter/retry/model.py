@@ -18,7 +18,6 @@ from typing import Any
 import pandas as pd
 
 from smartrouter import atomic
-from smartrouter.errors import DataCheckError
 from smartrouter.models.data import from_frame
 from smartrouter.models.train import _jsonable, logged_summary, train_family
 
@@ -43,13 +42,14 @@ def train_retry_model(table: pd.DataFrame, encoder: Any, models_dir: str | Path,
     keeps its retries within the rules' retry budget) is written beside it as ``policy.json``, which
     the service and the evaluation read with the model.
 
-    DataCheckError when a split has too few retry rows to fit and calibrate it."""
+    ``{"skipped": why}`` when a split has too few retry rows to fit and calibrate it: the run ships no
+    retry model and the service gives rules-only retry advice (a thin window must not block routing)."""
     rows = retry_rows(table)
     counts = rows["SPLIT"].value_counts().to_dict()
     short = {s: int(counts.get(s, 0)) for s, n in MIN_ROWS.items() if counts.get(s, 0) < n}
     if short:
-        raise DataCheckError(f"too few retry rows to train the retry model: {short} (need {MIN_ROWS}); "
-                             "widen the window (lookback_days) or skip the retry model (train_retry=False)")
+        return {"skipped": f"too few retry rows to train the retry model: {short} (need {MIN_ROWS}); "
+                           "widen the window (run.lookback_days) for one"}
     data = from_frame(rows, encoder)
     train, valid, test = data.part("train"), data.part("valid"), data.part("test")
     models_dir = Path(models_dir)
