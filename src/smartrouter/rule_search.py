@@ -720,7 +720,9 @@ def diff_lines(proposal: Mapping[str, Any]) -> list[str]:
         out.append("Rows:")
     for r in rows:
         text = f"  {r['status']:<8} {r['row']}"
-        if r["status"] != "dropped":
+        if r["status"] != "dropped" and not r["decides_per_week"]:
+            text += ": a fallback only (no payment's first choice comes from it)"
+        elif r["status"] != "dropped":
             text += f": decides {r['decides_per_week']:,.0f}/week, re-routes {r['rerouted_per_week']:,.0f}/week"
             if r.get("lift") is not None and not (isinstance(r.get("lift"), float) and math.isnan(r["lift"])):
                 text += f", {_pp(r['lift'])} [{_pp(r['ci_low'])}, {_pp(r['ci_high'])}] on those"
