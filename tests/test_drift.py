@@ -122,7 +122,7 @@ def test_report_files_and_latest(tmp_path: Path):
 
 @pytest.mark.parametrize("edit, key", [
     (("\n[health]\n", "\n[health]\nwindow = 3\n"), "window"),
-    (("threshold = 0.25\nmin_category_share", "threshold = -1\nmin_category_share"), "[psi] threshold"),
+    (("threshold = 0.25\nreference_days", "threshold = -1\nreference_days"), "[psi] threshold"),
     (('report_only_groups = ["health"]', 'report_only_groups = ["weather"]'), "report_only_groups"),
     (('slices = ["BANK", "CARD_BRAND", "CURRENCY", "CARD_TYPE"]', 'slices = ["ISSUER"]'), "[calibration] slices"),
     (("retrain = false", 'retrain = "no"'), "retrain"),
