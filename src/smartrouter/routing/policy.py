@@ -120,7 +120,7 @@ class Scoring(NamedTuple):
     enriched: dict  # the payment with derived columns and online features, as scored
     fallback_reason: str | None  # why there are no scores: features_not_ready | model_error
     model_order: list[str] | None  # the eligible processors by score, uncertain ones last
-    score_ms: float = 0.0  # time the model took to score (a shadow canary's latency is estimated from it)
+    score_ms: float = 0.0  # time the model took to score (a shadow canary's latency is the decision's without it)
 
 
 class Route(NamedTuple):
@@ -161,7 +161,7 @@ class Decision:
     rollout_id: str | None = None  # the canary rollout this treatment decision belongs to
     rollout_stage: str | None = None
     canary_choice: str | None = None  # shadow stage: what the canary would have chosen
-    canary_latency_ms: float | None = None  # shadow stage: the decision's latency had the canary scored it
+    canary_latency_ms: float | None = None  # shadow stage: the decision's latency without the champion's scoring
 
     def record(self, payment: dict) -> dict[str, Any]:
         """The decision-log record (what the next training run reads)."""
@@ -357,25 +357,23 @@ class Router:
         d = self._decision(payment, request_id, t0, at, arm, eligible, order, route, segment, scoring, explain, reasons)
         d.rollout_id, d.rollout_stage = canary.rollout_id, canary.stage
         if shadow is not None:
-            d.canary_choice = shadow[0]
-            d.canary_latency_ms = d.latency_ms - scoring.score_ms + shadow[1]
+            # the decision's latency includes both scorings: without the champion's it is the canary's alone
+            d.canary_choice, d.canary_latency_ms = shadow, d.latency_ms - scoring.score_ms
         elif on_canary:
             reasons.append(f"canary {canary.loaded.version} ({canary.stage}, {canary.share:.0%} of the model arm)")
         return d
 
-    def _shadow_canary(self, canary: Any, eligible: list[str], scoring: Scoring) -> tuple[str, float] | None:
-        """(the canary's choice, its scoring ms) for a shadow-stage payment; None when it cannot score it."""
+    def _shadow_canary(self, canary: Any, eligible: list[str], scoring: Scoring) -> str | None:
+        """The canary's choice for a shadow-stage payment; None when it cannot score it."""
         if scoring.scores is None:  # features not ready or the champion failed: nothing to compare with
             return None
-        t1 = time.perf_counter()
         try:
             scores = canary.loaded.model.score(scoring.enriched)
         except Exception:  # noqa: BLE001 - the champion routes; a failing canary shows as no shadow choice
             log.exception("canary %s failed to score in shadow", canary.loaded.version)
             return None
         order = self._model_order(canary.loaded, eligible, scores)
-        ms = (time.perf_counter() - t1) * 1000.0
-        return next((p for p in order if not self.health.is_down(p)), order[0]), ms
+        return next((p for p in order if not self.health.is_down(p)), order[0])
 
     # 1-2. eligibility: hard rules, disabled processors, candidates, BIN overrides
     def _eligible(self, payment: dict, candidates: Iterable[str] | None, reasons: list[str],
