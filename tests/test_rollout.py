@@ -445,3 +445,21 @@ def test_live_loop_runs_the_controller_every_check_period_of_event_time(tmp_path
     R.write_rollout(settings.registry_dir, record)
     pacer.route([{"created_at": "2026-12-03T10:00:00"}])
     assert len(looks) == 4
+
+
+def test_readyz_names_the_canary_a_worker_serves(tmp_path):
+    from litestar.testing import TestClient
+
+    from smartrouter.cli.serve import import_app_module
+
+    models = tmp_path / "models"
+    write_version(models, "v1")
+    write_version(models, "v2", promote=False)
+    R.write_rollout(models, R.new_record("v2", "v1", CFG, "test", False) | {"stage_index": 1})
+    env = {"SMARTROUTER_HOME": str(tmp_path), "SMARTROUTER_REGISTRY_DIR": str(models)}
+    app = import_app_module().create_app(load_settings(env), routing_config=load_routing_config(overrides=QUIET),
+                                         model_loader=fake_loader, rules=list(RULE_ROWS), rules_from_warehouse=False,
+                                         poll=False, seed_features=False, share_outcomes=False, seed=5)
+    with TestClient(app) as c:
+        body = c.get("/readyz").json()
+    assert body["model_version"] == "v1" and body["canary"].startswith("v2 canary-10") and body["canary_error"] is None
