@@ -78,8 +78,10 @@ def test_simulation_with_the_truth_and_the_gate(run):
     assert ev["simulation"]["summary"] == out["simulation"]["summary"]
     cfg = gates.load_config()
     res = gates.retry_gate(shipped, cfg)
+    share = s["current"]["retries"] / s["current"]["declined_first"]
+    slack = gates.load_config()["retry"]["attempts_z"] * np.sqrt(share * (1 - share) / s["current"]["declined_first"]) * s["current"]["declined_first"] / s["current"]["orders"]
     expected = (s["advice"]["conversion"] >= s["current"]["conversion"]
-                and s["advice"]["attempts_per_order"] <= s["current"]["attempts_per_order"])
+                and s["advice"]["attempts_per_order"] <= s["current"]["attempts_per_order"] + slack)
     assert res.passed == expected and "simulation" in res.details
     ev["simulation"]["summary"] = [dict(r, rule_violations=1) if r["policy"] == "advice" else r for r in ev["simulation"]["summary"]]
     (shipped / RM.RETRY_DIR / RS.MODEL_EVALUATION_FILE).write_text(json.dumps(ev))

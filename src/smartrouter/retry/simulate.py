@@ -248,13 +248,15 @@ def off_policy(frame: pd.DataFrame, retry_model: Any, oracle: Any = None, raw: p
     """Off-policy estimates (IPS, SNIPS, DM, DR with `evaluation.estimate_policies`) of where the advice
     sends a retry, on the logged retries of the randomized experiment arm (their logged propensities;
     the logged delay kept: the logs never randomized delays): the retry model's best processor vs the
-    logged choice. With the oracle (world only) the table holds the truth beside each estimate."""
-    from smartrouter.evaluation import estimate_policies, logged_data
+    logged choice. With the oracle (world only) the table holds the truth beside each estimate.
+    Retries the service decided (live days) are left out: the advice named their processor, so they
+    say nothing about the others. Empty when no randomized retry is left."""
+    from smartrouter.evaluation import estimate_policies, logged_data, served_rows
     from smartrouter.policies import greedy_policy, one_hot, processor_index
 
     n_att = pd.to_numeric(frame["NUM_ATTEMPTS_ORDER"], errors="coerce").fillna(1)
-    rows = frame[n_att > 1].reset_index(drop=True)
-    if rows.empty:
+    rows = frame[(n_att > 1).to_numpy() & ~served_rows(frame)].reset_index(drop=True)
+    if rows.empty or "EXPERIMENT_ARM" not in rows or not rows["EXPERIMENT_ARM"].astype(str).str.upper().eq("EXPERIMENT").any():
         return pd.DataFrame()
     mask = candidate_mask(rows)
     q = np.asarray(retry_model.score_matrix(retry_model.encoder.transform(rows)), dtype=float)
