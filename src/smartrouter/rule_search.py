@@ -369,6 +369,8 @@ def propose(search: LoggedWindow, current_rows: pd.DataFrame | Sequence[Mapping[
                 z = gain / se if se > 0 else math.inf
                 if gain > 0 and z < min_z and not over:
                     continue
+                if gain < 0 and not over:  # a shorter table never re-routes payments to an estimated loss
+                    continue
             if best is None or gain_j > best[0]:
                 best = (gain_j, name, new, ch, v, z)
         if best is None:
