@@ -102,6 +102,9 @@ def test_expected_values_pick_now_later_or_stop():
     assert not stop.retry and stop.ev["stop"] == 0.0 and "stop" in stop.reasons[-1]
     priced_up = RetryAdvisor(RULES, extra_cost=0.5).advise(v, "51", "MIT", NON_AMEX, _probs(0.60, 0.60))
     assert not priced_up.retry  # the budget's operating point stops a retry the bare cost allows
+    dark = RetryAdvisor(RULES, extra_cost=0.5).advise(RULES.verdict("VISA", "TIMEOUT", 1, 0, 0), "TIMEOUT", "MIT",
+                                                      NON_AMEX, _probs(0.60, 0.60))
+    assert dark.retry and dark.delay == "immediate"  # failover is not priced like a reattempt
 
 
 def test_random_sequences_never_break_a_rule():

@@ -81,9 +81,11 @@ def _live(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1, default=str))
         return 0
     share = out["share_of_oracle"]
-    print(f"live days {', '.join(out['days'])}: {out['orders_hit']:,} orders whose first attempt hit an outage "
-          f"({', '.join(f'{k} {v}' for k, v in out['by_processor'].items())}); "
-          f"{out['retried_immediately_elsewhere']:,} retried immediately elsewhere")
+    stuck = out["cannot_leave"]
+    print(f"live days {', '.join(out['days'])}: {out['orders_hit']:,} orders whose first attempt hit an outage and whose card "
+          f"may go elsewhere ({', '.join(f'{k} {v}' for k, v in out['by_processor'].items())}); "
+          f"{out['retried_immediately_elsewhere']:,} retried immediately elsewhere; {stuck['orders']:,} more could not leave "
+          f"({', '.join(f'{k} {v}' for k, v in stuck['by_processor'].items()) or 'none'}; {stuck['retried']} retried)")
     print(f"recovered {100 * out['recovered_expected']:.1f} % (truth; realized {100 * out['recovered_realized']:.1f} %) vs "
           f"the oracle-best immediate retry {100 * out['oracle_best_immediate']:.1f} %: "
           f"{100 * share:.0f} % of the oracle-best (bar 80 %)" if share is not None else "no outage orders")

@@ -106,8 +106,9 @@ class RetryAdvisor:
     """Decides retries under ``rules`` (see the module docstring)."""
 
     rules: RetryRules
-    # the retry model's operating point: the price of an attempt above the rules' attempt_cost that
-    # keeps its retries within the merchant's retry budget (calibrated in training, policy.json)
+    # the retry model's operating point: the price of an issuer-decline retry above the rules' attempt_cost
+    # that keeps the retries within the merchant's retry budget (calibrated in training, policy.json);
+    # darktime retries pay the rules' attempt_cost only
     extra_cost: float = 0.0
 
     @property
@@ -164,7 +165,8 @@ class RetryAdvisor:
             return Advice(False, None, None, None, ranked, {"now": None, "later": None, "stop": stop_ev}, verdict.rule,
                           reasons + ["no retry model to price a retry of an issuer decline: no advice (source no_model)"],
                           "no_model")
-        cost, wait = self.attempt_cost, self.rules.wait_cost
+        # darktime is failover, not a reattempt the issuer sees: the budget's price does not apply to it
+        cost, wait = (self.rules.attempt_cost if dark else self.attempt_cost), self.rules.wait_cost
         best: dict[str, tuple[float, str, list[tuple[str, float]]]] = {}
         for b in buckets:
             scores = probs(b)

@@ -33,7 +33,7 @@ import pandas as pd
 
 from smartrouter import catalog
 from smartrouter.policies import candidate_mask
-from smartrouter.retry.advice import RetryAdvisor, retry_frame
+from smartrouter.retry.advice import RetryAdvisor, is_processor_error, retry_frame
 from smartrouter.retry.rules import BUCKETS, CardRetryCounter, RetryRules
 
 POLICIES = ("current", "advice", "oracle", "oracle_unbudgeted")
@@ -163,17 +163,21 @@ def _best_value(adv: Any) -> float | None:
 
 
 def calibrate(frame: pd.DataFrame, raw: pd.DataFrame, retry_model: Any, rules: RetryRules) -> dict[str, Any]:
-    """The retry model's operating point on a (validation) window: the extra price of an attempt that
-    keeps the advice's retries within ``rules.retry_budget`` x the merchant's logged retries there."""
+    """The retry model's operating point on a (validation) window: the extra price of an issuer-decline
+    retry that keeps the advice's retries (darktime ones, which do not pay it, included) within
+    ``rules.retry_budget`` x the merchant's logged retries there."""
     d = declined_first_attempts(frame, raw, retry_model, rules)
     base = _run_policy(d, RetryAdvisor(rules), d.model_p, darktime=True)
-    values = np.sort(np.array([_best_value(a) for a, _, _ in base if a.retry], dtype=float))[::-1]
+    dark = np.array([is_processor_error(c) for c in d.codes], dtype=bool)
+    retried = np.array([a.retry for a, _, _ in base], dtype=bool)
+    values = np.sort(np.array([_best_value(a) for (a, _, _), x in zip(base, dark) if a.retry and not x], dtype=float))[::-1]
     logged = int(d.cur_retry.sum())
     target = int(np.floor(rules.retry_budget * logged))
-    extra = float(values[target]) if len(values) > target else 0.0
+    issuer_target = max(target - int((retried & dark).sum()), 0)
+    extra = float(values[issuer_target]) if len(values) > issuer_target else 0.0
     return {"extra_cost": max(extra, 0.0), "declined_first": len(d), "logged_retries": logged,
-            "retry_budget": rules.retry_budget, "target_retries": target, "unbudgeted_retries": int(len(values)),
-            "rules": rules.path}
+            "retry_budget": rules.retry_budget, "target_retries": target, "darktime_retries": int((retried & dark).sum()),
+            "unbudgeted_retries": int(retried.sum()), "rules": rules.path}
 
 
 def simulate(test: pd.DataFrame, raw: pd.DataFrame, retry_model: Any, oracle: Any, rules: RetryRules,
@@ -318,7 +322,8 @@ def live_recovery(settings: Any = None) -> dict[str, Any]:
     """On the live loop's days: the orders whose first attempt hit an outage (a processor error on a
     processor in an incident), how much an immediate retry elsewhere recovered (the truth's P(approved)
     of the retry made: expected, so no coin-flip noise) against the oracle-best immediate retry
-    (`world.live` logs its truth for every declined attempt), and the realized approvals."""
+    (`world.live` logs its truth for every declined attempt), and the realized approvals. Judged on
+    the orders whose card may go elsewhere (an Amex card may only go to AMEX; those are counted apart)."""
     from smartrouter.errors import ConfigError
     from smartrouter.world.live import RETRY_DIR as LIVE_RETRY_DIR, TRUTH_DIR, live_dir
 
@@ -333,7 +338,11 @@ def live_recovery(settings: Any = None) -> dict[str, Any]:
     perr = [c for c, e in catalog.ERROR_CODES.items() if e.category == catalog.PROCESSOR_ERROR_CATEGORY]
     hit = dec[(dec["ATTEMPT_NUMBER"] == 1) & dec["IN_OUTAGE"] & dec["ERROR_CODE"].isin(perr)].drop_duplicates("ORDER_ID")
     second = truth[truth["ATTEMPT_NUMBER"] == 2].drop_duplicates("ORDER_ID").set_index("ORDER_ID")
-    h = hit.set_index("ORDER_ID")
+    card = truth[truth["ATTEMPT_NUMBER"] == 1].drop_duplicates("ORDER_ID").set_index("ORDER_ID")
+    seg = card.loc[hit["ORDER_ID"], ["CARD_BRAND", "CURRENCY"]]
+    can_leave = np.array([len(catalog.eligible_processors(b, c)) > 1 for b, c in zip(seg["CARD_BRAND"], seg["CURRENCY"])], dtype=bool)
+    stuck = hit[~can_leave]
+    h = hit[can_leave].set_index("ORDER_ID")
     made = h.index.isin(second.index) & h["RETRY"].to_numpy()
     elsewhere = made & (h["DELAY"].to_numpy() == "immediate") & (h["ADVISED_PROCESSOR"].to_numpy() != h["PROCESSOR"].to_numpy())
     p_retry = np.zeros(len(h))
@@ -348,4 +357,6 @@ def live_recovery(settings: Any = None) -> dict[str, Any]:
         "recovered_expected": rate, "recovered_realized": float(approved.mean()) if len(h) else float("nan"),
         "oracle_best_immediate": best, "share_of_oracle": rate / best if best > 0 else None,
         "by_processor": h["PROCESSOR"].value_counts().to_dict(),
+        "cannot_leave": {"orders": int(len(stuck)), "by_processor": stuck["PROCESSOR"].value_counts().to_dict(),
+                         "retried": int(stuck["RETRY"].sum())},
     }
