@@ -84,26 +84,31 @@ def main(argv: list[str] | None = None) -> int:
             svc.router.features_ready = True  # empty online history, computed on every call
             raws = [msgspec.json.encode(b) for b in _bodies(args.calls + 200, 0)]
 
-            async def one(raw: bytes) -> tuple[float, dict]:
-                t0 = time.perf_counter()
+            async def one(raw: bytes) -> tuple[float, float, dict]:
+                t0, c0 = time.perf_counter(), time.thread_time()
                 resp = await app.retry.fn(data=app.decode_body(raw, app.RetryRequest), svc=svc)
-                return (time.perf_counter() - t0) * 1000.0, resp
+                return (time.perf_counter() - t0) * 1000.0, (time.thread_time() - c0) * 1000.0, resp
 
             loop = client._loop
             for raw in raws[:200]:  # warm-up: the retry model loads on the first advice
                 loop.run_until_complete(one(raw))
-            ms, sources = [], {}
+            ms, cpu, sources = [], [], {}
             for raw in raws[200:]:
-                t, resp = loop.run_until_complete(one(raw))
+                t, c, resp = loop.run_until_complete(one(raw))
                 ms.append(t)
+                cpu.append(c)
                 sources[resp.source] = sources.get(resp.source, 0) + 1
         finally:
             client.close()
     ms = np.array(ms)
     p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
-    print(f"retry advice in process: {len(ms):,} calls, p50 {p50:.3f} ms, p99 {p99:.3f} ms, sources {sources}")
+    # CPU time of the calling thread beside the wall clock: on a shared machine a wall-clock tail far above
+    # the CPU tail is the scheduler's (another process held the core), not the advice's
+    cpu99 = float(np.percentile(cpu, 99))
+    print(f"retry advice in process: {len(ms):,} calls, p50 {p50:.3f} ms, p99 {p99:.3f} ms (CPU p99 {cpu99:.3f} ms), "
+          f"sources {sources}")
     if args.json:
-        atomic.write_json(args.json, {"calls": len(ms), "p50_ms": p50, "p99_ms": p99, "sources": sources, "serving": str(serving)})
+        atomic.write_json(args.json, {"calls": len(ms), "p50_ms": p50, "p99_ms": p99, "cpu_p99_ms": cpu99, "sources": sources, "serving": str(serving)})
     targets = Targets("bench_retry")
     targets.check("advice priced by the retry model", sources.get("retry_model", 0) > 0, f"sources {sources}")
     targets.at_most("retry advice p99 in process", p99, 1.0, "ms")
