@@ -278,6 +278,14 @@ def test_whole_chain_on_small_world(settings, monkeypatch: pytest.MonkeyPatch) -
     assert scraps["checks_passed"].data is True
     assert scraps["data_fingerprint"].data["hash"] == fp["hash"]
     assert m["metrics"]["01_extract_eda"]["approval_rate"] == scraps["approval_rate"].data
+    # the evaluate stage's optimized static rules: within the row limit, rows the rules engine loads
+    from smartrouter.rules import RulesEngine
+
+    s04 = sb.read_notebook(str(result.run_dir / "04_evaluate.ipynb")).scraps
+    proposal = json.loads((result.run_dir / "rule_proposal.json").read_text())
+    assert 1 <= s04["rules_proposed_rows"].data == len(proposal["proposed_rows"]) <= 25
+    assert len(RulesEngine(proposal["proposed_rows"])) == s04["rules_proposed_rows"].data
+    assert s04["rules_lift"].data == proposal["held_out"]["headline"]["lift"] and "rules_true_lift" in s04
     # reports and lineage
     for stage in pipeline.STAGES:
         assert (settings.reports_dir / m["run_id"] / f"{stage}.html").stat().st_size > 1000
