@@ -92,7 +92,7 @@ def install_handler(args: argparse.Namespace) -> int:
     settings = _settings()
     path = RS.install(RS.load_proposal(settings), settings.registry_dir)
     print(f"installed the proposed table -> {path}; the service's fallback uses it with routing.toml "
-          "[policy] fallback_rules = \"optimized\" (POST /admin/reload or restart to pick it up)")
+          "[policy] fallback_rules = \"optimized\" (read when the service starts: restart it to pick this table up)")
     return 0
 
 
