@@ -258,3 +258,30 @@ def test_check_end_to_end_on_a_small_world(small_served):
 
     with pytest.raises(SmartrouterError, match="version v9 does not exist"):
         drift.check(settings, report["day"], version="v9")
+
+
+def test_loop_hook_says_what_crossed_and_never_raises(tmp_path, monkeypatch):
+    class S:
+        reports_dir = tmp_path
+
+    base = {"day": "2026-12-05", "model_version": "v1", "drifted": True,
+            "crossed": [{"check": "psi", "what": "input X PSI 0.4 >= 0.25", "retrain": False},
+                        {"check": "calibration", "what": "WORLDPAY head on BANK=B: bias +9.0 pp", "retrain": True}],
+            "retrain_reasons": ["WORLDPAY head on BANK=B: bias +9.0 pp"]}
+    lines: list[str] = []
+    monkeypatch.setattr(drift, "check", lambda settings, day: dict(base))
+    assert drift.loop_hook(S, dt.date(2026, 12, 5), lines.append) == drift.retrain_reason(base)
+    assert "RETRAIN triggered by 1: WORLDPAY head on BANK=B" in lines[-1] and "report-only crossings: psi 1" in lines[-1]
+    assert drift.read_latest(S)["day"] == "2026-12-05"
+    quiet = {**base, "drifted": False, "crossed": base["crossed"][:1], "retrain_reasons": []}
+    monkeypatch.setattr(drift, "check", lambda settings, day: dict(quiet))
+    assert drift.loop_hook(S, dt.date(2026, 12, 6), lines.append) is None
+    assert "no retrain threshold crossed" in lines[-1]
+
+    def broken(settings, day):
+        raise drift.DriftError("no model served")
+
+    monkeypatch.setattr(drift, "check", broken)
+    assert drift.loop_hook(S, dt.date(2026, 12, 7), lines.append) is None and "skipped: no model served" in lines[-1]
+    monkeypatch.setattr(drift, "check", lambda settings, day: 1 / 0)
+    assert drift.loop_hook(S, dt.date(2026, 12, 7), lines.append) is None and "ZeroDivisionError" in lines[-1]

@@ -378,9 +378,14 @@ def loop_hook(settings: Any, day: dt.date, echo: Any = print) -> str | None:
         logging.getLogger("smartrouter.drift").exception("drift check failed")
         echo(f"drift check failed ({type(exc).__name__}: {exc}); the loop goes on")
         return None
-    crossed = report["crossed"]
+    only = {}
+    for c in report["crossed"]:
+        if not c["retrain"]:
+            only[c["check"]] = only.get(c["check"], 0) + 1
+    noted = (f" ({sum(only.values())} report-only crossings: " + ", ".join(f"{k} {n}" for k, n in only.items()) + ")"
+             if only else "")
+    reasons = report["retrain_reasons"]
     echo(f"drift check of {report['day']} vs {report['model_version']}: "
-         + (f"{len(crossed)} crossed ({'; '.join(c['what'] for c in crossed[:3])}{' ...' if len(crossed) > 3 else ''})"
-            if crossed else "nothing crossed")
-         + ("; RETRAIN triggered" if report["drifted"] else ""))
+         + (f"RETRAIN triggered by {len(reasons)}: {'; '.join(reasons[:3])}{' ...' if len(reasons) > 3 else ''}"
+            if reasons else "no retrain threshold crossed") + noted)
     return retrain_reason(report) if report["drifted"] else None
