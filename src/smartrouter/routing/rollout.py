@@ -344,17 +344,13 @@ def read_log(directory: Path, rollout_id: str, since_wall: float = 0.0) -> tuple
 
 
 def tally_stage(record: dict[str, Any], decisions: list[dict], outcomes: dict[str, dict]) -> dict[str, Any]:
-    """Per version, this stage's tallies (and the champion's latencies of the earlier stages)."""
+    """Per version (canary, champion), this stage's tallies."""
     stage = current_stage(record)
     name, shadow = stage["name"], bool(stage["shadow"])
     cand, champ = record["candidate"], record["champion"]
-    canary, champion, champion_before = Tally(), Tally(), Tally()
+    canary, champion = Tally(), Tally()
     for d in decisions:
-        if d.get("arm") != "treatment":
-            continue
-        if d.get("rollout_stage") != name:
-            if d.get("model_version") == champ and d.get("latency_ms") is not None:
-                champion_before.latencies.append(float(d["latency_ms"]))
+        if d.get("arm") != "treatment" or d.get("rollout_stage") != name:
             continue
         at = d.get("at")
         if shadow:
@@ -368,7 +364,7 @@ def tally_stage(record: dict[str, Any], decisions: list[dict], outcomes: dict[st
             _count(canary, d, outcomes, d.get("chosen"), d.get("latency_ms"), at)
         elif version == champ:
             _count(champion, d, outcomes, d.get("chosen"), d.get("latency_ms"), at)
-    return {"canary": canary, "champion": champion, "champion_before": champion_before}
+    return {"canary": canary, "champion": champion}
 
 
 def _count(t: Tally, d: dict, outcomes: dict[str, dict] | None, choice: str | None, latency: Any, at: Any) -> None:
@@ -415,7 +411,7 @@ def evaluate(record: dict[str, Any], tallies: dict[str, Any]) -> Verdict:
     stage = current_stage(record)
     g = Guardrails(**record["guardrails"])
     level = float(record["confidence"])
-    c, ch, before = tallies["canary"], tallies["champion"], tallies["champion_before"]
+    c, ch = tallies["canary"], tallies["champion"]
     breaches: list[str] = []
     pending: list[str] = []
     checks: dict[str, Any] = {}
@@ -427,9 +423,13 @@ def evaluate(record: dict[str, Any], tallies: dict[str, Any]) -> Verdict:
         breaches.append(f"eligibility: {c.violations} canary decision(s) outside the eligible processors "
                         f"(max {g.max_eligibility_violations})")
 
-    ref = ch.latencies if len(ch.latencies) >= g.min_latency_samples else before.latencies + ch.latencies
+    # Only the same stage's champion decisions: latency moves with the host's load, so a champion measured
+    # hours earlier is no reference (at 100 % a canary was once rolled back on that alone in the live loop).
+    ref = ch.latencies
     lat: dict[str, Any] = {"canary_n": len(c.latencies), "champion_n": len(ref)}
-    if len(c.latencies) >= g.min_latency_samples and len(ref) >= g.min_latency_samples:
+    if not concurrent and not shadow:
+        lat["note"] = "no champion traffic in this stage: latency was compared in the earlier stages"
+    elif len(c.latencies) >= g.min_latency_samples and len(ref) >= g.min_latency_samples:
         # The p99 of a few hundred samples rests on a handful of them (a loaded host's pauses decide it), so
         # the test is on counts: a canary as fast as the champion has at most 1 % of its decisions above the
         # champion's p99 (+regression +slack); a breach needs that share above 1 % beyond doubt.
