@@ -172,3 +172,23 @@ def test_readout_cli_json(tmp_path: Path, capsys):
 ])
 def test_bad_config_names_the_key(tmp_path: Path, edit, key):
     assert_edit_refused(abtest.load_config, abtest.CONFIG_PATH, tmp_path, edit, key)
+
+
+def test_a_canary_beside_its_champion_is_compared_head_to_head():
+    """v2 takes every other treatment order on days 5-8 (a canary) and approves 8 pp more than v1."""
+    recs = make_log(8, 1500, 0.78, 0.80, seed=10)
+    rng = np.random.default_rng(10)
+    outcome = {r["request_id"]: r for r in recs if r["kind"] == "outcome"}
+    for r in recs:
+        if r["kind"] != "decision" or r["arm"] != TREATMENT or r["created_at"] < "2026-11-05":
+            continue
+        if int(r["payment"]["ORDER_ID"].rsplit("-", 1)[1]) % 2:
+            r["model_version"] = "v2"
+            if r["payment"]["NUM_ATTEMPTS_ORDER"] == 1:
+                outcome[r["request_id"]]["status"] = "APPROVED" if rng.random() < 0.88 else "DECLINED"
+    res = abtest.readout(recs)
+    (h2h,) = res["versions_head_to_head"]
+    assert (h2h["champion"], h2h["challenger"]) == ("v1", "v2") and h2h["from"] >= "2026-11-05"
+    assert h2h["always_valid_ci_low"] <= 0.08 <= h2h["always_valid_ci_high"] and h2h["always_valid_p_value"] < 0.05
+    # one promotion after another (no overlap) is not a head-to-head comparison
+    assert abtest.readout(make_log(8, 300, 0.8, 0.8, seed=11, versions=("v1", "v2")))["versions_head_to_head"] == []

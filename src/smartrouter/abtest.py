@@ -11,7 +11,8 @@ each decision joined to its outcome by request id. Output (`readout`):
   mSPRT / normal-mixture confidence sequence), the latter computed at every day's end so the
   always-valid p-value is the running minimum over daily looks (reading it daily costs nothing);
 * each model version against the control orders of the same hours (a randomized comparison,
-  since control runs beside every version);
+  since control runs beside every version), and versions that served the model arm at the same
+  time (a canary beside its champion, split by its own SHA-256 bucket) head to head;
 * a sample-ratio-mismatch check (chi-square of split keys per arm vs routing.toml's share);
 * a per-slice harm check (brand, currency, card type; processor listed but not tested, see
   experiment.toml), Holm-corrected;
@@ -357,6 +358,33 @@ def _version_vs_control(orders: pd.DataFrame, metric: str, alpha: float, mixture
     return out
 
 
+def _versions_head_to_head(orders: pd.DataFrame, metric: str, alpha: float, mixture_sd: float) -> list[dict[str, Any]]:
+    """Model versions that served the treatment arm at the same time (a canary beside its champion), paired up
+    over the hours both served: the newer minus the older, the always-valid test over daily looks."""
+    treated = orders[orders["ARM"] == TREATMENT]
+    spans = treated.groupby("MODEL_VERSION")["CREATED_AT"].agg(["min", "max", "size"])
+    names = sorted(spans.index, key=lambda v: (spans.loc[v, "min"], str(v)))
+    out = []
+    for i, older in enumerate(names):
+        for newer in names[i + 1:]:
+            lo, hi = max(spans.loc[older, "min"], spans.loc[newer, "min"]), min(spans.loc[older, "max"], spans.loc[newer, "max"])
+            if lo >= hi:
+                continue  # one after the other (daily promotions): not a concurrent comparison
+            both = treated[(treated["CREATED_AT"] >= lo) & (treated["CREATED_AT"] <= hi)
+                           & treated["MODEL_VERSION"].isin([older, newer])]
+            # the sequential helpers compare arm 'a' (control) with arm 'b' (treatment): older as a, newer as b
+            pair = both.assign(ARM=np.where(both["MODEL_VERSION"] == newer, TREATMENT, CONTROL))
+            test, _ = sequential_looks([c for _, c in daily_looks(pair, metric)], mixture_sd=mixture_sd, alpha=alpha)
+            fh = fixed_horizon(*_counts(pair, metric), alpha=alpha)
+            iv = test.interval
+            out.append({"champion": str(older), "challenger": str(newer), "from": str(lo), "to": str(hi),
+                        "n_champion": fh.n_a, "n_challenger": fh.n_b, "rate_champion": fh.rate_a,
+                        "rate_challenger": fh.rate_b, "lift": fh.lift, "fixed_ci_low": fh.ci_low,
+                        "fixed_ci_high": fh.ci_high, "always_valid_ci_low": iv.ci_low if iv else math.nan,
+                        "always_valid_ci_high": iv.ci_high if iv else math.nan, "always_valid_p_value": test.p_value})
+    return out
+
+
 def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None = None, *,
             routing_config: Any = None, source: str = "records", until: str | None = None) -> dict[str, Any]:
     """The whole readout as a JSON-ready dict (see the module docstring). NoDataError when nothing can be read.
@@ -414,6 +442,7 @@ def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None 
         "latency_regression": lat,
         "daily_looks": look_rows,
         "versions_vs_control": _version_vs_control(orders, metric, alpha, tau),
+        "versions_head_to_head": _versions_head_to_head(orders, metric, alpha, tau),
         "srm": srm,
         "harm": harm.to_dict("records") if not harm.empty else [],
         "decision": decision.as_dict(),

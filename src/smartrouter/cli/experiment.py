@@ -48,6 +48,10 @@ def _readout(args: argparse.Namespace) -> int:
     for v in result["versions_vs_control"]:
         print(f"  {v['model_version']:<6} vs control of its hours: {_pp(v['lift'])} always-valid "
               f"[{_pp(v['always_valid_ci_low'])}, {_pp(v['always_valid_ci_high'])}]")
+    for v in result["versions_head_to_head"]:
+        print(f"  {v['challenger']} vs {v['champion']} while both served: {_pp(v['lift'])} always-valid "
+              f"[{_pp(v['always_valid_ci_low'])}, {_pp(v['always_valid_ci_high'])}] ({v['n_challenger']:,} vs "
+              f"{v['n_champion']:,} orders)")
     print(f"  SRM: {result['srm']['note']}")
     harmed = [f"{h['slice']}={h['value']}" for h in result["harm"] if h["harmed"]]
     print(f"  harmed slices: {', '.join(harmed) if harmed else 'none'}")
