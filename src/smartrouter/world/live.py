@@ -47,6 +47,7 @@ import pandas as pd
 
 from smartrouter import atomic, catalog, warehouse
 from smartrouter.config import Settings, load_settings
+from smartrouter.routing.experiment import CONTROL
 from smartrouter.errors import ConfigError
 from smartrouter.world.clients import HttpClient, InProcessClient, LiveError, RouterClient
 from smartrouter.world.entities import (
@@ -67,6 +68,8 @@ RETRY_DIR = "retry"
 DAYS_FILE = "days.jsonl"
 LOCK_FILE = ".advance.lock"
 SLICE_SECONDS = 60.0
+# The routing log's EXPERIMENT_ARM (upper case) of an order the experiment keeps on the merchant's current system.
+CONTROL_ARM = CONTROL.upper()
 # The routing log's ALGORITHM_TYPE of a served attempt: this prefix + the service's decision source
 # (SMARTROUTER_MODEL, SMARTROUTER_RULES, SMARTROUTER_EXPLORATION, SMARTROUTER_FAILOVER, ...); the
 # world's own rows keep STATIC_RULES / RETRY_RULES / RANDOMIZED_EXPERIMENT.
@@ -490,7 +493,8 @@ class _LiveDay:
             "OUTAGE_MASK": (in_outage * (1 << np.arange(in_outage.shape[1]))).sum(axis=1),
             "CHOSEN_IN_OUTAGE": in_outage[rows, chosen],
         })
-        advised = self._advise(r, bodies, all_names, chosen, status, code, out_all[rows, chosen]) if self.advised else None
+        advised = (self._advise(r, bodies, all_names, chosen, status, code, out_all[rows, chosen], arm)
+                   if self.advised else None)
         if advised is not None:
             return [advised] if len(advised["t"]) else []
         # retries: one wave per attempt number (the generator's `_retries` works a wave at a time)
@@ -505,16 +509,21 @@ class _LiveDay:
         return waves
 
     def _advise(self, r: dict[str, np.ndarray], bodies: list[dict], names: list[list[str]], chosen: np.ndarray,
-                status: np.ndarray, code: np.ndarray, in_outage: np.ndarray) -> dict[str, np.ndarray] | None:
-        """Ask the service whether, when and where to retry each declined attempt of the batch; the retry
-        wave it advises (None: the service gives no retry advice). Logs every decision with the truth of
-        the best immediate retry (what the oracle would recover by retrying at once)."""
+                status: np.ndarray, code: np.ndarray, in_outage: np.ndarray, arm: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Ask the service whether, when and where to retry each declined attempt of the batch's treatment
+        arm; the retry wave it advises (None: the service gives no retry advice). Logs every decision with
+        the truth of the best immediate retry (what the oracle would recover by retrying at once).
+
+        A control-arm order is retried by the merchant's own retry behaviour, as the merchant's router
+        does for the orders the experiment keeps on its current system: the A/B readout then compares
+        the whole of smartrouter (routing and retries) with the whole of the current system."""
         g, truth = self.g, self.truth
         oi, t, attempt = r["oi"], r["t"], r["attempt"]
-        idx = np.flatnonzero(status == 1)
-        empty = {k: v[:0] for k, v in r.items()}
+        declined = np.flatnonzero(status == 1)
+        control = declined[arm[declined] == CONTROL_ARM]
+        idx = declined[arm[declined] != CONTROL_ARM]
         if not len(idx):
-            return empty
+            return self._merchant_retries(r, status, code, chosen, control)
         reqs = []
         for i in idx:
             b = dict(bodies[i])
@@ -523,7 +532,7 @@ class _LiveDay:
                      card_retries_24h=c24, card_retries_30d=c30)
             reqs.append(b)
         answers = self.client.retry(reqs)
-        if answers is None:
+        if answers is None:  # the service gives no retry advice: every order retries the merchant's way
             self.advised = False
             return None
         # no advice (the served version has no retry model): the merchant's own retry for those declines
@@ -554,12 +563,23 @@ class _LiveDay:
         avg = np.where(prev_n > 0, (np.nan_to_num(r["avg_delay"][sel]) * prev_n + delay[go]) / (prev_n + 1), delay[go])
         wave = {"oi": oi[sel], "t": t[sel] + delay[go], "attempt": attempt[sel] + 1, "prev_code": code[sel],
                 "prev_proc": chosen[sel], "delay": delay[go], "avg_delay": avg, "want": want[go]}
+        merchant = self._merchant_retries(r, status, code, chosen, np.concatenate([idx[own], control]))
+        return {k: np.concatenate([wave[k], merchant[k]]) for k in wave}
+
+    def _merchant_retries(self, r: dict[str, np.ndarray], status: np.ndarray, code: np.ndarray, chosen: np.ndarray,
+                          rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The merchant's own retries of the declined ``rows`` (the generator's `_retries`, a wave per
+        attempt number), as one wave whose retries name no processor (the service routes them)."""
+        g, oi, t, attempt = self.g, r["oi"], r["t"], r["attempt"]
+        keys = ("oi", "t", "attempt", "prev_code", "prev_proc", "delay", "avg_delay", "want")
+        wave = {k: np.empty(0, dtype=np.int64 if k in ("oi", "attempt", "prev_code", "prev_proc", "want") else float)
+                for k in keys}
         for n_att in range(1, MAX_ATTEMPTS):
-            mine = idx[own & (attempt[idx] == n_att)]
+            mine = rows[attempt[rows] == n_att]
             nxt = g._retries({"status": status[mine], "attempt": attempt[mine], "code": code[mine], "t": t[mine],
                               "avg_delay": r["avg_delay"][mine], "oi": oi[mine], "proc": chosen[mine]}) if len(mine) else None
             if nxt is not None:
-                wave = {k: np.concatenate([wave[k], nxt[k] if k != "want" else np.full(len(nxt["t"]), -1)]) for k in wave}
+                wave = {k: np.concatenate([wave[k], nxt[k] if k != "want" else np.full(len(nxt["t"]), -1)]) for k in keys}
         return wave
 
     # ------------------------------------------------------------------ the day
