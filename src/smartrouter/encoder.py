@@ -328,7 +328,6 @@ class FeatureEncoder:
 
     def save(self, path: Any) -> None:
         """Write the spec as JSON atomically (temp file then os.replace)."""
-        import os
         from pathlib import Path
 
         atomic.write_json(Path(path), self.to_spec(), indent=1, sort_keys=True, trailing_newline=False)

@@ -919,7 +919,6 @@ def score_families(run_dir: Any, frame: pd.DataFrame) -> tuple[dict[str, np.ndar
 
 def save_evaluation(ev: RunEvaluation, path: Any) -> None:
     """Keep the evaluation for the gate stage (pickle inside the run folder: same code, same run)."""
-    import os
     import pickle
     from pathlib import Path
 

@@ -28,12 +28,10 @@ before the current one (a stack replayed from the history).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Mapping

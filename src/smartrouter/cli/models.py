@@ -34,11 +34,11 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no model versions in {reg.root} (a pipeline run registers them: `smartrouter run`)")
         return 0
-    print(f"{'':2}{'version':<8} {'status':<10} {'family':<9} {'run':<22} {'value':>8} {'lift':>8} {'auc':>6}")
+    print(f"{'':2}{'version':<8} {'status':<11} {'family':<9} {'run':<22} {'value':>8} {'lift':>8} {'auc':>6}")
     for r in rows:
         h = r.get("headline") or {}
         lift = h.get("lift_vs_rules")
-        print(f"{'*' if r.get('promoted') else ' ':2}{r['version']:<8} {str(r.get('status')):<10} {str(r.get('family')):<9} "
+        print(f"{'*' if r.get('promoted') else ' ':2}{r['version']:<8} {str(r.get('status')):<11} {str(r.get('family')):<9} "
               f"{str(r.get('run_id')):<22} {_pct(h.get('policy_value')):>8} "
               f"{('-' if lift is None else _num(100 * lift, '+.2f') + 'pp'):>8} {_num(h.get('auc'), '.3f'):>6}")
     print("* = promoted (served). value = estimated approval of first attempts; lift = vs static rules.")

@@ -8,8 +8,6 @@ split, exports each family's serving form to ``out_dir/<family>/`` and writes
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
