@@ -29,7 +29,6 @@ The first run with no champion promotes when the absolute gates pass (regression
 from __future__ import annotations
 
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,7 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from smartrouter import catalog
+from smartrouter import catalog, strict_toml
 from smartrouter.errors import ArtifactError, ConfigError
 from smartrouter.evaluation import (
     SUCCESS_RATE,
@@ -74,19 +73,6 @@ SCHEMA: dict[str, dict[str, type]] = {
 }
 
 
-def _check_value(where: str, key: str, value: Any, kind: type) -> Any:
-    ok = {
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        str: isinstance(value, str),
-        list: isinstance(value, list) and all(isinstance(v, str) for v in value),
-    }[kind]
-    if not ok:
-        want = {float: "a number", int: "an integer", str: "a string", list: "a list of strings"}[kind]
-        raise ConfigError(f"{where}: {key} = {value!r} must be {want}")
-    return float(value) if kind is float else value
-
-
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Gate thresholds from gates.toml (or ``path``), with optional ``{section: {key: value}}`` overrides.
 
@@ -94,32 +80,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Mapping[
     table, or a value of the wrong type, is a ConfigError naming it and the file.
     """
     path = Path(path) if path else CONFIG_PATH
-    try:
-        cfg = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"gate config {path} does not exist; restore src/smartrouter/gates.toml") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"gate config {path} is not valid TOML ({exc}); fix the file") from None
-    for section, values in cfg.items():
-        if section not in SCHEMA:
-            raise ConfigError(f"gate config {path}: unknown table [{section}]; the tables are {', '.join(SCHEMA)}")
-        if not isinstance(values, dict):
-            raise ConfigError(f"gate config {path}: {section} must be a table [{section}], not a value")
-        for key, value in values.items():
-            if key not in SCHEMA[section]:
-                raise ConfigError(f"gate config {path}: unknown key {key!r} in [{section}]; "
-                                  f"keys there: {', '.join(SCHEMA[section])}")
-            values[key] = _check_value(f"gate config {path} [{section}]", key, value, SCHEMA[section][key])
-    missing = [f"[{sec}] {key}" for sec, keys in SCHEMA.items() for key in keys if key not in cfg.get(sec, {})]
-    if missing:
-        raise ConfigError(f"gate config {path} lacks {', '.join(missing)}; add them (see src/smartrouter/gates.toml)")
-    for section, values in (overrides or {}).items():
-        if section not in SCHEMA:
-            raise ConfigError(f"gate override section {section!r} is unknown; use one of {', '.join(SCHEMA)}")
-        for key, value in values.items():
-            if key not in SCHEMA[section]:
-                raise ConfigError(f"gate override {section}.{key} is unknown; keys: {', '.join(SCHEMA[section])}")
-            cfg[section][key] = _check_value("gate override", f"{section}.{key}", value, SCHEMA[section][key])
+    cfg = strict_toml.load(path, SCHEMA, what="gate config", home="src/smartrouter/gates.toml", overrides=overrides)
     pv, ch = cfg["policy_value"], cfg["champion"]
     if pv["estimator"] not in ESTIMATORS:
         raise ConfigError(f"gate config {path}: [policy_value] estimator {pv['estimator']!r} is unknown; use one of {', '.join(ESTIMATORS)}")

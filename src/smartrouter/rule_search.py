@@ -32,7 +32,6 @@ import datetime as dt
 import itertools
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -40,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from smartrouter import atomic, catalog
+from smartrouter import atomic, catalog, strict_toml
 from smartrouter import evaluation as E
 from smartrouter.errors import ConfigError
 from smartrouter.policies import P, candidate_mask, greedy_policy, one_hot, rules_choice
@@ -66,29 +65,9 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Mapping[
     An unknown or missing table or key, a value of the wrong type or out of range is a ConfigError
     naming it and the fix.
     """
-    from smartrouter.gates import _check_value  # the one typed-value check of the strict TOML loaders
-
     path = Path(path) if path else CONFIG_PATH
-    try:
-        cfg = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"rule search config {path} does not exist; restore src/smartrouter/rule_search.toml") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"rule search config {path} is not valid TOML ({exc}); fix the file") from None
-    merged: dict[str, dict[str, Any]] = {}
-    for source, data in ((str(path), cfg), ("override", overrides or {})):
-        for section, values in data.items():
-            if section not in SCHEMA or not isinstance(values, Mapping):
-                raise ConfigError(f"rule search config {source}: unknown table [{section}]; the tables are {', '.join(SCHEMA)}")
-            for key, value in values.items():
-                if key not in SCHEMA[section]:
-                    raise ConfigError(f"rule search config {source}: unknown key {key!r} in [{section}]; "
-                                      f"keys there: {', '.join(SCHEMA[section])}")
-                merged.setdefault(section, {})[key] = _check_value(f"rule search config {source} [{section}]", key, value,
-                                                                   SCHEMA[section][key])
-    missing = [f"[{s}] {k}" for s, keys in SCHEMA.items() for k in keys if k not in merged.get(s, {})]
-    if missing:
-        raise ConfigError(f"rule search config {path} lacks {', '.join(missing)}; add them (see src/smartrouter/rule_search.toml)")
+    merged = strict_toml.load(path, SCHEMA, what="rule search config", home="src/smartrouter/rule_search.toml",
+                              overrides=overrides)
     s, r = merged["search"], merged["report"]
     if s["max_rows"] < 1:
         raise ConfigError(f"max rows {s['max_rows']} must be at least 1: a table without rows routes nothing; use e.g. --max-rows 25")

@@ -43,9 +43,11 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load(path: str | Path, schema: Mapping[str, Mapping[str, type]], *, what: str, home: str) -> dict[str, dict[str, Any]]:
+def load(path: str | Path, schema: Mapping[str, Mapping[str, type]], *, what: str, home: str,
+         overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """``{table: {key: value}}`` from ``path``, checked against ``schema`` (``what`` names the file in errors,
-    ``home`` is where the shipped copy lives, for the fix)."""
+    ``home`` is where the shipped copy lives, for the fix), then ``{table: {key: value}}`` overrides
+    (a profile, a CLI flag, a test) checked the same way. The file must be complete on its own."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -58,6 +60,8 @@ def load(path: str | Path, schema: Mapping[str, Mapping[str, type]], *, what: st
     for table, values in tables.items():
         if table not in schema:
             raise ConfigError(f"{what} {path}: unknown table or key [{table}]; the tables are {', '.join(schema)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{what} {path}: {table} must be a table [{table}], not a value")
         out[table] = {}
         for key, value in values.items():
             if key not in schema[table]:
@@ -66,6 +70,13 @@ def load(path: str | Path, schema: Mapping[str, Mapping[str, type]], *, what: st
     missing = [f"[{t}] {k}" for t, keys in schema.items() for k in keys if k not in out.get(t, {})]
     if missing:
         raise ConfigError(f"{what} {path} lacks {', '.join(missing)}; add them (see {home})")
+    for table, values in (overrides or {}).items():
+        if table not in schema or not isinstance(values, Mapping):
+            raise ConfigError(f"{what} override: unknown table [{table}]; the tables are {', '.join(schema)}")
+        for key, value in values.items():
+            if key not in schema[table]:
+                raise ConfigError(f"{what} override: unknown key {key!r} in [{table}]; keys there: {', '.join(schema[table])}")
+            out[table][key] = _typed(f"{what} override {table}.{key}", value, schema[table][key])
     return out
 
 
