@@ -51,9 +51,10 @@ live: setup ## the live loop: the world moves on day by day through the service,
 	$(BIN)/smartrouter world ensure
 	$(BIN)/smartrouter live --days $(LIVE_DAYS) --retrain-profile $(RETRAIN_PROFILE) $(if $(SCENARIO),--scenario $(SCENARIO),)
 
-test: setup ## run the whole test suite (sets everything up first, Chromium and Redis included)
+test: setup ## run the whole test suite (sets everything up first, Chromium, Redis and promtool included)
 	bash tests/ensure_chromium.sh
 	bash tests/ensure_redis.sh
+	bash tests/ensure_promtool.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: setup ## unit tests only (skips slow whole-chain and load tests)

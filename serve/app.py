@@ -442,6 +442,7 @@ async def readyz(svc: Service) -> Response[ReadyResponse]:
     """200 when this worker should get traffic; 503 naming every reason when not (see `Service.readiness`)."""
     h = svc.holder
     readiness = svc.readiness()
+    svc.metrics.ready.set(1.0 if readiness.ready else 0.0)
     notes = list(svc.notes)
     if h.status.last_error:
         notes.append(h.status.last_error)

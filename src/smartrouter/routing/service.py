@@ -83,6 +83,10 @@ class Metrics:
         self.log_dropped = Gauge("smartrouter_decision_log_dropped", "Log records dropped (buffer full)", registry=r,
                                  multiprocess_mode="livesum")
         self.bad_requests = Counter("smartrouter_rejected_requests", "Requests answered 4xx", ["status"], registry=r)
+        # set by each /readyz probe (readiness is computed there, with the probe's own bookkeeping); the least
+        # ready live worker wins, so one worker out of service shows as 0
+        self.ready = Gauge("smartrouter_ready", "1 when the worker's last /readyz answered ready, 0 when not",
+                           registry=r, multiprocess_mode="livemin")
         from smartrouter.drift_metrics import DriftGauges
 
         self.drift = DriftGauges(r)  # smartrouter_drift_*: the latest `smartrouter drift check` report
