@@ -723,6 +723,8 @@ class RunEvaluation:
     first_mask: np.ndarray  # (n_first, P) candidates of the first-attempt rows
     truth_matrix: np.ndarray | None = None
     comparison: pd.DataFrame | None = None  # estimator error by propensity mode (world only)
+    # approval, fee cost and net revenue per policy under both routing objectives (smartrouter.money.evaluate)
+    money: dict[str, Any] | None = None
 
     @property
     def test_action(self) -> np.ndarray:
@@ -761,6 +763,7 @@ class RunEvaluation:
         }
         if self.comparison is not None:
             out["truth"]["by_mode"] = plain(self.comparison)
+        out["money"] = getattr(self, "money", None)  # an evaluation.pkl from older code has none
         return out
 
 
@@ -828,10 +831,14 @@ def evaluate_run(test: pd.DataFrame, family_probs: Mapping[str, np.ndarray], rul
             t = lv.table.assign(mode=m_)
             parts.append(t)
         comparison = pd.concat(parts, ignore_index=True) if parts else None
-    return RunEvaluation(heads=heads, slices=slices, values=values, logged=logged, policies=policies, q_hat=q_hat,
-                         reference_family=reference, first=first, truth_note=truth_note or ("world oracle" if truth is not None else "no oracle"),
-                         test=test, family_probs=probs, first_index=fidx, first_mask=mask,
-                         truth_matrix=truth, comparison=comparison)
+    ev = RunEvaluation(heads=heads, slices=slices, values=values, logged=logged, policies=policies, q_hat=q_hat,
+                       reference_family=reference, first=first, truth_note=truth_note or ("world oracle" if truth is not None else "no oracle"),
+                       test=test, family_probs=probs, first_index=fidx, first_mask=mask,
+                       truth_matrix=truth, comparison=comparison)
+    from smartrouter import money  # fee cost and net revenue beside approval, under both objectives
+
+    ev.money = money.evaluate_or_note(ev)
+    return ev
 
 
 def summarize(values: PolicyValues, estimator: str = "DR") -> pd.DataFrame:
@@ -877,11 +884,16 @@ def registry_metrics(ev: RunEvaluation, family: str, estimator: str = "DR") -> d
         },
         "truth": {"available": ev.truth_matrix is not None, "note": ev.truth_note,
                   "by_mode": ev.comparison if ev.comparison is not None else None},
+        # the routing objective in force and each policy's approval, fee cost and net revenue (model card)
+        "money": getattr(ev, "money", None),
     })
 
 
 # ---------------------------------------------------------------- stage helpers (notebooks 04 / 05)
-EVALUATION_PICKLE = "evaluation.pkl"
+# The hand-off from 04_evaluate to 05_gate (smartrouter.handoff: arrays + parquet + JSON in one zip, no
+# pickle). The name is kept for the notebooks; the pickle it replaced is only recognised to say so.
+EVALUATION_PICKLE = "evaluation.handoff.zip"
+LEGACY_EVALUATION_PICKLE = "evaluation.pkl"
 
 
 def load_rules_engine(settings: Any = None) -> Any:
@@ -918,23 +930,27 @@ def score_families(run_dir: Any, frame: pd.DataFrame) -> tuple[dict[str, np.ndar
 
 
 def save_evaluation(ev: RunEvaluation, path: Any) -> None:
-    """Keep the evaluation for the gate stage (pickle inside the run folder: same code, same run)."""
-    import pickle
-    from pathlib import Path
+    """Keep the evaluation for the gate stage: a compact, pickle-free hand-off file (smartrouter.handoff)."""
+    from smartrouter import handoff
 
-    atomic.write_bytes(Path(path), pickle.dumps(ev, protocol=pickle.HIGHEST_PROTOCOL))
+    handoff.save(ev, path)
 
 
 def load_evaluation(path: Any) -> RunEvaluation:
-    """The evaluation the Evaluate stage saved (run_dir/evaluation.pkl)."""
-    import pickle
+    """The evaluation the Evaluate stage saved; a clear error when it is missing, corrupt or from older code."""
     from pathlib import Path
 
+    from smartrouter import handoff
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist; run the 04_evaluate stage of this run first")
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
+    fix = "re-run the 04_evaluate stage of this run (smartrouter run), which writes it"
+    if not path.is_file() and (path.parent / LEGACY_EVALUATION_PICKLE).is_file():
+        raise handoff.HandoffError(f"{path} does not exist but {path.parent / LEGACY_EVALUATION_PICKLE} does: the run "
+                                   f"was evaluated by older code, whose pickle this code no longer reads; {fix}")
+    ev = handoff.load(path, fix=fix)
+    if not isinstance(ev, RunEvaluation):
+        raise handoff.HandoffError(f"{path} holds a {type(ev).__name__}, not an evaluation; {fix}")
+    return ev
 
 
 def with_attempt_columns(frame: pd.DataFrame, settings: Any = None) -> pd.DataFrame:

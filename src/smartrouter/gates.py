@@ -16,7 +16,9 @@ thresholds in ``gates.toml`` and returns a ``GateReport``: the run's champion fa
   enough policy-value interval, prediction distribution vs the champion (PSI);
 - **completeness**: every processor has a head, every artifact present, loadable, checksums match;
 - **slices**: no major slice loses more than a margin of policy value vs the static rules;
-- **simpler_is_not_better**: the champion family beats logistic regression and the success-rate router.
+- **simpler_is_not_better**: the champion family beats logistic regression and the success-rate router;
+- **net_revenue**, only when routing.toml's ``[objective]`` is ``net_revenue``: more net revenue than the
+  static rules, with the approval floor as a guardrail (``money.objective_gates``).
 
 The run's champion family (``pick_champion``) is the simplest eligible family in
 ``simplicity_order`` unless a richer one is *superior* to it on the paired lift: a point estimate
@@ -36,7 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from smartrouter import catalog, strict_toml
+from smartrouter import catalog, money, strict_toml
 from smartrouter.errors import ArtifactError, ConfigError
 from smartrouter.evaluation import (
     SUCCESS_RATE,
@@ -70,6 +72,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     "slices": {"min_slice_rows": int, "max_slice_loss": float},
     "simpler": {"min_margin_over_router": float},
     "retry": {"max_conversion_loss": float, "attempts_z": float, "max_violations": int},
+    "net_revenue": {"min_relative_lift": float},  # judged only under routing.toml [objective] name = "net_revenue"
 }
 
 
@@ -345,13 +348,15 @@ def pick_champion(ev: RunEvaluation, eligible: list[str], cfg: dict[str, Any]) -
 
 def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dirs: Mapping[str, str | Path | None],
               uncertain: Mapping[str, Mapping[str, bool]] | None = None, champion: Champion | None = None,
-              config: dict[str, Any] | None = None, test: pd.DataFrame | None = None) -> GateReport:
+              config: dict[str, Any] | None = None, test: pd.DataFrame | None = None,
+              objective: Any = None) -> GateReport:
     """Judge a run: pick its champion family and apply every gate (see module docstring).
 
     ``train_counts``: labelled training rows per processor; ``serving_dirs``: family -> exported
     serving folder; ``uncertain``: family -> processor -> flagged uncertain by the model;
     ``champion``: the promoted model scored on the same test window (None on the first run);
-    ``test``: the test frame the evaluation was computed on (for PSI on all attempts; optional).
+    ``test``: the test frame the evaluation was computed on (for PSI on all attempts; optional);
+    ``objective``: routing.toml's [objective] (None: the one in force, ``money.objective()``).
     """
     cfg = config or load_config()
     est = cfg["policy_value"]["estimator"]
@@ -492,5 +497,7 @@ def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dir
     else:
         results.append(GateResult("simpler_is_not_better", True, margin, c["min_margin_over_router"],
                                   f"{champ} ({100 * v:.2f}%) beats {rival_txt} on {est} policy value", {"rivals": rivals}))
+    # the objective in force (routing.toml [objective]): net_revenue adds its gate, approval adds nothing
+    results.extend(money.objective_gates(ev, champ, cfg, objective))
     return GateReport(champion_family=champ, results=results, family_checks=fam_checks,
                       champion_version=champion.version if champion else None, family_choice=choice.comparisons)

@@ -460,6 +460,10 @@ class Registry:
             "metrics": {"overall": metrics.get("overall"), "per_head": metrics.get("heads"),
                         "by_slice": metrics.get("slices"), "headline": metrics.get("headline")},
             "policy_value": metrics.get("policy_value"),
+            # the routing objective the evaluation and gates judged under (routing.toml [objective]), and the
+            # approval, fee cost and net revenue of each policy under both objectives (smartrouter.money)
+            "objective": (metrics.get("money") or {}).get("objective"),
+            "money": metrics.get("money"),
             # results: each gate's verdict; the regression line's details name its test (non-inferiority or
             # superiority), the paired lift, its interval and the margin; family_choice: how the family was chosen
             "gates": {"decision": gates.get("decision"), "reasons": gates.get("reasons"), "results": gates.get("gates"),

@@ -37,6 +37,15 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class ObjectiveConfig:
+    # what the router ranks by, read by the router, the evaluation and the gates (smartrouter.money):
+    # "approval" or "net_revenue" (expected approved amount minus expected fee, within floor_pp
+    # percentage points of the best eligible processor's approval probability)
+    name: str = "approval"
+    floor_pp: float = 1.0
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     window_seconds: float = 600.0
     recent_outcomes: int = 20
@@ -106,6 +115,7 @@ class RoutingConfig:
     max_body_bytes: int = 16_384
     drain_seconds: float = 0.0  # after SIGTERM: answer /readyz 503 this long before the server stops
     source: str = "defaults"
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
 def _section(raw: dict[str, Any], name: str, cls: type, where: str) -> Any:
@@ -218,6 +228,12 @@ def _validate(cfg: RoutingConfig, where: str) -> None:
         raise ConfigError(f"{where}: [http].max_body_bytes must be at least 1024")
     if not 0 <= cfg.drain_seconds <= 300:
         raise ConfigError(f"{where}: [http].drain_seconds = {cfg.drain_seconds:g} must be within 0..300 seconds")
+    from smartrouter.money import OBJECTIVES
+
+    if cfg.objective.name not in OBJECTIVES:
+        raise ConfigError(f"{where}: [objective].name = {cfg.objective.name!r}; use one of {', '.join(OBJECTIVES)}")
+    if not 0 <= cfg.objective.floor_pp <= 100:
+        raise ConfigError(f"{where}: [objective].floor_pp = {cfg.objective.floor_pp:g} must be within 0..100 percentage points")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -242,7 +258,7 @@ def load_routing_config(path: str | Path | None = None, overrides: dict[str, Any
         raise ConfigError(f"routing config {where} is not valid TOML ({exc}); fix the file") from None
     if overrides:
         raw = _merge(raw, overrides)
-    known = {"policy", "bin_overrides", "health", "experiment", "exploration", "decision_log", "reload", "http"}
+    known = {"policy", "bin_overrides", "health", "experiment", "exploration", "decision_log", "reload", "http", "objective"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; valid sections are {', '.join(sorted(known))}")
@@ -263,6 +279,7 @@ def load_routing_config(path: str | Path | None = None, overrides: dict[str, Any
         max_body_bytes=http.max_body_bytes,
         drain_seconds=http.drain_seconds,
         source=where,
+        objective=_section(raw, "objective", ObjectiveConfig, where),
     )
     _validate(cfg, where)
     return cfg

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Seque
 
 import numpy as np
 
-from smartrouter import catalog
+from smartrouter import catalog, money
 from smartrouter.errors import SmartrouterError
 from smartrouter.features import derive_row
 from smartrouter.routing import health as H
@@ -372,7 +372,7 @@ class Router:
         except Exception:  # noqa: BLE001 - the champion routes; a failing canary shows as no shadow choice
             log.exception("canary %s failed to score in shadow", canary.loaded.version)
             return None
-        order = self._model_order(canary.loaded, eligible, scores)
+        order = self._model_order(canary.loaded, eligible, scores, scoring.enriched)
         return next((p for p in order if not self.health.is_down(p)), order[0])
 
     # 1-2. eligibility: hard rules, disabled processors, candidates, BIN overrides
@@ -424,7 +424,7 @@ class Router:
             log.exception("model %s failed to score; using static rules", loaded.version)
             return Scoring(loaded, None, enriched, "model_error", None)
         ms = (time.perf_counter() - t1) * 1000.0
-        return Scoring(loaded, scores, enriched, None, self._model_order(loaded, eligible, scores), ms)
+        return Scoring(loaded, scores, enriched, None, self._model_order(loaded, eligible, scores, payment), ms)
 
     def _rules_order(self, payment: dict, eligible: list[str], scores: Mapping[str, float] | None, at: float,
                      ) -> tuple[list[str], bool]:
@@ -453,9 +453,11 @@ class Router:
         reasons.append("fallback by the optimized rule table")
         return ranked + [p for p in eligible if p not in ranked]
 
-    def _model_order(self, loaded: LoadedModel, eligible: list[str], scores: Mapping[str, float]) -> list[str]:
-        """The eligible processors by score, the ones the model is unsure of last."""
-        model_order = sorted(eligible, key=lambda p: -scores.get(p, 0.0))
+    def _model_order(self, loaded: LoadedModel, eligible: list[str], scores: Mapping[str, float],
+                     payment: Mapping[str, Any] | None = None) -> list[str]:
+        """The eligible processors by the objective (routing.toml [objective]), the ones the model is unsure of last."""
+        # approval: by score; net_revenue: expected net revenue within the approval floor (smartrouter.money)
+        model_order = money.rank(eligible, scores, payment or {}, money.objective(self.config))
         flags = getattr(loaded.model, "uncertain", None) or ()
         # H5's serving form flags every processor ({name: bool}); a plain collection lists the uncertain ones
         uncertain = {p for p, f in flags.items() if f} if isinstance(flags, dict) else set(flags)
