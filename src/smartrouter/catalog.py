@@ -118,6 +118,15 @@ ATTEMPT_COLUMNS: dict[str, str] = {
     "AVG_SEC_BETWEEN_PAYMENT_ATTEMPS": "FLOAT",
     "MCI_MSI_TYPE": "VARCHAR",
     "AVS_CHECKED": "BOOLEAN",
+    # the message configuration and the payment facts that decide which ones are allowed
+    # (smartrouter.messages is their one definition)
+    "AVS_DATA": "NUMBER(1,0)",
+    "MCC": "VARCHAR",
+    "STORED_CREDENTIAL": "NUMBER(1,0)",
+    "BILLING_ADDRESS": "NUMBER(1,0)",
+    "TRAVEL_PACKAGE": "NUMBER(1,0)",
+    "MESSAGE_RANDOMIZED": "NUMBER(1,0)",  # 1: configuration drawn uniformly among the eligible ones
+    "MESSAGE_PROPENSITY": "FLOAT",  # probability the sent configuration had: 1/|eligible| or 1.0
     "ORDER_COUNTRY_CODE": "VARCHAR",
     "IS_RETURNING_CUSTOMER": "BOOLEAN",
     "USER_RECENCY_DAYS": "FLOAT",

@@ -108,7 +108,14 @@ def _build_features() -> tuple[Feature, ...]:
         Feature("AMOUNT", N, "attempt", "amount in its currency (log)", "transaction", transform="log1p"),
         Feature("CURRENCY", C, "attempt", "currency", "transaction"),
         Feature("MCI_MSI_TYPE", C, "attempt", "message configuration CIT / MIT", "transaction"),
-        Feature("AVS_CHECKED", N, "attempt", "address verification requested", "transaction"),
+        # AVS_CHECKED is the view's older copy of AVS_DATA (same fact): kept in the table, not encoded twice
+        Feature("AVS_CHECKED", N, "attempt", "address verification requested", "transaction", model_input=False),
+        # the rest of the message configuration and its eligibility facts (smartrouter.messages)
+        Feature("AVS_DATA", N, "attempt", "billing address sent for AVS in the message (0/1)", "transaction"),
+        Feature("MCC", C, "attempt", "merchant category code sent (4511 airline / 4722 travel package)", "transaction"),
+        Feature("STORED_CREDENTIAL", N, "attempt", "card on file with a standing agreement (MIT allowed)", "transaction"),
+        Feature("BILLING_ADDRESS", N, "attempt", "customer gave a billing address (AVS allowed)", "transaction"),
+        Feature("TRAVEL_PACKAGE", N, "attempt", "booking bundles flight with hotel or car (MCC 4722 allowed)", "transaction"),
         Feature("FLIGHT_TYPE", C, "attempt", "domestic / international flight", "transaction"),
         Feature("DAYS_TO_DEPARTURE", N, "attempt", "days from purchase to departure (log)", "transaction", transform="log1p"),
         Feature("PASSENGERS", N, "attempt", "passengers on the booking", "transaction"),
@@ -160,7 +167,7 @@ DERIVED_COLUMNS: tuple[str, ...] = tuple(f.name for f in FEATURES if f.source ==
 ID_COLUMNS: tuple[str, ...] = ("ATTEMPT_ID", "ORDER_ID", "CREATED_AT", "MINUTE_NUM")
 # ROUTING_SOURCE: set on rows the routing service decided (its logged propensity is the one to use)
 LOGGING_COLUMNS: tuple[str, ...] = ("PROCESSOR", "EXPERIMENT_ARM", "ALGORITHM_TYPE", "PROPENSITY", "CANDIDATES",
-                                    "ROUTING_SOURCE")
+                                    "ROUTING_SOURCE", "MESSAGE_RANDOMIZED", "MESSAGE_PROPENSITY")
 LABEL = "APPROVED"
 TABLE_COLUMNS: tuple[str, ...] = ID_COLUMNS + LOGGING_COLUMNS + (LABEL,) + FEATURE_NAMES
 
