@@ -595,7 +595,7 @@ def objective_gates(ev: Any, family: str, cfg: Mapping[str, Any], objective_cfg:
         problems.append(f"net revenue over static rules {fmt_money(lift['lift'] * k, signed=True)}/day "
                         f"[{fmt_money(lift['ci_low'] * k, '', True).strip()}, {fmt_money(lift['ci_high'] * k, '', True).strip()}]: "
                         f"lower end not above {fmt_money(need * k, signed=True)}/day")
-    if not given["ci_low"] > -floor:
+    if given["ci_low"] < -floor:  # floor 0 and nothing given up ([0, 0]) passes
         problems.append(f"approval vs ranking by approval {100 * given['lift']:+.2f} pp (CI {100 * given['ci_low']:+.2f}.."
                         f"{100 * given['ci_high']:+.2f}): lower end below the floor -{objective_cfg.floor_pp:g} pp")
     text = (f"{net_pol}: net revenue over static rules {fmt_money(lift['lift'] * k, signed=True)}/day "
