@@ -16,6 +16,7 @@ from smartrouter.errors import ConfigError
 from smartrouter.policies import greedy_choice
 from smartrouter.routing.config import ObjectiveConfig, load_routing_config
 
+from config_edits import assert_edit_refused
 from eval_fakes import FakeOracle, FakeRules, model_probs, synthetic_log
 
 APPROVAL = ObjectiveConfig("approval", 1.0)
@@ -81,28 +82,32 @@ def test_unknown_card_type_in_data_is_named(schedule):
 
 
 # ---------------------------------------------------------------- the schedule's errors
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t.replace("[processors.ADYEN]", "[processors.STRIPE]").replace("[processors.ADYEN.", "[processors.STRIPE."),
-     r"\[processors.STRIPE\] is not a processor; the processors are WORLDPAY"),
-    (lambda t: t.replace("[processors.MIT.DEBIT]", "[processors.MIT.CHARGE]"), r"\[processors.MIT.CHARGE\] is not a card type"),
-    (lambda t: t.split("[processors.ELAVON.PREPAID]")[0] + "[processors.AMEX]" + t.split("[processors.AMEX]")[1],
-     r"ELAVON has no fees for card type\(s\) PREPAID"),
-    (lambda t: t.replace("percent = 0.026\n", "percent = -0.026\n", 1), r"\[processors.WORLDPAY.CREDIT\] percent = -0.026 is negative"),
-    (lambda t: t.replace("fixed_mxn = 2.50\n", "fixed_mxn = -1.0\n", 1), r"\[processors.MIT.CREDIT\] fixed_mxn = -1.0 is negative"),
-    (lambda t: t.replace("percent = 0.026\n", "percent = 2.6\n", 1), r"share of the amount \(0.021 = 2.1 %\), not a percentage"),
-    (lambda t: t.replace("cross_border_percent = 0.010\n", "", 1), r"lacks \[processors.WORLDPAY.CREDIT\] cross_border_percent"),
-    (lambda t: t.replace("percent = 0.026\n", 'percent = "2.6%"\n', 1), r"percent = '2.6%' must be a number"),
-    (lambda t: t.replace("MXN = 1.0", "MXN = 0.9"), r"\[fx\] MXN = 0.9 must be 1.0"),
-    (lambda t: t.replace('settlement_currencies = ["MXN"]', 'settlement_currencies = ["EUR"]', 1),
-     r"settlement_currencies = \['EUR'\] must list currencies from MXN, USD"),
-    (lambda t: t.replace("values_are_examples = true", "values_are_examples = \"yes\""), r"values_are_examples = 'yes' must be true or false"),
+@pytest.mark.parametrize("edit, key", [
+    (("percent = 0.026\n", "percent = -0.026\n"), "[processors.WORLDPAY.CREDIT] percent = -0.026 is negative"),
+    (("fixed_mxn = 2.50\n", "fixed_mxn = -1.0\n"), "[processors.MIT.CREDIT] fixed_mxn = -1.0 is negative"),
+    (("percent = 0.026\n", "percent = 2.6\n"), "share of the amount (0.021 = 2.1 %), not a percentage"),
+    (("cross_border_percent = 0.010\n", ""), "lacks [processors.WORLDPAY.CREDIT] cross_border_percent"),
+    (("percent = 0.026\n", 'percent = "2.6%"\n'), "percent = '2.6%' must be a number"),
+    (("MXN = 1.0", "MXN = 0.9"), "[fx] MXN = 0.9 must be 1.0"),
+    (('settlement_currencies = ["MXN"]', 'settlement_currencies = ["EUR"]'),
+     "settlement_currencies = ['EUR'] must list currencies from MXN, USD"),
+    (("values_are_examples = true", 'values_are_examples = "yes"'), "values_are_examples = 'yes' must be true or false"),
+    (("[processors.MIT.DEBIT]", "[processors.MIT.CHARGE]"), "[processors.MIT.CHARGE] is not a card type"),
 ])
-def test_schedule_errors_name_the_key_and_the_fix(tmp_path, edit, message):
-    path = tmp_path / "fees.toml"
-    path.write_text(edit(money.CONFIG_PATH.read_text()))
-    with pytest.raises(ConfigError, match=message) as info:
-        money.load_schedule(path)
-    assert str(path) in str(info.value)
+def test_schedule_errors_name_the_key_and_the_fix(tmp_path, edit, key):
+    assert_edit_refused(money.load_schedule, money.CONFIG_PATH, tmp_path, edit, key)
+
+
+def test_unknown_and_incomplete_processors_are_named(tmp_path):
+    text = money.CONFIG_PATH.read_text()
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(text.replace("[processors.ADYEN", "[processors.STRIPE"))
+    with pytest.raises(ConfigError, match=r"\[processors.STRIPE\] is not a processor; the processors are WORLDPAY"):
+        money.load_schedule(renamed)
+    no_prepaid = tmp_path / "no_prepaid.toml"  # ELAVON's PREPAID table cut out
+    no_prepaid.write_text(text.split("[processors.ELAVON.PREPAID]")[0] + "[processors.AMEX]" + text.split("[processors.AMEX]")[1])
+    with pytest.raises(ConfigError, match=r"ELAVON has no fees for card type\(s\) PREPAID; add \[processors.ELAVON.PREPAID\]"):
+        money.load_schedule(no_prepaid)
 
 
 def test_shipped_schedule_is_marked_as_examples_and_env_picks_another_file(schedule, tmp_path, monkeypatch):
