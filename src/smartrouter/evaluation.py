@@ -74,7 +74,6 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from smartrouter import atomic
 from smartrouter import catalog
 from smartrouter.errors import ConfigError
 from smartrouter.models import metrics as M
@@ -891,8 +890,8 @@ def registry_metrics(ev: RunEvaluation, family: str, estimator: str = "DR") -> d
 
 # ---------------------------------------------------------------- stage helpers (notebooks 04 / 05)
 # The hand-off from 04_evaluate to 05_gate (smartrouter.handoff: arrays + parquet + JSON in one zip, no
-# pickle). The name is kept for the notebooks; the pickle it replaced is only recognised to say so.
-EVALUATION_PICKLE = "evaluation.handoff.zip"
+# pickle). The pickle it replaced is only recognised, to say so.
+EVALUATION_HANDOFF = "evaluation.handoff.zip"
 LEGACY_EVALUATION_PICKLE = "evaluation.pkl"
 
 
@@ -929,11 +928,33 @@ def score_families(run_dir: Any, frame: pd.DataFrame) -> tuple[dict[str, np.ndar
     return probs, models
 
 
+def _derived_q_hat(ev: RunEvaluation) -> dict[str, np.ndarray]:
+    # as evaluate_run builds it: a model's policy is paired with its own model, the others with the reference family
+    return {p: ev.family_probs[p.split(":", 1)[1] if p.startswith("model:") else ev.reference_family][ev.first_index]
+            for p in ev.policies}
+
+
+def _derived_terms(ev: RunEvaluation) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    rows = ev.logged.rows
+    return {(p, est): t for p in ev.policies
+            for est, t in _contributions(ev.logged, np.asarray(ev.policies[p], dtype=np.float64)[rows],
+                                         np.asarray(ev.q_hat[p], dtype=np.float64)[rows]).items()}
+
+
+# Fields of a RunEvaluation the hand-off recomputes instead of storing (~20 MB of the default world's ~40):
+# each is left out only when the recomputation equals it exactly (smartrouter.handoff), in this order.
+HANDOFF_DERIVED = {
+    "first": lambda ev: ev.test.iloc[ev.first_index].reset_index(drop=True),
+    "q_hat": _derived_q_hat,
+    "values.terms": _derived_terms,
+}
+
+
 def save_evaluation(ev: RunEvaluation, path: Any) -> None:
     """Keep the evaluation for the gate stage: a compact, pickle-free hand-off file (smartrouter.handoff)."""
     from smartrouter import handoff
 
-    handoff.save(ev, path)
+    handoff.save(ev, path, derived=HANDOFF_DERIVED)
 
 
 def load_evaluation(path: Any) -> RunEvaluation:
@@ -947,7 +968,7 @@ def load_evaluation(path: Any) -> RunEvaluation:
     if not path.is_file() and (path.parent / LEGACY_EVALUATION_PICKLE).is_file():
         raise handoff.HandoffError(f"{path} does not exist but {path.parent / LEGACY_EVALUATION_PICKLE} does: the run "
                                    f"was evaluated by older code, whose pickle this code no longer reads; {fix}")
-    ev = handoff.load(path, fix=fix)
+    ev = handoff.load(path, fix=fix, derived=HANDOFF_DERIVED)
     if not isinstance(ev, RunEvaluation):
         raise handoff.HandoffError(f"{path} holds a {type(ev).__name__}, not an evaluation; {fix}")
     return ev

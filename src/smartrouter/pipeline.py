@@ -802,6 +802,10 @@ def run_pipeline(
         if render:
             index = _safe(lambda: reports.render_run_index(manifest, settings), "run report", say)
             _safe(lambda: reports.render_all_runs_index(settings), "report index", say)
+        if not failed:  # retention.toml [retention] after_run: older runs down to their record
+            from smartrouter import retention
+
+            _safe(lambda: retention.after_run(settings, say), "retention", say)
         say(f"run {run_id}: {manifest['status']} in {manifest['duration_s']:.0f} s"
             + (f" (failed at {failed}: {error})" if failed else ""))
         say(f"  run folder: {run_dir}")
@@ -816,17 +820,20 @@ def run_pipeline(
 def _execute(stage: Stage, output: Path, parameters: dict[str, Any], settings: Settings, cell_timeout_s: float) -> None:
     import papermill
 
-    papermill.execute_notebook(
-        str(stage.notebook),
-        str(output),
-        parameters=parameters,
-        kernel_name=settings.kernel,
-        cwd=str(settings.notebooks_dir),  # fixed, whichever notebook runs (relative paths mean the same)
-        execution_timeout=int(cell_timeout_s),
-        progress_bar=False,
-        log_output=False,
-        request_save_on_cell_execute=True,
-    )
+    from smartrouter.kernel_log import quiet_kernel
+
+    with quiet_kernel():  # the cron log keeps real errors, not the kernel's and TensorFlow's start-up noise
+        papermill.execute_notebook(
+            str(stage.notebook),
+            str(output),
+            parameters=parameters,
+            kernel_name=settings.kernel,
+            cwd=str(settings.notebooks_dir),  # fixed, whichever notebook runs (relative paths mean the same)
+            execution_timeout=int(cell_timeout_s),
+            progress_bar=False,
+            log_output=False,
+            request_save_on_cell_execute=True,
+        )
 
 
 def _safe(fn: Callable[[], Any], what: str, say: Callable[[str], None]) -> Any:
