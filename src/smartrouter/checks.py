@@ -11,15 +11,15 @@ with ``required`` naming the columns it must have.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 
-from smartrouter import catalog
-from smartrouter.errors import DataCheckError
+from smartrouter import catalog, messages
+from smartrouter.errors import ConfigError, DataCheckError
 
 # Columns every attempt has; the rest may be NULL (ERROR_CODE on an approval, the previous
 # attempt's fields on a first attempt, ...).
@@ -197,6 +197,7 @@ def check_attempts(
         ("CURRENCY", catalog.CURRENCIES),
         ("CARD_BRAND", catalog.CARD_BRANDS),
         ("MCI_MSI_TYPE", catalog.MESSAGE_TYPES),
+        ("MCC", messages.MCC_VALUES),
     ):
         if col in cols:
             values = frame[col]
@@ -209,6 +210,7 @@ def check_attempts(
     prop, where = _propensities(frame)
     if prop is not None:
         add(CheckResult("range", where, int(((prop <= 0) | (prop > 1)).sum()), "propensity in (0, 1]"))
+    _message_checks(frame, add)
 
     # duplicates
     if "ATTEMPT_ID" in cols:
@@ -235,6 +237,27 @@ def check_attempts(
         n_proc = int((frame["STATUS"] == "PROCESSING").sum())
         add(CheckResult("processing_excluded", "STATUS", 0, f"{n_proc:,} PROCESSING rows excluded from labels"))
     return report
+
+
+def _message_checks(frame: pd.DataFrame, add: Callable[[CheckResult], None]) -> None:
+    """Message configuration columns (smartrouter.messages): 0/1 flags, the propensity's range, and
+    the hard rule that no attempt sent a configuration its payment was not eligible for."""
+    cols = set(frame.columns)
+    flags = [c for c in ("AVS_DATA", "MESSAGE_RANDOMIZED") + messages.ELIGIBILITY_COLUMNS if c in cols]
+    for col in flags:
+        x = pd.to_numeric(frame[col], errors="coerce")
+        add(CheckResult("values", col, int((x.notna() & ~x.isin((0, 1))).sum()), "0 or 1"))
+    if messages.PROPENSITY_COLUMN in cols:
+        x = pd.to_numeric(frame[messages.PROPENSITY_COLUMN], errors="coerce")
+        add(CheckResult("range", messages.PROPENSITY_COLUMN, int(((x <= 0) | (x > 1)).sum()), "propensity in (0, 1]"))
+    if set(messages.MESSAGE_COLUMNS + messages.ELIGIBILITY_COLUMNS) <= cols:
+        try:
+            codes = messages.config_codes(frame)
+            ok = messages.eligible_matrix(frame)[np.arange(len(frame)), codes]
+            bad, detail = int((~ok).sum()), "configuration sent without its eligibility (MIT / AVS / MCC 4722)"
+        except ConfigError as exc:  # unreadable values: the vocabulary checks above count them
+            bad, detail = len(frame), f"unreadable message columns: {exc}"
+        add(CheckResult("eligibility", "MCI_MSI_TYPE/AVS_DATA/MCC", bad, detail))
 
 
 def require(

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from smartrouter import catalog
+from smartrouter.messages import N_CONFIGS
 from smartrouter.world.params import PROCESSING_PROCESSORS, WorldParams
 
 P = len(catalog.PROCESSORS)
@@ -48,6 +49,13 @@ ZIPF_EXPONENT = 0.9
 BAD_BIN_RANKS = (8, 30, 60)  # MASTERCARD, MX: ~100 % declined on BAD_BIN_PROCESSOR
 BAD_BIN_PROCESSOR = "WORLDPAY"  # where MXN MASTERCARD rules send them, so they get traffic
 GREAT_BIN_RANKS = {12: "MIT", 26: "ELAVON", 41: "MIT"}  # VISA MX credit: much better there
+# Message configurations (smartrouter.messages): who may send what, and how much the issuer cares.
+STORED_SHARE_RETURNING = 0.60  # returning customers with their card on file (MIT allowed)
+STORED_SHARE_NEW = 0.05
+MESSAGE_SLAB_SHARE = 0.30  # share of (card type, processor) cells where AVS / MCC matter ...
+MESSAGE_SLAB_SD = 0.30  # ... by a few tenths of a logit
+MESSAGE_SPIKE_SD = 0.03  # the rest: near zero
+MESSAGE_RESIDUAL_SD = 0.04  # each whole configuration's own small term
 
 
 def _zipf_weights(n: int, exponent: float) -> np.ndarray:
@@ -162,6 +170,7 @@ class Users:
     frequency: np.ndarray
     monetary: np.ndarray
     fraud: np.ndarray  # index into catalog.FRAUD_COHORTS
+    stored: np.ndarray  # 0/1: the card is on file with a standing agreement (MIT allowed)
 
     def __len__(self) -> int:
         return len(self.bin_idx)
@@ -184,10 +193,13 @@ def build_users(rng: np.random.Generator, bins: Bins, n_users: int, amex_allowed
     p_med = np.where(returning, 0.10, 0.18)
     u = rng.random(n_users)
     fraud = np.where(u < p_high, 2, np.where(u < p_high + p_med, 1, 0))
+    # Drawn last so every earlier draw (and so every older phenomenon) is unchanged: returning
+    # customers mostly keep their card on file; a new customer rarely saves it on the first purchase.
+    stored = (rng.random(n_users) < np.where(returning, STORED_SHARE_RETURNING, STORED_SHARE_NEW)).astype(np.int64)
     cum = np.cumsum(activity)
     return Users(
         bin_idx=bin_idx, cum_activity=cum / cum[-1], returning=returning, recency_days=recency,
-        frequency=frequency.astype(np.int64), monetary=monetary, fraud=fraud,
+        frequency=frequency.astype(np.int64), monetary=monetary, fraud=fraud, stored=stored,
     )
 
 
@@ -307,6 +319,9 @@ class Effects:
     bank_proc: np.ndarray  # [n_banks+1, P]
     bin_proc: np.ndarray  # [n_bins+1, P]
     mit_msg: np.ndarray  # [3+1 card types, P]: MIT message vs CIT
+    avs_msg: np.ndarray  # [3+1 card types, P]: AVS data sent, on top of the global ``avs`` term
+    mcc_msg: np.ndarray  # [3+1 card types, P]: MCC 4722 (travel package) vs 4511 (airline)
+    config_msg: np.ndarray  # [N_CONFIGS, 3+1 card types, P]: small residual of each whole configuration
     fraud: np.ndarray  # [3+1]
     returning: float
     international: float
@@ -330,6 +345,12 @@ class Effects:
     background_error: np.ndarray  # [P] timeout/5xx share outside incidents
     processing: np.ndarray  # [P] share stuck in PROCESSING
     active_from_sec: np.ndarray  # [P] inf = never active
+
+
+def _spike_and_slab(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Cells that matter with probability MESSAGE_SLAB_SHARE (sd MESSAGE_SLAB_SD), the rest near zero."""
+    big = rng.random(shape) < MESSAGE_SLAB_SHARE
+    return np.where(big, rng.normal(0.0, MESSAGE_SLAB_SD, shape), rng.normal(0.0, MESSAGE_SPIKE_SD, shape))
 
 
 def build_effects(rng: np.random.Generator, params: WorldParams, bins: Bins) -> Effects:
@@ -367,19 +388,26 @@ def build_effects(rng: np.random.Generator, params: WorldParams, bins: Bins) -> 
     if params.late_processor is not None and params.late_join_day is not None:
         active[PI[params.late_processor]] = params.late_join_day * SECONDS_PER_DAY
     processing = np.array([params.processing_share if p in PROCESSING_PROCESSORS else 0.0 for p in procs])
+    retry_proc = rng.normal(0.0, 0.25, P)
+    # Message effects beyond the designed CIT/MIT table, drawn after every older draw (so those stay
+    # as they were): per card type x processor, most cells near zero and a few that matter.
+    avs_msg, mcc_msg = (np.vstack([_spike_and_slab(rng, (len(catalog.CARD_TYPES), P)), np.zeros((1, P))])
+                        for _ in range(2))
+    config_msg = np.concatenate([rng.normal(0.0, MESSAGE_RESIDUAL_SD, (N_CONFIGS, len(catalog.CARD_TYPES), P)),
+                                 np.zeros((N_CONFIGS, 1, P))], axis=1)
     return Effects(
         intercept=2.06,
         proc_base=np.array([0.05, 0.0, 0.0, 0.10, 0.05]),
         brand_proc=brand, cur_proc=cur, type_proc=ctype, foreign_proc=foreign,
         amount_slope=np.array([-0.05, -0.25, 0.10, -0.10, 0.05]), amount_global=-0.15,
-        bank_proc=bank, bin_proc=bin_eff, mit_msg=mit_msg,
+        bank_proc=bank, bin_proc=bin_eff, mit_msg=mit_msg, avs_msg=avs_msg, mcc_msg=mcc_msg, config_msg=config_msg,
         fraud=np.array([0.0, -0.55, -1.7, 0.0]), returning=0.25, international=-0.10, short_notice=-0.30,
         passenger=-0.05, fare=np.array([-0.10, 0.0, 0.05, 0.15, 0.0]), channel=np.array([0.0, 0.10, 0.0]),
         avs=0.12, drift_proc=drift, drift_global=0.08,
         step_bank=BANK_NAMES.index(STEP_BANK), step_sec=STEP_AT_FRACTION * params.days * SECONDS_PER_DAY,
         step_proc=step_proc,
         attempt=np.array([0.0, 0.0, -0.25, -0.45]), prev_soft=-0.9, prev_hard=-4.5, prev_processor_error=0.0,
-        delay_per_decade=0.30, same_processor_soft=-0.50, retry_proc=rng.normal(0.0, 0.25, P),
+        delay_per_decade=0.30, same_processor_soft=-0.50, retry_proc=retry_proc,
         background_error=np.array([0.004, 0.006, 0.005, 0.003, 0.004]), processing=processing,
         active_from_sec=active,
     )

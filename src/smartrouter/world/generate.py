@@ -3,8 +3,10 @@
 Each day is drawn from its own RNG (``SeedSequence([seed, 1, day_index])``), so days are
 independent, any day can be regenerated alone, and memory is bounded by one day. A day is: first
 attempts (orders) with their customer, card and flight; the logging policy's choice (static rules
-for CONTROL, uniform over eligible candidates for EXPERIMENT); the outcome drawn from the truth
-model; then at most two vectorized retry passes for declined orders.
+for CONTROL, uniform over eligible candidates for EXPERIMENT) and message configuration (the
+merchant's default for CONTROL, uniform over the payment's eligible configurations for EXPERIMENT,
+smartrouter.messages); the outcome drawn from the truth model; then at most two vectorized retry
+passes for declined orders.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from smartrouter import catalog
+from smartrouter import catalog, messages
 from smartrouter.rules import RulesEngine
 from smartrouter.world.entities import (
     BANK_NAMES,
@@ -216,7 +218,8 @@ class _DayGenerator:
         self.device = np.where(app, np.where(rng.random(n) < 0.85, 1, 2), _pick(rng, n, [0.55, 0.40, 0.05]))
         self.browser = np.where(app, 4, _pick(rng, n, [0.60, 0.25, 0.10, 0.05]))
         self.browsing = np.round(rng.lognormal(np.log(9.0), 0.8, n), 1)
-        self.avs = (rng.random(n) < np.where(self.foreign == 1, 0.8, 0.5)).astype(np.int64)
+        # the customer gave a billing address (AVS data may be sent): foreign buyers more often
+        self.billing = (rng.random(n) < np.where(self.foreign == 1, 0.8, 0.5)).astype(np.int64)
         stay = rng.random(n) < np.where(self.foreign == 1, 0.7, 0.97)
         self.order_country = np.where(stay, self.country, np.where(self.foreign == 1, catalog.HOME_COUNTRY, "US"))
         self.fraud = u.fraud[self.user]
@@ -224,11 +227,17 @@ class _DayGenerator:
         # Orders are numbered in time order so order ids sort like their first attempt.
         order = np.argsort(self.t0, kind="stable")
         for name in ("t0", "user", "bin", "brand", "ctype", "bank", "country", "foreign", "intl", "currency",
-                     "passengers", "amount", "dtd", "fare", "channel", "device", "browser", "browsing", "avs",
+                     "passengers", "amount", "dtd", "fare", "channel", "device", "browser", "browsing", "billing",
                      "order_country", "fraud", "returning"):
             setattr(self, name, getattr(self, name)[order])
         key = np.uint64(prm.seed) * np.uint64(1_000_003) + np.uint64(self.date.toordinal()) * np.uint64(1 << 24) + np.arange(n, dtype=np.uint64)
         self.experiment = (_splitmix64(key) >> np.uint64(11)).astype(np.float64) / float(1 << 53) < prm.experiment_share
+        # message facts (drawn after every older draw of the day): the user's card on file, and
+        # bookings that bundle a hotel or car (more often abroad)
+        self.stored = u.stored[self.user]
+        self.package = (rng.random(n) < np.where(self.intl == 1, 0.22, 0.10)).astype(np.int64)
+        self.eligible = messages.eligible_matrix(pd.DataFrame(
+            {"STORED_CREDENTIAL": self.stored, "BILLING_ADDRESS": self.billing, "TRAVEL_PACKAGE": self.package}))
 
     # ------------------------------------------------------------------ one pass of attempts
     def _encode(self, oi: np.ndarray, t: np.ndarray, attempt: np.ndarray, prev_code: np.ndarray,
@@ -238,7 +247,7 @@ class _DayGenerator:
             card_type=self.ctype[oi], foreign=self.foreign[oi],
             log_amount=log_amount(self.amount[oi], self.currency[oi]), fraud=self.fraud[oi],
             returning=self.returning[oi], international=self.intl[oi], days_to_departure=self.dtd[oi],
-            passengers=self.passengers[oi], fare=self.fare[oi], channel=self.channel[oi], avs=self.avs[oi],
+            passengers=self.passengers[oi], fare=self.fare[oi], channel=self.channel[oi],
             t_sec=t, attempt=attempt, prev_class=CODE_CLASS[prev_code], delay_sec=delay, prev_proc=prev_proc,
         )
 
@@ -289,19 +298,35 @@ class _DayGenerator:
         """Route and resolve one wave of attempts (first attempts, or one retry wave)."""
         w, rng, m = self.w, self.rng, len(oi)
         eff = w.effects
-        msg = (rng.random(m) < np.where(attempt == 1, 0.2, 0.3)).astype(np.int64)
+        config, msg_prop = self._message(oi, attempt, rng.random(m))
         route = self._route(oi, t, attempt, prev_proc)
         proc = route["proc"]
         enc = self._encode(oi, t, attempt, prev_code, delay, prev_proc)
         err_share = error_share(eff, proc, t, w.outages)
-        p_issuer = sigmoid(issuer_logit(eff, enc, proc, msg, w._oracle.span_sec, w.outages))
+        p_issuer = sigmoid(issuer_logit(eff, enc, proc, config, w._oracle.span_sec, w.outages))
         status, code, latency = self._outcome(oi, proc, prev_code, err_share, p_issuer)
         return {
             "oi": oi, "t": t, "attempt": attempt, "prev_code": prev_code, "prev_proc": prev_proc, "delay": delay,
-            "avg_delay": avg_delay, "msg": msg, "proc": proc, "status": status, "code": code,
+            "avg_delay": avg_delay, "config": config, "msg_prop": msg_prop, "proc": proc, "status": status, "code": code,
             "latency": np.round(latency, 1), "propensity": route["propensity"], "algo": route["algo"],
             "mask_code": route["mask_code"], "rule_epoch": route["rule_epoch"],
         }
+
+    def default_configs(self, oi: np.ndarray, attempt: np.ndarray) -> np.ndarray:
+        """The merchant's default configuration code of each attempt (messages.default_codes_from)."""
+        return messages.default_codes_from(self.stored[oi], self.billing[oi], self.foreign[oi], self.channel[oi],
+                                           (attempt > 1).astype(np.int64))
+
+    def _message(self, oi: np.ndarray, attempt: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The logging policy for messages: (config code, its propensity) per attempt. EXPERIMENT orders
+        draw uniformly among the payment's eligible configurations (``u`` uniform in [0, 1)); CONTROL
+        sends the merchant's default (propensity 1)."""
+        elig = self.eligible[oi]
+        k = elig.sum(axis=1)
+        r = np.floor(u * k).astype(np.int64)
+        drawn = np.argmax(np.cumsum(elig, axis=1) > r[:, None], axis=1)
+        exp = self.experiment[oi]
+        return np.where(exp, drawn, self.default_configs(oi, attempt)), np.where(exp, 1.0 / k, 1.0)
 
     def _outcome(self, oi: np.ndarray, proc: np.ndarray, prev_code: np.ndarray, err_share: np.ndarray,
                  p_issuer: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -456,6 +481,7 @@ class _DayGenerator:
         user = self.user[oi]
         bins = w.bins
         first = a["attempt"] == 1
+        msg_cols = messages.config_columns(a["config"])
         attempts = pd.DataFrame(
             {
                 "ATTEMPT_ID": attempt_ids,
@@ -483,8 +509,13 @@ class _DayGenerator:
                 "PREVIOUS_PROCESSOR": np.where(a["prev_proc"] >= 0, procs[a["prev_proc"]], None),
                 "SEC_SINCE_PREVIOUS_ATTEMPT": np.where(first, np.nan, a["delay"]),
                 "AVG_SEC_BETWEEN_PAYMENT_ATTEMPS": np.where(first, np.nan, np.round(a["avg_delay"], 3)),
-                "MCI_MSI_TYPE": np.array(catalog.MESSAGE_TYPES, dtype=object)[a["msg"]],
-                "AVS_CHECKED": self.avs[oi].astype(bool),
+                **msg_cols,
+                "AVS_CHECKED": msg_cols["AVS_DATA"].astype(bool),
+                "STORED_CREDENTIAL": self.stored[oi],
+                "BILLING_ADDRESS": self.billing[oi],
+                "TRAVEL_PACKAGE": self.package[oi],
+                "MESSAGE_RANDOMIZED": self.experiment[oi].astype(np.int64) if served is None else served["MESSAGE_RANDOMIZED"],
+                "MESSAGE_PROPENSITY": a["msg_prop"].astype(float),
                 "ORDER_COUNTRY_CODE": self.order_country[oi],
                 "IS_RETURNING_CUSTOMER": self.returning[oi].astype(bool),
                 "USER_RECENCY_DAYS": users.recency_days[user],

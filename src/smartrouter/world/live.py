@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from smartrouter import atomic, catalog, warehouse
+from smartrouter import atomic, catalog, messages, warehouse
 from smartrouter.config import Settings, load_settings
 from smartrouter.routing.experiment import CONTROL
 from smartrouter.errors import ConfigError
@@ -78,13 +78,35 @@ TRUTH_COLUMNS: tuple[str, ...] = (
     "ATTEMPT_ID", "ORDER_ID", "DAY", "CREATED_AT", "ATTEMPT_NUMBER", "CURRENCY", "AMOUNT", "AMOUNT_USD",
     "CARD_BRAND", "CARD_TYPE", "ARM", "SOURCE", "MODEL_VERSION", "CHOSEN", "PROPENSITY", "RULES_CHOICE",
     "ORACLE_BEST", "P_CHOSEN", "P_RULES", "P_BEST", "STATUS", "APPROVED", "OUTAGE_PROCESSORS",
-    "CHOSEN_IN_OUTAGE", "LATENCY_MS",
+    "CHOSEN_IN_OUTAGE", "LATENCY_MS", "MESSAGE_CONFIG", "DEFAULT_CONFIG", "P_CHOSEN_DEFAULT_CONFIG",
 )
 _SUMMARY_KEY = b"smartrouter.day_summary"
 _WORLD_KEY = b"smartrouter.world_fingerprint"
 _TIMEOUT, _PSP = CODE_LIST.index(catalog.TIMEOUT_CODE), CODE_LIST.index("PSP_5XX")
 _PROCS = np.array(catalog.PROCESSORS, dtype=object)
 _CODES = np.array(list(CODE_LIST) + [None], dtype=object)  # index -1 = no code
+_CONFIG_KEYS = np.array(messages.CONFIG_KEYS, dtype=object)
+
+
+def _message_fields() -> frozenset[str]:
+    """The /v1/route request fields that carry the message and its eligibility facts, as far as the
+    service's request schema (serve/app.py, the same code the live loop runs) knows them: an older
+    service refuses unknown fields, so the loop sends only those it accepts (CIT/MIT and AVS always)."""
+    wanted = {c.lower() for c in messages.MESSAGE_COLUMNS + messages.ELIGIBILITY_COLUMNS} | {"avs_checked"}
+    try:
+        from serve.app import RouteRequest
+    except ImportError:  # no service code beside the world: the fields every version knows
+        return frozenset({"mci_msi_type", "avs_checked"})
+    return frozenset(wanted & set(RouteRequest.__struct_fields__))
+
+
+def _recommended_key(answer: dict) -> str | None:
+    """The message configuration a /v1/route answer recommends (``message_config`` as a key or an
+    object with ``key``), or None when it names none."""
+    rec = answer.get("message_config")
+    if isinstance(rec, dict):
+        rec = rec.get("key")
+    return rec if isinstance(rec, str) and rec else None
 
 
 @dataclass
@@ -216,8 +238,9 @@ class _Truth:
             on[t >= t_c, p] = enable
         return on & self.elig[brand, currency]
 
-    def matrix(self, enc: Any, msg: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(m, P) each: P(APPROVED), processor-error share, issuer approval, in-an-incident flag.
+    def matrix(self, enc: Any, config: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(m, P) each: P(APPROVED), processor-error share, issuer approval, in-an-incident flag, each
+        row with its message configuration ``config`` (codes into messages.CONFIGS).
 
         Every processor at once: the m rows are repeated once per processor (processor-major), so
         the truth functions run once on m * P rows instead of P times on m (slices are small and
@@ -225,10 +248,10 @@ class _Truth:
         m, P = len(t), len(catalog.PROCESSORS)
         rep = Encoded(**{f.name: np.tile(getattr(enc, f.name), P) for f in fields(Encoded)})
         proc = np.repeat(np.arange(P), m)
-        t_r, msg_r = rep.t_sec, np.tile(msg, P)
+        t_r, config_r = rep.t_sec, np.tile(config, P)
         o = self.outages
         es = error_share(self.eff, proc, t_r, o)
-        z = issuer_logit(self.eff, rep, proc, msg_r, self.span, o)
+        z = issuer_logit(self.eff, rep, proc, config_r, self.span, o)
         for t0, shift, bank, bins, procs in self.steps:
             hit = (t_r >= t0) & np.isin(proc, list(procs))
             if bank is not None:
@@ -283,12 +306,14 @@ class _LiveDay:
         self._rules_cache: dict[tuple, int] = {}
         self._cand_cache: dict[tuple, tuple[str, str, list[str]]] = {}
         self._order_fields = self._order_bodies()
-        # First attempts are known at the start of the day (their message type too): their truth for
-        # every processor is computed in one vectorized pass; retries are computed per slice.
+        # First attempts are known at the start of the day (with the merchant's default message): their
+        # truth for every processor is computed in one vectorized pass; retries, and attempts whose
+        # message the service changed, are computed per slice.
         n = g.n
-        self.first_msg = (g.rng.random(n) < 0.2).astype(np.int64)
+        self.first_config = g.default_configs(np.arange(n), np.ones(n, dtype=np.int64))
         enc = g._encode(np.arange(n), g.t0, np.ones(n, dtype=np.int64), np.full(n, -1), np.full(n, np.nan), np.full(n, -1))
-        self.first_truth = self.truth.matrix(enc, self.first_msg, g.t0)
+        self.first_truth = self.truth.matrix(enc, self.first_config, g.t0)
+        self.message_fields = _message_fields()
 
     # ------------------------------------------------------------------ request bodies
     def _order_bodies(self) -> list[dict[str, Any]]:
@@ -307,7 +332,6 @@ class _LiveDay:
             "card_country": g.country.tolist(),
             "card_level": np.array(catalog.CARD_LEVELS, dtype=object)[b.level[g.bin]].tolist(),
             "bank": np.array(BANK_NAMES, dtype=object)[g.bank].tolist(),
-            "avs_checked": g.avs.astype(bool).tolist(),
             "order_country_code": g.order_country.tolist(),
             "is_returning_customer": g.returning.astype(bool).tolist(),
             "user_recency_days": [None if np.isnan(x) else x for x in u.recency_days[user].tolist()],
@@ -380,6 +404,35 @@ class _LiveDay:
             out[i] = hit
         return out
 
+    # ------------------------------------------------------------------ messages
+    def _message_body(self, o: int, default: int) -> dict[str, Any]:
+        """The message fields of one /v1/route body: the merchant's default configuration and the
+        payment's eligibility facts (only the fields the service accepts)."""
+        g, c = self.g, messages.CONFIGS[default]
+        values = {"mci_msi_type": c.initiator, "avs_checked": bool(c.avs), "avs_data": int(c.avs), "mcc": c.mcc,
+                  "stored_credential": int(g.stored[o]), "billing_address": int(g.billing[o]),
+                  "travel_package": int(g.package[o])}
+        return {k: v for k, v in values.items() if k in self.message_fields}
+
+    def _sent_messages(self, oi: np.ndarray, default: np.ndarray, answers: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(config code, propensity, randomized 0/1) of the message each attempt sends: the service's
+        recommended ``message_config`` where it names one this payment may send, else the merchant's
+        default (propensity 1). ``message_propensity`` / ``message_randomized`` of the answer are logged
+        when its recommendation is sent."""
+        g = self.g
+        config, prop, rand = default.copy(), np.ones(len(oi)), np.zeros(len(oi), dtype=np.int64)
+        for i, a in enumerate(answers):
+            key = _recommended_key(a)
+            if key is None or key not in messages.CONFIG_KEYS:
+                continue
+            k = messages.CONFIG_KEYS.index(key)
+            if not g.eligible[oi[i], k]:  # never send what the payment may not: the default instead
+                continue
+            config[i] = k
+            prop[i] = float(a.get("message_propensity", 1.0) or 1.0)
+            rand[i] = int(bool(a.get("message_randomized", prop[i] < 1.0)))
+        return config, prop, rand
+
     # ------------------------------------------------------------------ one slice
     def _batch(self, r: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Route, resolve and report one batch (sorted by time); returns the retry waves it schedules."""
@@ -395,9 +448,9 @@ class _LiveDay:
             return []
         first = attempt == 1
         retry = np.flatnonzero(~first)
-        msg = np.empty(m, dtype=np.int64)
-        msg[first] = self.first_msg[oi[first]]
-        msg[retry] = (g.rng.random(len(retry)) < 0.3).astype(np.int64)
+        default = np.empty(m, dtype=np.int64)
+        default[first] = self.first_config[oi[first]]
+        default[retry] = g.default_configs(oi[retry], attempt[retry])
         joined = truth.in_world[None, :] & (truth.eff.active_from_sec[None, :] <= t[:, None])
         created = self._created(t)
         stamps = np.datetime_as_string(created, unit="us").tolist()
@@ -419,13 +472,14 @@ class _LiveDay:
             b = dict(self._order_fields[o])
             head = attempt[i] == 1
             b.update(
-                payment_id=payment_ids[i], attempt_id=attempt_ids[i], mci_msi_type=catalog.MESSAGE_TYPES[msg[i]],
+                payment_id=payment_ids[i], attempt_id=attempt_ids[i],
                 num_attempts_order=int(attempt[i]), created_at=stamps[i], candidates=names,
                 previous_order_error_code=None if head else CODE_LIST[r["prev_code"][i]],
                 previous_processor=None if head else catalog.PROCESSORS[r["prev_proc"][i]],
                 sec_since_previous_attempt=None if head else float(r["delay"][i]),
                 avg_sec_between_payment_attempts=None if head else round(float(r["avg_delay"][i]), 3),
             )
+            b.update(self._message_body(o, int(default[i])))
             bodies.append(b)
         answers = self.client.route(bodies)
         if len(answers) != m:
@@ -438,12 +492,20 @@ class _LiveDay:
                                 f"candidates sent ({json.loads(cands[i])}); the service must honour `candidates`")
             chosen[i] = p
         rows = np.arange(m)
+        config, msg_prop, msg_rand = self._sent_messages(oi, default, answers)
         p_all, es_all, pi_all, out_all = (x[oi] for x in self.first_truth)  # copies; retry rows replaced below
         if len(retry):
             enc = g._encode(oi[retry], t[retry], attempt[retry], r["prev_code"][retry], r["delay"][retry],
                             r["prev_proc"][retry])
-            for full, part in zip((p_all, es_all, pi_all, out_all), truth.matrix(enc, msg[retry], t[retry])):
+            for full, part in zip((p_all, es_all, pi_all, out_all), truth.matrix(enc, default[retry], t[retry])):
                 full[retry] = part
+        p_default = p_all.copy()  # the merchant's default message: the rules' counterfactual
+        changed = np.flatnonzero(config != default)
+        if len(changed):  # the service recommended another message: the truth of what was sent
+            enc = g._encode(oi[changed], t[changed], attempt[changed], r["prev_code"][changed], r["delay"][changed],
+                            r["prev_proc"][changed])
+            for full, part in zip((p_all, es_all, pi_all, out_all), truth.matrix(enc, config[changed], t[changed])):
+                full[changed] = part
         status, code, latency = g._outcome(oi, chosen, r["prev_code"], es_all[rows, chosen], pi_all[rows, chosen])
         latency = np.round(latency, 1)
         outcomes = []
@@ -484,12 +546,13 @@ class _LiveDay:
             details.append(json.dumps(detail, separators=(",", ":")))
         in_outage = out_all
         self.batches.append({
-            **r, "msg": msg, "proc": chosen, "status": status, "code": code, "latency": latency,
+            **r, "config": config, "msg_prop": msg_prop, "MESSAGE_RANDOMIZED": msg_rand, "proc": chosen, "status": status, "code": code, "latency": latency,
             "ATTEMPT_ID": attempt_ids, "PAYMENT_ID": payment_ids, "DETAIL": np.array(details, dtype=object),
             "ALGORITHM_TYPE": algorithm, "EXPERIMENT_ARM": arm, "CANDIDATES": np.array(cands, dtype=object),
             "PROPENSITY": propensity, "LATENCY_MS": np.round(lat_ms, 2), "SKIP_REASONS": np.array(skips, dtype=object),
             "SOURCE": source, "MODEL_VERSION": version, "RULES_CHOICE": rules, "ORACLE_BEST": best,
-            "P_CHOSEN": p_all[rows, chosen], "P_RULES": p_all[rows, rules], "P_BEST": p_all[rows, best],
+            "P_CHOSEN": p_all[rows, chosen], "P_RULES": p_default[rows, rules], "P_BEST": p_all[rows, best],
+            "P_CHOSEN_DEFAULT_CONFIG": p_default[rows, chosen], "DEFAULT_CONFIG": default,
             "OUTAGE_MASK": (in_outage * (1 << np.arange(in_outage.shape[1]))).sum(axis=1),
             "CHOSEN_IN_OUTAGE": in_outage[rows, chosen],
         })
@@ -543,12 +606,12 @@ class _LiveDay:
         go &= (t[idx] + np.nan_to_num(delay) < g.day_end)
         for k in np.flatnonzero(go):
             self.card_counter.record((reqs[k]["user_id"], reqs[k]["card_bin"]), float(t[idx[k]] + delay[k]))
-        # the truth of retrying at once on the truly best processor (either message type, as retries draw them)
+        # the truth of retrying at once on the truly best processor, with the merchant's default message for a retry
         d0 = self.immediate
         ti = t[idx] + d0
         enc = g._encode(oi[idx], ti, attempt[idx] + 1, code[idx], np.full(len(idx), d0), chosen[idx])
         avail = truth.available(ti, g.brand[oi[idx]], g.currency[oi[idx]])
-        best = [np.where(avail, truth.matrix(enc, np.full(len(idx), mt), ti)[0], 0.0).max(axis=1) for mt in (0, 1)]
+        best = np.where(avail, truth.matrix(enc, g.default_configs(oi[idx], attempt[idx] + 1), ti)[0], 0.0).max(axis=1)
         self.retry_log.append(pd.DataFrame({
             "ORDER_ID": [bodies[i]["order_id"] for i in idx], "ATTEMPT_NUMBER": attempt[idx].astype(np.int64),
             "ERROR_CODE": [CODE_LIST[c] for c in code[idx]], "PROCESSOR": _PROCS[chosen[idx]],
@@ -556,7 +619,7 @@ class _LiveDay:
             "SOURCE": [a["source"] for a in answers],
             "DELAY": [a["delay"] for a in answers], "DELAY_SECONDS": delay,
             "ADVISED_PROCESSOR": [a["processor"] for a in answers], "RULE": [a["rule"] for a in answers],
-            "P_BEST_IMMEDIATE": 0.7 * best[0] + 0.3 * best[1],  # retries go out as MIT 30 % of the time
+            "P_BEST_IMMEDIATE": best,
         }))
         sel = idx[go]
         prev_n = attempt[sel] - 1
@@ -646,6 +709,8 @@ class _LiveDay:
             "P_BEST": a["P_BEST"], "STATUS": status_name, "APPROVED": a["status"] == 0,
             "OUTAGE_PROCESSORS": np.array([outage_names[int(x)] for x in a["OUTAGE_MASK"]], dtype=object),
             "CHOSEN_IN_OUTAGE": a["CHOSEN_IN_OUTAGE"].astype(bool), "LATENCY_MS": a["LATENCY_MS"].astype(float),
+            "MESSAGE_CONFIG": _CONFIG_KEYS[a["config"]], "DEFAULT_CONFIG": _CONFIG_KEYS[a["DEFAULT_CONFIG"]],
+            "P_CHOSEN_DEFAULT_CONFIG": a["P_CHOSEN_DEFAULT_CONFIG"],
         }, columns=list(TRUTH_COLUMNS))
         ms = np.array(self.route_ms, dtype=float)
         summary = DaySummary(

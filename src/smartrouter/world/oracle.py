@@ -1,11 +1,30 @@
 """The world's truth: the approval model the generator samples from, and the Oracle that exposes
 it to evaluation (never to models; never written into a table).
 
-P(APPROVED | attempt, processor, message, t)
+P(APPROVED | attempt, processor, message configuration, t)
     = (1 - error_share(processor, t)) * (1 - processing_share(processor)) * sigmoid(logit)
 where ``error_share`` is the background timeout/5xx rate plus the outage incidents' timeout share
 (the issuer is never asked), and ``logit`` sums the terms of ``entities.Effects``.
 The generator and the oracle call the same functions here, so the oracle is exact.
+
+The message configuration (smartrouter.messages: initiator CIT/MIT, AVS data, MCC) enters the
+logit through ``message_logit``; every call that takes a message accepts config codes (index into
+``messages.CONFIGS``). Oracle signatures (all return TRUE probabilities, evaluation only):
+
+- ``approval_probability(attempts, processor, message_type=None, at=None, include_outages=True,
+  resolved_only=False, config=None) -> (n,)``: each row sent to ``processor`` (one name or one per
+  row) with ``config`` (a MessageConfig, a key like ``"MIT/AVS/4511"``, or one code/key per row;
+  default: the row's own MESSAGE_COLUMNS; ``message_type`` replaces only the initiator).
+- ``probability_matrix(attempts, message_type=None, include_outages=True, resolved_only=False,
+  config=None) -> (n, len(catalog.PROCESSORS))``: every processor, the same message per row.
+- ``joint_probability_matrix(attempts, include_outages=True, resolved_only=False,
+  eligible_only=True) -> (n, len(catalog.PROCESSORS), messages.N_CONFIGS)``: every (processor,
+  configuration) pair; 0 where the processor is ineligible and, with ``eligible_only``, where the
+  configuration is (messages.eligible_matrix), so its argmax is the oracle-best joint choice.
+
+The issuer answers any message it receives: with an explicit ``config`` the first two give the
+counterfactual even for a configuration the payment may not send (eligibility is the sender's
+rule, enforced by messages.eligible_matrix, never by the truth).
 """
 
 from __future__ import annotations
@@ -18,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from smartrouter import catalog
+from smartrouter import catalog, messages
 from smartrouter.errors import ConfigError
 from smartrouter.world.entities import (
     AMOUNT_PIVOT_MXN,
@@ -56,7 +75,6 @@ class Encoded:
     passengers: np.ndarray
     fare: np.ndarray
     channel: np.ndarray
-    avs: np.ndarray  # 0/1
     t_sec: np.ndarray  # seconds since the world's start
     attempt: np.ndarray  # 1..3
     prev_class: np.ndarray
@@ -89,10 +107,21 @@ def prev_class_of(codes: pd.Series | np.ndarray) -> np.ndarray:
     return np.where(s.isna().to_numpy(), PREV_NONE, np.where(idx >= 0, np.array(classes)[idx], PREV_SOFT)).astype(np.int64)
 
 
-def issuer_logit(eff: Effects, enc: Encoded, proc: np.ndarray, msg: np.ndarray, span_sec: float,
+def message_logit(eff: Effects, card_type: np.ndarray, proc: np.ndarray, config: np.ndarray) -> np.ndarray:
+    """The message configuration's term of the logit (``config``: codes into messages.CONFIGS):
+    the designed CIT/MIT table, AVS data (global plus per card type x processor), the MCC variant,
+    and each whole configuration's small residual."""
+    return (np.where(messages.CONFIG_MIT[config] == 1, eff.mit_msg[card_type, proc], 0.0)
+            + messages.CONFIG_AVS[config] * (eff.avs + eff.avs_msg[card_type, proc])
+            + messages.CONFIG_MCC[config] * eff.mcc_msg[card_type, proc]
+            + eff.config_msg[config, card_type, proc])
+
+
+def issuer_logit(eff: Effects, enc: Encoded, proc: np.ndarray, config: np.ndarray, span_sec: float,
                  outages: Outages | None) -> np.ndarray:
-    """The issuer's approval logit if each row went to ``proc`` (index per row) with message ``msg``
-    (0 CIT, 1 MIT); ``outages`` adds the decline-raising incidents (None: without outages)."""
+    """The issuer's approval logit if each row went to ``proc`` (index per row) with message
+    configuration ``config`` (codes into messages.CONFIGS); ``outages`` adds the decline-raising
+    incidents (None: without outages)."""
     frac = enc.t_sec / span_sec
     z = (
         eff.intercept
@@ -104,7 +133,7 @@ def issuer_logit(eff: Effects, enc: Encoded, proc: np.ndarray, msg: np.ndarray, 
         + (eff.amount_slope[proc] + eff.amount_global) * enc.log_amount
         + eff.bank_proc[enc.bank_idx, proc]
         + eff.bin_proc[enc.bin_idx, proc]
-        + np.where(msg == 1, eff.mit_msg[enc.card_type, proc], 0.0)
+        + message_logit(eff, enc.card_type, proc, config)
         + eff.fraud[enc.fraud]
         + eff.returning * enc.returning
         + eff.international * enc.international
@@ -112,7 +141,6 @@ def issuer_logit(eff: Effects, enc: Encoded, proc: np.ndarray, msg: np.ndarray, 
         + eff.passenger * np.maximum(enc.passengers - 1, 0)
         + eff.fare[enc.fare]
         + eff.channel[enc.channel]
-        + eff.avs * enc.avs
         + eff.drift_proc[proc] * frac
         + eff.drift_global * np.sin(2.0 * np.pi * frac)
         + np.where((enc.bank_idx == eff.step_bank) & (enc.t_sec >= eff.step_sec), eff.step_proc[proc], 0.0)
@@ -229,7 +257,6 @@ class Oracle:
             passengers=number("PASSENGERS", 1.0),
             fare=codes("FARE_CLASS", catalog.FARE_CLASSES),
             channel=codes("CHANNEL", catalog.CHANNELS),
-            avs=flag("AVS_CHECKED"),
             t_sec=self._times(f["CREATED_AT"] if at is None else at),
             attempt=np.clip(number("NUM_ATTEMPTS_ORDER", 1.0), 1, 3).astype(np.int64),
             prev_class=prev_class_of(prev_codes.to_numpy()),
@@ -250,20 +277,37 @@ class Oracle:
             raise ConfigError(f"unknown processor(s) {', '.join(bad)}; choose from {', '.join(catalog.PROCESSORS)}")
         return idx
 
-    def _msg_codes(self, message_type: str | Sequence[str] | None, attempts: pd.DataFrame, n: int) -> np.ndarray:
+    def _config_codes(self, attempts: pd.DataFrame, n: int, message_type: str | Sequence[str] | None = None,
+                      config: "messages.MessageConfig | str | Sequence | np.ndarray | None" = None) -> np.ndarray:
+        """Config code per row: ``config`` if given (one for all rows or one per row), else the rows'
+        MESSAGE_COLUMNS; ``message_type`` then replaces the initiator (CIT/MIT) only."""
+        if config is None:
+            codes = messages.config_codes(attempts)
+        elif isinstance(config, (str, messages.MessageConfig)):
+            codes = np.full(n, messages.CONFIG_INDEX[messages.as_config(config)], dtype=np.int64)
+        else:
+            values = np.asarray(config, dtype=object)
+            if values.shape != (n,):
+                raise ConfigError(f"oracle got {values.shape[0] if values.ndim else 1} message configurations for {n} "
+                                  "attempts; pass one configuration or one per row")
+            if all(isinstance(v, (int, np.integer)) for v in values):
+                codes = values.astype(np.int64)
+                if ((codes < 0) | (codes >= messages.N_CONFIGS)).any():
+                    raise ConfigError(f"message configuration codes must be in 0..{messages.N_CONFIGS - 1} (index into messages.CONFIGS)")
+            else:
+                codes = np.array([messages.CONFIG_INDEX[messages.as_config(v)] for v in values], dtype=np.int64)
         if message_type is None:
-            col = attempts.rename(columns=str.upper).get("MCI_MSI_TYPE")
-            if col is None:
-                return np.zeros(n, dtype=np.int64)
-            values = col.astype(str).str.upper()
-        elif isinstance(message_type, str):
+            return codes
+        if isinstance(message_type, str):
             values = pd.Series([message_type.upper()] * n)
         else:
             values = pd.Series(np.asarray(message_type, dtype=object)).astype(str).str.upper()
         idx = pd.Index(catalog.MESSAGE_TYPES).get_indexer(values)
         if (idx < 0).any():
             raise ConfigError(f"unknown message type(s) {sorted(set(values[idx < 0]))}; use CIT or MIT")
-        return idx
+        # CONFIGS order is initiator-major: replace the initiator, keep AVS and MCC
+        per_initiator = messages.N_CONFIGS // len(catalog.MESSAGE_TYPES)
+        return idx * per_initiator + codes % per_initiator
 
     # ------------------------------------------------------------------ truth
     def eligible(self, enc: Encoded, proc: np.ndarray) -> np.ndarray:
@@ -276,7 +320,7 @@ class Oracle:
                 ok |= rows & np.isin(proc, allowed)
         return ok & (enc.t_sec >= self._eff.active_from_sec[proc])
 
-    def probabilities(self, enc: Encoded, proc: np.ndarray, msg: np.ndarray, include_outages: bool = True,
+    def probabilities(self, enc: Encoded, proc: np.ndarray, config: np.ndarray, include_outages: bool = True,
                       resolved_only: bool = False) -> np.ndarray:
         """P(APPROVED) for encoded rows (0 where ineligible); the generator samples from the same terms.
 
@@ -284,7 +328,7 @@ class Oracle:
         (which exclude PROCESSING rows) and the off-policy estimates built on them measure.
         """
         outages = self._outages if include_outages else None
-        p_issuer = sigmoid(issuer_logit(self._eff, enc, proc, msg, self.span_sec, outages))
+        p_issuer = sigmoid(issuer_logit(self._eff, enc, proc, config, self.span_sec, outages))
         stuck = 0.0 if resolved_only else self._eff.processing[proc]
         p = (1.0 - error_share(self._eff, proc, enc.t_sec, outages)) * (1.0 - stuck) * p_issuer
         return np.where(self.eligible(enc, proc), p, 0.0)
@@ -297,27 +341,48 @@ class Oracle:
         at: pd.Series | np.ndarray | None = None,
         include_outages: bool = True,
         resolved_only: bool = False,
+        config: "messages.MessageConfig | str | Sequence | np.ndarray | None" = None,
     ) -> np.ndarray:
-        """TRUE P(status APPROVED) if each row were sent to ``processor`` with ``message_type``
-        (default: the row's MCI_MSI_TYPE) at ``at`` (default: its CREATED_AT); 0.0 where ineligible."""
+        """TRUE P(status APPROVED) if each row were sent to ``processor`` with message ``config``
+        (default: the row's MESSAGE_COLUMNS; ``message_type`` replaces the initiator) at ``at``
+        (default: its CREATED_AT); 0.0 where the processor is ineligible."""
         n = len(attempts)
         if n == 0:
             return np.zeros(0)
         enc = self.encode(attempts, at)
-        return self.probabilities(enc, self._proc_codes(processor, n), self._msg_codes(message_type, attempts, n),
+        return self.probabilities(enc, self._proc_codes(processor, n), self._config_codes(attempts, n, message_type, config),
                                   include_outages, resolved_only)
 
     def probability_matrix(self, attempts: pd.DataFrame, message_type: str | Sequence[str] | None = None,
-                           include_outages: bool = True, resolved_only: bool = False) -> np.ndarray:
-        """(n, len(catalog.PROCESSORS)) true approval probabilities, 0 where ineligible."""
+                           include_outages: bool = True, resolved_only: bool = False,
+                           config: "messages.MessageConfig | str | Sequence | np.ndarray | None" = None) -> np.ndarray:
+        """(n, len(catalog.PROCESSORS)) true approval probabilities with each row's message (or
+        ``config`` / ``message_type`` as in approval_probability), 0 where the processor is ineligible."""
         n = len(attempts)
         out = np.zeros((n, P))
         if n == 0:
             return out
         enc = self.encode(attempts)
-        msg = self._msg_codes(message_type, attempts, n)
+        codes = self._config_codes(attempts, n, message_type, config)
         for j in range(P):
-            out[:, j] = self.probabilities(enc, np.full(n, j), msg, include_outages, resolved_only)
+            out[:, j] = self.probabilities(enc, np.full(n, j), codes, include_outages, resolved_only)
+        return out
+
+    def joint_probability_matrix(self, attempts: pd.DataFrame, include_outages: bool = True, resolved_only: bool = False,
+                                 eligible_only: bool = True) -> np.ndarray:
+        """(n, len(catalog.PROCESSORS), messages.N_CONFIGS) true approval of every (processor, configuration)
+        pair; 0 where the processor is ineligible and, with ``eligible_only``, where the configuration is."""
+        n = len(attempts)
+        out = np.zeros((n, P, messages.N_CONFIGS))
+        if n == 0:
+            return out
+        enc = self.encode(attempts)
+        for k in range(messages.N_CONFIGS):
+            codes = np.full(n, k, dtype=np.int64)
+            for j in range(P):
+                out[:, j, k] = self.probabilities(enc, np.full(n, j), codes, include_outages, resolved_only)
+        if eligible_only:
+            out *= messages.eligible_matrix(attempts.rename(columns=str.upper))[:, None, :]
         return out
 
     def best_processor(self, attempts: pd.DataFrame, include_outages: bool = True) -> np.ndarray:
