@@ -152,13 +152,17 @@ def eligible_configs(payment: Mapping[str, Any]) -> list[MessageConfig]:
 
 def is_eligible(payment: Mapping[str, Any], config: MessageConfig) -> bool:
     """Whether ``payment`` may send ``config``."""
-    return bool(eligible_matrix(_frame(payment))[0, CONFIG_INDEX[_checked(config)]])
+    return bool(eligible_matrix(_frame(payment))[0, CONFIG_INDEX[as_config(config)]])
 
 
-def _checked(config: MessageConfig | str) -> MessageConfig:
+def as_config(config: MessageConfig | str) -> MessageConfig:
+    """A MessageConfig from a config or its key; ConfigError naming the valid ones otherwise."""
     if isinstance(config, str):
         return parse_config_key(config)
-    c = MessageConfig(*config)
+    try:
+        c = MessageConfig(*config)
+    except TypeError:
+        raise ConfigError(f"{config!r} is not a message configuration; use one of {', '.join(CONFIG_KEYS)}") from None
     if c not in CONFIG_INDEX:
         raise ConfigError(f"unknown message configuration {tuple(config)!r}; use one of {', '.join(CONFIG_KEYS)}")
     return c
@@ -194,7 +198,7 @@ def config_codes(frame: pd.DataFrame) -> np.ndarray:
 
 def with_config(frame: pd.DataFrame, config: MessageConfig | str) -> pd.DataFrame:
     """A copy of ``frame`` whose MESSAGE_COLUMNS (and legacy AVS_CHECKED, if present) say ``config``."""
-    c = _checked(config)
+    c = as_config(config)
     out = frame.copy()
     out["MCI_MSI_TYPE"] = c.initiator
     out["AVS_DATA"] = int(c.avs)
@@ -252,7 +256,7 @@ def choose_config(payment: Mapping[str, Any], recommended: str | MessageConfig |
     payment, else the merchant's default (a client's tolerant reading of a routing answer)."""
     if recommended:
         try:
-            c = _checked(recommended)
+            c = as_config(recommended)
         except ConfigError:
             return default_config(payment)
         if is_eligible(payment, c):
