@@ -437,3 +437,52 @@ def test_the_in_process_client_routes_only_once_online_features_are_seeded(setti
         assert c.service.online_features == "seeded"
     finally:
         c.close()
+
+
+class RecommendingClient:
+    """Adds a ``message_config`` to every answer of ``inner`` (what a service recommending messages says)."""
+
+    def __init__(self, inner, key: str) -> None:
+        self.inner, self.key = inner, key
+
+    def route(self, requests):
+        return [{**a, "message_config": {"key": self.key}, "message_propensity": 0.5, "message_randomized": True}
+                for a in self.inner.route(requests)]
+
+    def report(self, outcomes):
+        self.inner.report(outcomes)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_live_day_sends_a_recommended_message_only_where_the_payment_may(settings):
+    from smartrouter import messages
+
+    key = "MIT/AVS/4511"  # needs a stored credential and a billing address: many payments may not
+    c = RecommendingClient(client(settings), key)
+    try:
+        (day,) = live.advance(settings, 1, c)
+    finally:
+        c.close()
+    att = _new_rows(settings, catalog.ATTEMPTS_VIEW).set_index("ATTEMPT_ID")
+    truth = pd.read_parquet(live.truth_path(settings, DAY1)).set_index("ATTEMPT_ID").loc[att.index]
+    codes = messages.config_codes(att)
+    elig = messages.eligible_matrix(att)
+    assert elig[np.arange(len(att)), codes].all()  # never an ineligible message
+    may = elig[:, messages.CONFIG_KEYS.index(key)]
+    assert 0.1 < may.mean() < 0.9
+    sent = np.array(messages.CONFIG_KEYS, dtype=object)[codes]
+    assert (sent[may] == key).all()
+    default = messages.default_config(att)
+    assert (codes[~may] == default[~may]).all()  # ... else the merchant's default
+    assert (truth["MESSAGE_CONFIG"].to_numpy() == sent).all()
+    assert (truth["DEFAULT_CONFIG"].to_numpy() == np.array(messages.CONFIG_KEYS, dtype=object)[default]).all()
+    # the logged propensity and randomization follow the answer where its message was sent
+    assert np.allclose(att["MESSAGE_PROPENSITY"].to_numpy(float), np.where(may, 0.5, 1.0))
+    assert (att["MESSAGE_RANDOMIZED"].to_numpy() == may.astype(int)).all()
+    # the truth of the default message differs only where another message was sent
+    same = codes == default
+    assert np.allclose(truth["P_CHOSEN"][same], truth["P_CHOSEN_DEFAULT_CONFIG"][same], rtol=0, atol=1e-12)
+    assert (np.abs(truth["P_CHOSEN"][~same] - truth["P_CHOSEN_DEFAULT_CONFIG"][~same]) > 0).mean() > 0.99
+    assert (att["AVS_CHECKED"].astype(bool) == (att["AVS_DATA"] == 1)).all()

@@ -74,6 +74,9 @@ CONTROL_ARM = CONTROL.upper()
 # (SMARTROUTER_MODEL, SMARTROUTER_RULES, SMARTROUTER_EXPLORATION, SMARTROUTER_FAILOVER, ...); the
 # world's own rows keep STATIC_RULES / RETRY_RULES / RANDOMIZED_EXPERIMENT.
 SERVED_ALGORITHM_PREFIX = "SMARTROUTER_"
+# MESSAGE_CONFIG / DEFAULT_CONFIG: the message configuration sent and the merchant's default (keys of
+# smartrouter.messages); P_CHOSEN_DEFAULT_CONFIG: the chosen processor's truth with the default message,
+# the counterfactual of a message recommendation (P_CHOSEN - P_CHOSEN_DEFAULT_CONFIG is its true lift).
 TRUTH_COLUMNS: tuple[str, ...] = (
     "ATTEMPT_ID", "ORDER_ID", "DAY", "CREATED_AT", "ATTEMPT_NUMBER", "CURRENCY", "AMOUNT", "AMOUNT_USD",
     "CARD_BRAND", "CARD_TYPE", "ARM", "SOURCE", "MODEL_VERSION", "CHOSEN", "PROPENSITY", "RULES_CHOICE",
@@ -499,7 +502,9 @@ class _LiveDay:
                             r["prev_proc"][retry])
             for full, part in zip((p_all, es_all, pi_all, out_all), truth.matrix(enc, default[retry], t[retry])):
                 full[retry] = part
-        p_default = p_all.copy()  # the merchant's default message: the rules' counterfactual
+        # the merchant's default message on every processor: the counterfactual of sending no recommendation
+        # (P_RULES and P_BEST keep the message that was sent: they compare processors only)
+        p_default = p_all.copy()
         changed = np.flatnonzero(config != default)
         if len(changed):  # the service recommended another message: the truth of what was sent
             enc = g._encode(oi[changed], t[changed], attempt[changed], r["prev_code"][changed], r["delay"][changed],
@@ -551,7 +556,7 @@ class _LiveDay:
             "ALGORITHM_TYPE": algorithm, "EXPERIMENT_ARM": arm, "CANDIDATES": np.array(cands, dtype=object),
             "PROPENSITY": propensity, "LATENCY_MS": np.round(lat_ms, 2), "SKIP_REASONS": np.array(skips, dtype=object),
             "SOURCE": source, "MODEL_VERSION": version, "RULES_CHOICE": rules, "ORACLE_BEST": best,
-            "P_CHOSEN": p_all[rows, chosen], "P_RULES": p_default[rows, rules], "P_BEST": p_all[rows, best],
+            "P_CHOSEN": p_all[rows, chosen], "P_RULES": p_all[rows, rules], "P_BEST": p_all[rows, best],
             "P_CHOSEN_DEFAULT_CONFIG": p_default[rows, chosen], "DEFAULT_CONFIG": default,
             "OUTAGE_MASK": (in_outage * (1 << np.arange(in_outage.shape[1]))).sum(axis=1),
             "CHOSEN_IN_OUTAGE": in_outage[rows, chosen],
