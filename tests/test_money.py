@@ -71,6 +71,7 @@ def test_net_revenue_and_report_currency(schedule):
     assert mxn[1, w] == pytest.approx(17.5 * 0.5 * (100 - 3.08)) and mxn[0, w] == pytest.approx(net[0, w])
     assert money.fmt_money(1234567.4) == "MXN 1,234,567" and money.fmt_money(-12.6, "USD", True) == "-USD 13"
     assert money.fmt_money(None) == "-"
+    assert money.fmt_range({"lift": 1000.0, "ci_low": -5.0, "ci_high": 2000.0}, signed=True) == "+MXN 1,000 [-5, +2,000]"
 
 
 def test_unknown_card_type_in_data_is_named(schedule):
@@ -209,6 +210,13 @@ def test_router_choice_under_both_objectives():
     assert a.source == n.source == "model"
     assert a.chosen == "WORLDPAY" and [p for p, _ in a.ranked][:2] == ["WORLDPAY", "MIT"]
     assert n.chosen == "MIT" and [p for p, _ in n.ranked][:2] == ["MIT", "WORLDPAY"]
+    # the decision says why: both probabilities and fees (1500 MXN credit at home: MIT 34.75, WORLDPAY 42.00)
+    assert ("objective net_revenue: MIT (p=0.799, fee MXN 34.75) earns more net of fees than WORLDPAY (p=0.800, "
+            "fee MXN 42.00), within the 1 pp approval floor") in n.reasons
+    assert not any("objective" in r for r in a.reasons)
+    # a payment where approval and net revenue agree carries no objective reason
+    agree = router("net_revenue").decide(dict(pay, ORDER_ID="O-2"), candidates=["WORLDPAY", "ELAVON"])
+    assert agree.chosen == "WORLDPAY" and not any("objective" in r for r in agree.reasons)
 
 
 # ---------------------------------------------------------------- evaluation and gates
@@ -300,3 +308,29 @@ def test_frame_without_amounts_gets_a_note_not_an_error():
     ev = E.evaluate_run(frame.drop(columns=["AMOUNT"]), {"m": truth.copy()}, FakeRules(), n_boot=10, compare_modes=False)
     assert ev.money["available"] is False and "AMOUNT" in ev.money["note"]
     assert money.headline_metrics(ev.money) == {"money_objective": "approval"}
+
+
+def test_run_gates_adds_the_net_revenue_gate_only_under_that_objective(tmp_path):
+    from smartrouter import gates as G
+    from smartrouter.models.serving import load_serving_model
+
+    from eval_fakes import export_logistic, split_frame
+
+    frame, truth, _ = synthetic_log(n=20_000, eps=0.25, seed=11)
+    frame = split_frame(frame)
+    folder = export_logistic(frame, tmp_path / "models" / "logistic")
+    model = load_serving_model(folder)
+    is_test = (frame["SPLIT"] == "test").to_numpy()
+    test = frame[is_test].reset_index(drop=True)
+    ev = E.evaluate_run(test, {"logistic": G.score_with(model, test)}, FakeRules(), oracle=FakeOracle(test, truth[is_test]),
+                        n_boot=20, seed=7, compare_modes=False)
+    kw = dict(train_counts=frame[frame["SPLIT"] == "train"]["PROCESSOR"].value_counts().to_dict(),
+              serving_dirs={"logistic": folder}, uncertain={"logistic": model.uncertain},
+              config=G.load_config(overrides={"stability": {"max_interval_width": 0.08}}))
+    plain = G.run_gates(ev, objective=APPROVAL, **kw)
+    assert [r.gate for r in plain.results] == list(G.GATES)  # approval: nothing changes
+    net = G.run_gates(ev, objective=NET, **kw)
+    assert [r.gate for r in net.results] == [*G.GATES, money.NET_REVENUE_GATE]
+    gate = net.results[-1]
+    assert gate.passed == (gate.value > gate.threshold and gate.details["approval_given_up"]["ci_low"] >= -0.01)
+    assert net.to_json("v1")["gates"][-1]["gate"] == "net_revenue"

@@ -331,6 +331,23 @@ def rank(eligible: Sequence[str], scores: Mapping[str, float], payment: Mapping[
     return [catalog.PROCESSORS[i] for i in order[: len(eligible)]]
 
 
+def explain(payment: Mapping[str, Any], scores: Mapping[str, float] | None, order: Sequence[str], objective: Any,
+            schedule: FeeSchedule | None = None) -> list[str]:
+    """The decision's reason when the net_revenue objective put first another processor than approval would
+    ([] otherwise): both processors' probability and fee, and the floor."""
+    if objective.name != "net_revenue" or not scores or not order:
+        return []
+    by_approval = rank(order, scores, payment, replace(objective, name="approval"), schedule)[0]
+    first = order[0]
+    if first == by_approval or rank(order, scores, payment, objective, schedule)[0] != first:
+        return []  # approval agrees, or something else (an uncertain processor moved last) decided the order
+    fees = payment_fees(payment, schedule)
+    cur = payment["CURRENCY"]
+    return [f"objective net_revenue: {first} (p={scores[first]:.3f}, fee {cur} {fees[first]:,.2f}) earns more net of fees "
+            f"than {by_approval} (p={scores[by_approval]:.3f}, fee {cur} {fees[by_approval]:,.2f}), within the "
+            f"{objective.floor_pp:g} pp approval floor"]
+
+
 # ---------------------------------------------------------------- evaluation: approval, fee cost, net revenue
 def _first_days(first: pd.DataFrame) -> int:
     if "CREATED_AT" not in first.columns or first.empty:
@@ -485,14 +502,13 @@ def fmt_money(value: float | None, currency: str = REPORT_CURRENCY, signed: bool
     if value is None or not math.isfinite(float(value)):
         return "-"
     sign = ("+" if value >= 0 else "-") if signed else ("-" if value < 0 else "")
-    return f"{sign}{currency} {abs(float(value)):,.0f}"
+    return f"{sign}{currency + ' ' if currency else ''}{abs(float(value)):,.0f}"
 
 
 def fmt_range(cell: Mapping[str, Any], currency: str = REPORT_CURRENCY, signed: bool = False) -> str:
     """'MXN 1,234 [1,100, 1,350]' for an {estimate, ci_low, ci_high} (or {lift, ...}) cell."""
     v = cell.get("estimate", cell.get("lift"))
-    return (f"{fmt_money(v, currency, signed)} [{fmt_money(cell.get('ci_low'), '', signed).strip()}, "
-            f"{fmt_money(cell.get('ci_high'), '', signed).strip()}]")
+    return f"{fmt_money(v, currency, signed)} [{fmt_money(cell.get('ci_low'), '', signed)}, {fmt_money(cell.get('ci_high'), '', signed)}]"
 
 
 def _metric_key(policy: str) -> str:
@@ -500,7 +516,10 @@ def _metric_key(policy: str) -> str:
 
 
 def headline_metrics(money: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat {name: value} of the money section for metrics.json (the run page's verdict block reads them)."""
+    """Flat {name: value} of the money section for metrics.json: the objective, the examples flag, the USD
+    rate (USD = MXN / money_fx_usd) and per policy its fee cost and net revenue per day in MXN (the truth's
+    too on the world); the approval of each ``@net_revenue`` policy (the others' is ``value_*`` already).
+    Intervals and everything else: evaluation.json["money"]."""
     if not money.get("available"):
         return {"money_objective": money.get("objective", {}).get("name")}
     out: dict[str, Any] = {"money_objective": money["objective"]["name"], "money_floor_pp": money["objective"]["floor_pp"],
@@ -508,13 +527,12 @@ def headline_metrics(money: Mapping[str, Any]) -> dict[str, Any]:
                            "money_fx_usd": money["schedule"]["fx"]["rates"]["USD"]}
     for row in money["policies"]:
         k = _metric_key(row["policy"])
-        out[f"approval_{k}"] = row["approval"]["estimate"]
-        for name in ("fee_per_day_mxn", "fee_per_day_usd", "net_revenue_per_day_mxn", "net_revenue_per_day_usd"):
+        if row["policy"].endswith(NET_REVENUE_SUFFIX):
+            out[f"approval_{k}"] = row["approval"]["estimate"]
+        for name in ("fee_per_day_mxn", "net_revenue_per_day_mxn"):
             out[f"{name}_{k}"] = row[name]["estimate"]
-            if row[name].get("true") is not None:
-                out[f"true_{name}_{k}"] = row[name]["true"]
-        if row["approval"].get("true") is not None:
-            out[f"true_approval_{k}"] = row["approval"]["true"]
+        if row["net_revenue_per_day_mxn"].get("true") is not None:
+            out[f"true_net_revenue_per_day_mxn_{k}"] = row["net_revenue_per_day_mxn"]["true"]
     return out
 
 
@@ -523,9 +541,9 @@ def tables(money: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = []
     for r in money["policies"]:
         rows.append({"policy": r["policy"], "objective": r["objective"],
-                     "approval %": 100 * r["approval"]["estimate"],
+                     "approval %": round(100 * r["approval"]["estimate"], 2),
                      "approval CI": f"[{100 * r['approval']['ci_low']:.2f}, {100 * r['approval']['ci_high']:.2f}]",
-                     "true approval %": None if r["approval"]["true"] is None else 100 * r["approval"]["true"],
+                     "true approval %": None if r["approval"]["true"] is None else round(100 * r["approval"]["true"], 2),
                      "fee cost / day (MXN)": fmt_range(r["fee_per_day_mxn"]),
                      "net revenue / day (MXN)": fmt_range(r["net_revenue_per_day_mxn"]),
                      "net revenue / day (USD)": fmt_range(r["net_revenue_per_day_usd"], "USD"),
@@ -593,13 +611,13 @@ def objective_gates(ev: Any, family: str, cfg: Mapping[str, Any], objective_cfg:
     problems = []
     if not lift["ci_low"] > need:
         problems.append(f"net revenue over static rules {fmt_money(lift['lift'] * k, signed=True)}/day "
-                        f"[{fmt_money(lift['ci_low'] * k, '', True).strip()}, {fmt_money(lift['ci_high'] * k, '', True).strip()}]: "
+                        f"[{fmt_money(lift['ci_low'] * k, '', True)}, {fmt_money(lift['ci_high'] * k, '', True)}]: "
                         f"lower end not above {fmt_money(need * k, signed=True)}/day")
     if given["ci_low"] < -floor:  # floor 0 and nothing given up ([0, 0]) passes
         problems.append(f"approval vs ranking by approval {100 * given['lift']:+.2f} pp (CI {100 * given['ci_low']:+.2f}.."
                         f"{100 * given['ci_high']:+.2f}): lower end below the floor -{objective_cfg.floor_pp:g} pp")
     text = (f"{net_pol}: net revenue over static rules {fmt_money(lift['lift'] * k, signed=True)}/day "
-            f"(95% CI {fmt_money(lift['ci_low'] * k, '', True).strip()}..{fmt_money(lift['ci_high'] * k, '', True).strip()}, "
+            f"(95% CI {fmt_money(lift['ci_low'] * k, '', True)}..{fmt_money(lift['ci_high'] * k, '', True)}, "
             f"paired {est}); approval vs ranking by approval {100 * given['lift']:+.2f} pp "
             f"(CI {100 * given['ci_low']:+.2f}..{100 * given['ci_high']:+.2f}, floor -{objective_cfg.floor_pp:g} pp)")
     details = {"objective": objective_cfg.name, "floor_pp": objective_cfg.floor_pp, "net_revenue_lift_per_day_mxn":

@@ -505,6 +505,7 @@ class Router:
             reasons.append(f"model not confident (best {healthy_first} p={best_p:.2f} < {min_confidence:.2f}): static rules")
             return self._fallback_rules_order(payment, eligible, rules_order, reasons), "fallback", "not_confident"
         reasons.append(f"model {scoring.loaded.version}: {healthy_first} p={best_p:.2f}")
+        reasons.extend(money.explain(payment, scoring.scores, model_order, money.objective(self.config)))
         return model_order, "model", fallback_reason
 
     # 4. failover around DOWN processors, the ramp of RECOVERING ones, and probes that test recovery
