@@ -33,13 +33,16 @@ KERNEL_ENV_DEFAULTS: dict[str, str] = {
     "PYDEVD_DISABLE_FILE_VALIDATION": "1",
 }
 
-_ABSL = r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ "  # absl's prefix: severity, date, time, thread
+_ABSL = r"^[IWE]\d{4} [\d:.]+\s+\d+ \S+:\d+\] "  # absl's prefix: severity, date, time, thread, file:line]
 NOISE: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
     r"^\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption",
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
     _ABSL.replace("[IWE]", "[IW]"),  # absl INFO and WARNING lines (oneDNN, CPU features, CUDA plugins)
-    _ABSL.replace("[IWE]", "E") + r".*(node_def_util\.cc.*NodeDef mentions attribute|Unable to register cu(DNN|FFT|BLAS) factory"
-    r"|cuda_diagnostics|failed call to cuInit|computation placer already registered)",
+    # ERROR lines only when they are the known-benign ones: a graph attribute this TensorFlow build does not
+    # know (every tf.data map), and CUDA plugin registration on a machine without a GPU
+    r"^E\d{4} [\d:.]+\s+\d+ (node_def_util\.cc:\d+\] NodeDef mentions attribute \S+ which is not in the op definition"
+    r"|\S+:\d+\] (Unable to register cu(DNN|FFT|BLAS) factory|failed call to cuInit"
+    r"|computation placer already registered))",
     r"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags",
     r"^\d+\.\d+s - Debugger warning: It seems that frozen modules are being used",
     r"^\d+\.\d+s - Note: Debugging will proceed\. Set PYDEVD_DISABLE_FILE_VALIDATION",
