@@ -91,8 +91,9 @@ class FeeSchedule:
     fx_as_of: str
     settlement: dict[str, tuple[str, ...]]
     terms: dict[str, dict[str, dict[str, float]]]  # processor -> card type -> fee keys (as written)
-    rate: np.ndarray = field(repr=False)  # (P, card types, currencies, 2): share of the amount; last axis: foreign
-    fixed: np.ndarray = field(repr=False)  # (P, card types, currencies): in the payment's currency
+    # processors last, so one payment's lookup is already a row of fees
+    rate: np.ndarray = field(repr=False)  # (card types, currencies, foreign 0/1, P): share of the amount
+    fixed: np.ndarray = field(repr=False)  # (card types, currencies, P): in the payment's currency
 
     def describe(self) -> dict[str, Any]:
         """Plain JSON: where the schedule came from, its dates, the FX rates and the examples flag."""
@@ -150,7 +151,7 @@ def load_schedule(path: str | Path | None = None,
                         f"= {fx[REPORT_CURRENCY]} must be 1.0: rates convert to {REPORT_CURRENCY}")
     settlement, terms = {}, {}
     P, T, C = len(catalog.PROCESSORS), len(catalog.CARD_TYPES), len(catalog.CURRENCIES)
-    rate, fixed = np.zeros((P, T, C, 2)), np.zeros((P, T, C))
+    rate, fixed = np.zeros((T, C, 2, P)), np.zeros((T, C, P))
     for i, p in enumerate(catalog.PROCESSORS):
         cur = tuple(cfg[f"processors.{p}"]["settlement_currencies"])
         bad = [c for c in cur if c not in catalog.CURRENCIES]
@@ -168,9 +169,9 @@ def load_schedule(path: str | Path | None = None,
             terms[p][t] = dict(f)
             for m, c in enumerate(catalog.CURRENCIES):
                 conversion = f["conversion_percent"] if c not in cur else 0.0
-                rate[i, j, m, 0] = f["percent"] + conversion
-                rate[i, j, m, 1] = f["percent"] + conversion + f["cross_border_percent"]
-                fixed[i, j, m] = f[f"fixed_{c.lower()}"]
+                rate[j, m, 0, i] = f["percent"] + conversion
+                rate[j, m, 1, i] = f["percent"] + conversion + f["cross_border_percent"]
+                fixed[j, m, i] = f[f"fixed_{c.lower()}"]
     s = cfg["schedule"]
     return FeeSchedule(source=str(path), values_are_examples=s["values_are_examples"], as_of=s["as_of"], note=s["note"],
                        fx=fx, fx_as_of=cfg["fx"]["as_of"], settlement=settlement, terms=terms, rate=rate, fixed=fixed)
@@ -205,32 +206,41 @@ def objective(config: Any = None) -> Any:
 
 
 # ---------------------------------------------------------------- fees: one path for frames and single payments
-def _index(values: Any, names: Sequence[str], what: str, column: str) -> np.ndarray:
-    """Positions of ``values`` in ``names``; an unknown value is a ConfigError naming it."""
-    arr = np.asarray(values, dtype=object).astype(str)
-    lookup = {n: i for i, n in enumerate(names)}
+_POSITIONS = {names: {n: i for i, n in enumerate(names)} for names in (catalog.CARD_TYPES, catalog.CURRENCIES, catalog.PROCESSORS)}
+
+
+def _is_foreign(country: Any) -> int:
+    """1 when the card's country is known and not the merchant's; a missing country counts as domestic."""
+    return int(isinstance(country, str) and country.strip() != "" and country != catalog.HOME_COUNTRY)
+
+
+def _index(values: Any, names: tuple[str, ...], what: str, column: str) -> Any:
+    """Position of each of ``values`` in ``names`` (an int for one value); an unknown value is a ConfigError naming it."""
+    lookup = _POSITIONS[names]
+    one = isinstance(values, str)
+    if one:  # one payment: a dict lookup on the router's path (an unknown value falls through to the error)
+        i = lookup.get(values, -1)
+        if i >= 0:
+            return i
+        values = [values]
+    arr = np.asarray(values, dtype=object)
     idx = np.fromiter((lookup.get(v, -1) for v in arr.ravel()), dtype=np.int64, count=arr.size).reshape(arr.shape)
     if (idx < 0).any():
-        bad = sorted(set(arr[idx < 0].ravel().tolist()))[:5]
+        bad = sorted({str(v) for v in arr[idx < 0].ravel().tolist()})[:5]
         raise ConfigError(f"{column} values {bad} have no fees: the fee schedule knows the {what} {', '.join(names)}")
-    return idx
-
-
-def _foreign(country: Any) -> np.ndarray:
-    """1 where the card's country is known and not the merchant's; a missing country counts as domestic."""
-    arr = np.asarray(country, dtype=object)
-    known = np.vectorize(lambda v: isinstance(v, str) and v.strip() != "", otypes=[bool])(arr) if arr.size else arr.astype(bool)
-    return (known & (arr.astype(str) != catalog.HOME_COUNTRY)).astype(np.int64)
+    return int(idx[0]) if one else idx
 
 
 def _fees(schedule: FeeSchedule, amount: Any, card_type: Any, currency: Any, country: Any) -> np.ndarray:
     """Fee of every processor, in the payment's currency: shape (..., P) for inputs of shape (...)."""
     t = _index(card_type, catalog.CARD_TYPES, "card types", "CARD_TYPE")
     c = _index(currency, catalog.CURRENCIES, "currencies", "CURRENCY")
-    x = _foreign(country)
-    rate = np.moveaxis(schedule.rate[:, t, c, x], 0, -1)
-    fixed = np.moveaxis(schedule.fixed[:, t, c], 0, -1)
-    return np.asarray(amount, dtype=np.float64)[..., None] * rate + fixed
+    if isinstance(t, int):
+        x = _is_foreign(country)
+    else:
+        x = np.fromiter((_is_foreign(v) for v in np.asarray(country, dtype=object).ravel()), dtype=np.int64,
+                        count=np.size(country)).reshape(np.shape(t))
+    return np.asarray(amount, dtype=np.float64)[..., None] * schedule.rate[t, c, x] + schedule.fixed[t, c]
 
 
 def _columns(frame: pd.DataFrame) -> tuple[Any, ...]:
@@ -250,7 +260,7 @@ def fee_matrix(frame: pd.DataFrame, schedule: FeeSchedule | None = None) -> np.n
 
 def fee(frame: pd.DataFrame, processors: Sequence[str] | np.ndarray, schedule: FeeSchedule | None = None) -> np.ndarray:
     """(n,) fee of the named processor of each row (e.g. the logged ``PROCESSOR``), in the row's currency."""
-    idx = _index(processors, catalog.PROCESSORS, "processors", "PROCESSOR")
+    idx = _index(np.asarray(processors, dtype=object), catalog.PROCESSORS, "processors", "PROCESSOR")
     return fee_matrix(frame, schedule)[np.arange(len(frame)), idx]
 
 
@@ -322,11 +332,13 @@ def rank(eligible: Sequence[str], scores: Mapping[str, float], payment: Mapping[
     mask = np.zeros_like(prob, dtype=bool)
     mask[0, idx] = True
     try:
-        fees = np.asarray([list(payment_fees(payment, schedule).values())])
+        amount = float(payment["AMOUNT"])
+        fees = _fees(schedule or default_schedule(), amount, payment.get("CARD_TYPE"), payment["CURRENCY"],
+                     payment.get("CARD_COUNTRY"))
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         log.warning("net_revenue objective: no fees for this payment (%s); ranked by approval", exc)
         return sorted(eligible, key=lambda p: -scores.get(p, 0.0))
-    net = prob * (float(payment["AMOUNT"]) - fees)
+    net = prob * (amount - fees)
     order = preference_order(prob, mask, objective, net)[0]
     return [catalog.PROCESSORS[i] for i in order[: len(eligible)]]
 
