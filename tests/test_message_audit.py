@@ -125,7 +125,7 @@ def test_mix_and_randomized_rows_through_the_warehouse(tmp_path):
     frame = pd.concat([c.attempts for c in world.iter_days()], ignore_index=True)
     start, end = world.start, world.end
 
-    counts = A.mix_counts(s, start, end)
+    counts = A.mix_counts(start, end, settings=s)
     assert counts["ATTEMPTS"].sum() == len(frame)
     mix = A.configuration_mix(counts).set_index(["PROCESSOR", "CARD_TYPE"])
     own = frame[frame["MESSAGE_RANDOMIZED"] == 0]
@@ -136,10 +136,12 @@ def test_mix_and_randomized_rows_through_the_warehouse(tmp_path):
     assert row["MIT_VS_CIT_SHARE_OF_ELIGIBLE"] == pytest.approx(
         (wp["MCI_MSI_TYPE"] == "MIT").sum() / wp["STORED_CREDENTIAL"].sum())
     assert (mix["MCC_4722_VS_4511_SHARE"] == 0).all()  # the merchant never sends the travel-package MCC
+    words = A.mix_sentence(counts)
+    assert words.startswith(f"Today the merchant sends MIT on {100 * (own['MCI_MSI_TYPE'] == 'MIT').mean():.1f} % of its attempts")
     shares = A.config_shares(counts)
     assert np.allclose(shares.sum(axis=1), 1.0) and list(shares.columns) == list(messages.CONFIG_KEYS)
 
-    rand = A.randomized_rows(s, start, end)
+    rand = A.randomized_rows(start, end, settings=s)
     want = frame[(frame["MESSAGE_RANDOMIZED"] == 1) & (frame["STATUS"] != "PROCESSING")]
     assert sorted(rand["ATTEMPT_ID"]) == sorted(want["ATTEMPT_ID"])
     # the warehouse's rows give the same deltas and truth as the generated ones

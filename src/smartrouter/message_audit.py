@@ -64,14 +64,11 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Mapping[
 
 
 # ------------------------------------------------------------------ mix
-def mix_counts(conn_or_settings: Any, start: Any, end: Any) -> pd.DataFrame:
+def mix_counts(start: Any, end: Any, conn: Any = None, settings: Any = None) -> pd.DataFrame:
     """Attempts per (processor, card type, configuration, randomized) in [start, end) (sql/message_mix.sql)."""
     from smartrouter import warehouse
 
-    params = {"start": str(start), "end": str(end)}
-    if conn_or_settings is None or type(conn_or_settings).__name__ == "Settings":
-        return warehouse.query_frame("message_mix", params, settings=conn_or_settings)
-    return warehouse.query_frame("message_mix", params, conn=conn_or_settings)
+    return warehouse.query_frame("message_mix", {"start": str(start), "end": str(end)}, conn=conn, settings=settings)
 
 
 def _merchant_rows(counts: pd.DataFrame) -> pd.DataFrame:
@@ -107,6 +104,28 @@ def configuration_mix(counts: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def mix_sentence(counts: pd.DataFrame) -> str:
+    """One sentence computed from the mix: how often each toggle is on today, overall and where allowed,
+    and how far the MIT share varies across processor x card type."""
+    c = _merchant_rows(counts)
+    if c.empty or not c["ATTEMPTS"].sum():
+        return "No attempt of the merchant's own traffic carries a message configuration in this window."
+    codes = messages.config_codes(c)
+    n = float(c["ATTEMPTS"].sum())
+    parts = []
+    for t, what in zip(messages.TOGGLES, ("MIT", "AVS data", f"the travel-package MCC {messages.PACKAGE_MCC}")):
+        on = float((c["ATTEMPTS"] * t.config_on[codes]).sum())
+        eligible = float(c[t.eligibility].sum())
+        where = f"{100 * on / eligible:.0f} % of those allowed to" if eligible else "none is allowed to"
+        parts.append(f"{what} on {100 * on / n:.1f} % of its attempts ({where})")
+    mix = configuration_mix(counts)
+    big = mix[mix["ATTEMPTS"] >= 0.01 * n]
+    lo, hi = big.loc[big["MIT_VS_CIT_SHARE"].idxmin()], big.loc[big["MIT_VS_CIT_SHARE"].idxmax()]
+    return (f"Today the merchant sends {parts[0]}, {parts[1]} and {parts[2]}; its MIT share ranges from "
+            f"{100 * lo['MIT_VS_CIT_SHARE']:.0f} % ({lo['PROCESSOR']} {lo['CARD_TYPE']}) to {100 * hi['MIT_VS_CIT_SHARE']:.0f} % "
+            f"({hi['PROCESSOR']} {hi['CARD_TYPE']}) across processor x card type cells with at least 1 % of the traffic.")
+
+
 def config_shares(counts: pd.DataFrame) -> pd.DataFrame:
     """Share of each configuration (columns, messages.CONFIG_KEYS order) per processor and card type
     over the merchant's own attempts; rows sum to 1."""
@@ -117,14 +136,12 @@ def config_shares(counts: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ deltas
-def randomized_rows(conn_or_settings: Any, start: Any, end: Any) -> pd.DataFrame:
+def randomized_rows(start: Any, end: Any, conn: Any = None, settings: Any = None) -> pd.DataFrame:
     """Every column of the randomized attempts with a definite outcome in [start, end) (sql/message_randomized_rows.sql)."""
     from smartrouter import warehouse
 
-    params = {"start": str(start), "end": str(end)}
-    if conn_or_settings is None or type(conn_or_settings).__name__ == "Settings":
-        return warehouse.query_frame("message_randomized_rows", params, settings=conn_or_settings)
-    return warehouse.query_frame("message_randomized_rows", params, conn=conn_or_settings)
+    return warehouse.query_frame("message_randomized_rows", {"start": str(start), "end": str(end)}, conn=conn,
+                                 settings=settings)
 
 
 def _prepared(rows: pd.DataFrame) -> pd.DataFrame:
@@ -238,6 +255,26 @@ def coverage(table: pd.DataFrame) -> dict[str, Any]:
     n, k = int(sel.sum()), int(table.loc[sel, "COVERED"].astype(bool).sum())
     return {"cells": n, "covered": k, "share": k / n if n else math.nan,
             "note": f"{k} of {n} tested cells' 95 % intervals hold the true delta" if n else "no tested cell has a truth"}
+
+
+def plot_deltas(table: pd.DataFrame) -> Any:
+    """Forest plot of the tested cells: delta and 95 % interval (pp) per toggle, the truth as a cross where it exists."""
+    import matplotlib.pyplot as plt
+
+    t = table[table["TESTED"]].sort_values(["TOGGLE", "DELTA"]).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(t) + 1.2))
+    y = np.arange(len(t))
+    colors = np.where(t["ACT"], "tab:red", np.where(t["SIGNIFICANT"], "tab:orange", "tab:gray"))
+    ax.hlines(y, 100 * t["CI_LOW"], 100 * t["CI_HIGH"], colors=colors)
+    ax.scatter(100 * t["DELTA"], y, c=colors, s=18, label="estimate (red: act on it)")
+    if "TRUE_DELTA" in t:
+        ax.scatter(100 * t["TRUE_DELTA"], y, marker="x", c="black", s=18, label="truth (world)")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, [f"{a} {b} {c}" for a, b, c in zip(t["TOGGLE"], t["PROCESSOR"], t["CARD_TYPE"])], fontsize=7)
+    ax.set(xlabel="approval delta, on - off (pp)", title="Message toggles: approval delta per processor x card type")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
 
 
 def sentence(table: pd.DataFrame, cfg: Mapping[str, Mapping[str, Any]] | None = None) -> str:
