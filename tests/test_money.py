@@ -308,6 +308,13 @@ def test_frame_without_amounts_gets_a_note_not_an_error():
     ev = E.evaluate_run(frame.drop(columns=["AMOUNT"]), {"m": truth.copy()}, FakeRules(), n_boot=10, compare_modes=False)
     assert ev.money["available"] is False and "AMOUNT" in ev.money["note"]
     assert money.headline_metrics(ev.money) == {"money_objective": "approval"}
+    odd = E.evaluate_run(frame.assign(CARD_TYPE="CHARGE"), {"m": truth.copy()}, FakeRules(), n_boot=10, compare_modes=False)
+    assert odd.money["available"] is False and "CARD_TYPE values ['CHARGE'] have no fees" in odd.money["note"]
+    # under net_revenue the gate cannot judge such rows: it fails and says why
+    from smartrouter import gates as G
+
+    [gate] = money.objective_gates(odd, "m", G.load_config(), NET)
+    assert not gate.passed and "cannot be judged" in gate.reason and "CHARGE" in gate.reason
 
 
 def test_run_gates_adds_the_net_revenue_gate_only_under_that_objective(tmp_path):

@@ -496,16 +496,20 @@ def evaluate(ev: Any, schedule: FeeSchedule | None = None, objective_cfg: Any = 
 
 
 def evaluate_or_note(ev: Any, estimator: str = "DR") -> dict[str, Any]:
-    """``evaluate`` with the schedule and objective in force; a frame without amounts gets a note, not an error.
+    """``evaluate`` with the schedule and objective in force; rows the schedule cannot price (no amount column,
+    a card type or currency it lacks) get a note naming why, not an error: approval still gets evaluated.
 
     A broken fees.toml or routing.toml still fails (the stage must not run on a config nobody meant).
     """
     schedule, obj = default_schedule(), objective()
     missing = [c for c in ("AMOUNT", "CARD_TYPE", "CURRENCY") if c not in ev.first.columns]
-    if missing:
-        return {"available": False, "objective": {"name": obj.name, "floor_pp": obj.floor_pp},
-                "note": f"no money figures: the evaluated rows lack {', '.join(missing)}"}
-    return evaluate(ev, schedule, obj, estimator)
+    why = f"the evaluated rows lack {', '.join(missing)}" if missing else None
+    if why is None:
+        try:
+            return evaluate(ev, schedule, obj, estimator)
+        except ConfigError as exc:  # the data, not the config: fees.toml and routing.toml loaded above
+            why = str(exc)
+    return {"available": False, "objective": {"name": obj.name, "floor_pp": obj.floor_pp}, "note": f"no money figures: {why}"}
 
 
 # ---------------------------------------------------------------- reporting helpers
@@ -608,10 +612,11 @@ def objective_gates(ev: Any, family: str, cfg: Mapping[str, Any], objective_cfg:
         return []
     est, level = cfg["policy_value"]["estimator"], cfg["policy_value"]["level"]
     c = cfg["net_revenue"]
-    if not {"AMOUNT", "CARD_TYPE", "CURRENCY"} <= set(ev.first.columns):
-        return [GateResult(NET_REVENUE_GATE, False, None, None, "objective net_revenue, but the test rows carry no "
-                           "AMOUNT / CARD_TYPE / CURRENCY: net revenue cannot be judged")]
-    mt = money_terms(ev, objective_cfg=objective_cfg, estimator=est)
+    try:
+        mt = money_terms(ev, objective_cfg=objective_cfg, estimator=est)
+    except ConfigError as exc:  # rows the schedule cannot price: the objective cannot be judged, so it fails
+        return [GateResult(NET_REVENUE_GATE, False, None, None, f"objective net_revenue, but net revenue cannot be "
+                           f"judged on the test rows: {exc}")]
     pol = ev.family_policy(family)
     net_pol = pol + NET_REVENUE_SUFFIX
     lift = paired_difference(mt.terms[(net_pol, "net_revenue_mxn")], mt.terms[(STATIC_RULES, "net_revenue_mxn")], level)
