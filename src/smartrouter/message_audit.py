@@ -40,7 +40,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from smartrouter import messages, strict_toml
+from smartrouter import checks, messages, strict_toml
 from smartrouter.errors import ConfigError
 from smartrouter.sequential import fixed_horizon, holm
 
@@ -152,8 +152,8 @@ def _prepared(rows: pd.DataFrame) -> pd.DataFrame:
         raise ConfigError(f"the audit needs attempt column(s) {missing}; pass rows of the attempts view "
                           "(sql/message_randomized_rows.sql) from a world built with message configurations")
     rand = pd.to_numeric(f[messages.RANDOMIZED_COLUMN], errors="coerce").fillna(0).to_numpy() == 1
-    f = f[rand & (f["STATUS"] != "PROCESSING").to_numpy()].reset_index(drop=True)
-    f["APPROVED"] = (f["STATUS"] == "APPROVED").to_numpy(np.int64)
+    f, _ = checks.labelled(f[rand])  # PROCESSING rows are not outcomes
+    f = f.reset_index(drop=True)
     f["CONFIG_CODE"] = messages.config_codes(f)
     return f
 
@@ -162,14 +162,15 @@ def toggle_counts(rows: pd.DataFrame) -> pd.DataFrame:
     """Per cell (toggle, processor, card type), over the randomized rows eligible for the toggle:
     rows and approvals with the toggle off (N_OFF, X_OFF) and on (N_ON, X_ON)."""
     f = _prepared(rows)
+    allowed = messages.eligible_matrix(f)
     parts = []
     for t in messages.TOGGLES:
-        elig = messages.eligible_matrix(f)[:, t.config_on].any(axis=1)  # the payment may send "on"
+        elig = allowed[:, t.config_on].any(axis=1)  # the payment may send "on"
         g = f[elig]
         on = t.config_on[g["CONFIG_CODE"].to_numpy()]
         agg = (pd.DataFrame({"PROCESSOR": g["PROCESSOR"].to_numpy(), "CARD_TYPE": g["CARD_TYPE"].to_numpy(),
-                             "N_ON": on.astype(np.int64), "X_ON": on * g["APPROVED"].to_numpy(),
-                             "N_OFF": (~on).astype(np.int64), "X_OFF": ~on * g["APPROVED"].to_numpy()})
+                             "N_ON": on.astype(np.int64), "X_ON": on * g["APPROVED"].to_numpy(np.int64),
+                             "N_OFF": (~on).astype(np.int64), "X_OFF": ~on * g["APPROVED"].to_numpy(np.int64)})
                .groupby(["PROCESSOR", "CARD_TYPE"], as_index=False).sum())
         agg.insert(0, "TOGGLE", t.name)
         parts.append(agg)
