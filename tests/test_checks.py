@@ -123,3 +123,30 @@ def test_labelled_excludes_processing(frame):
         checks.labelled(frame)
     with pytest.raises(DataCheckError, match="column STATUS is missing"):
         checks.labelled(frame.drop(columns="STATUS"))
+
+
+def test_message_columns_are_checked(frame):
+    from smartrouter import messages
+
+    msg = frame.assign(AVS_DATA=0, MCC="4511", STORED_CREDENTIAL=1, BILLING_ADDRESS=0, TRAVEL_PACKAGE=0,
+                       MESSAGE_RANDOMIZED=0, MESSAGE_PROPENSITY=1.0)
+    msg.loc[[0, 1], "MCI_MSI_TYPE"] = "MIT"  # allowed: the card is stored
+    report = checks.check_attempts(msg, now=NOW)
+    assert report.ok, report.message()
+    assert "eligibility" in set(report.to_frame()["check"])
+    bad = msg.copy()
+    bad.loc[[2, 3, 4], "AVS_DATA"] = 1  # AVS data without a billing address
+    bad.loc[[5], "STORED_CREDENTIAL"] = 0
+    bad.loc[[5], "MCI_MSI_TYPE"] = "MIT"  # MIT without a stored credential
+    bad.loc[[6, 7], "MESSAGE_PROPENSITY"] = 0.0
+    bad.loc[[8], "TRAVEL_PACKAGE"] = 2
+    bad["MCC"] = bad["MCC"].astype(object)
+    bad.loc[[9], "MCC"] = "5999"
+    report = checks.check_attempts(bad, now=NOW)
+    assert _failure(report, "eligibility", "MCI_MSI_TYPE/AVS_DATA/MCC").offending == len(bad)  # unreadable MCC: all named
+    assert _failure(report, "range", messages.PROPENSITY_COLUMN).offending == 2
+    assert _failure(report, "values", "TRAVEL_PACKAGE").offending == 1
+    assert _failure(report, "values", "MCC").offending == 1
+    bad.loc[[9], "MCC"] = "4511"
+    bad.loc[[8], "TRAVEL_PACKAGE"] = 0
+    assert _failure(checks.check_attempts(bad, now=NOW), "eligibility", "MCI_MSI_TYPE/AVS_DATA/MCC").offending == 4
