@@ -7,6 +7,10 @@ routing log and static rules, plus the oracle of true approval probabilities (ev
         chunk.attempts, chunk.routing_log    # frames with catalog.ATTEMPT_COLUMNS / ROUTING_LOG_COLUMNS
     world.rules_frame()                      # VW_ROUTING_MERCHANT_RULE rows
     world.oracle().probability_matrix(rows)  # truth; never a column
+    world.oracle().joint_probability_matrix(rows)  # truth of every (processor, message configuration)
+
+Message configurations (CIT/MIT, AVS data, MCC; smartrouter.messages) are part of every attempt:
+the merchant's default outside the experiment arm, uniform over the eligible ones inside it.
 """
 
 from smartrouter.world.generate import DayChunk, World, calibration_report
