@@ -34,6 +34,7 @@ Truth is the world's side: models and the service never read it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import json
 import time
@@ -91,6 +92,7 @@ _CODES = np.array(list(CODE_LIST) + [None], dtype=object)  # index -1 = no code
 _CONFIG_KEYS = np.array(messages.CONFIG_KEYS, dtype=object)
 
 
+@functools.lru_cache(maxsize=1)
 def _message_fields() -> frozenset[str]:
     """The /v1/route request fields that carry the message and its eligibility facts, as far as the
     service's request schema (serve/app.py, the same code the live loop runs) knows them: an older
