@@ -103,14 +103,44 @@ def test_run_index_and_all_runs_index(settings) -> None:
     index = reports.render_all_runs_index(settings).read_text()
     rows = re.findall(r'<a href="(\d{8}T\d{6}Z)/index.html">', index)
     assert rows == ["20261103T020000Z", "20261102T020000Z", "20261101T020000Z"]  # newest first, lab skipped
-    assert "approval_rate" in index and "0.8100" in index and ">v2<" in index and ">promoted<" in index
-    png = re.search(r'src="data:image/png;base64,([^"]+)"', index)
+    # fixed columns, whatever the runs recorded: no metric picked by its name
+    assert "approval_rate" not in index and ">promoted v2<" in index and "run failed at 01_extract_eda" in index
+    assert re.search(r"<td>v2</td>", index)  # the version serving after the promotion
+    # no lift in any run: no trend (a dot per run is not a trend)
+    assert "data:image/png" not in index and "<h2>Trend</h2>" not in index
+    # the raw numbers are folded away on the run page
+    assert re.search(r"<details><summary>Every number the stages recorded \(2, raw\)</summary>", page)
+
+
+def _lifted(settings, run_id: str, lift: float, serving: float | None) -> dict[str, Any]:
+    """A run folder with gate.json and evaluation.json holding a lift over the rules (and over a champion)."""
+    m = manifest(run_id, "succeeded", 0.8, model_version="v1", gate={"decision": "promoted", "model_version": "v1"})
+    run = settings.runs_dir / run_id
+    write_json_atomic(run / "manifest.json", m)
+    gates = [{"gate": "regression", "passed": True, "reason": "r", "details":
+              {"value_lift": {"lift": serving, "ci_low": serving - 0.01, "ci_high": serving + 0.01, "estimator": "DR"}}
+              if serving is not None else {}}]
+    write_json_atomic(run / "gate.json", {"decision": "promoted", "model_version": "v1", "champion_family": "xgb",
+                                          "champion_compared": "v0" if serving is not None else None, "gates": gates})
+    write_json_atomic(run / "evaluation.json", {"policy_value": {"table": [], "lift_vs_rules": [
+        {"policy": "model:xgb", "lift": lift, "ci_low": lift - 0.012, "ci_high": lift + 0.013}]}})
+    return m
+
+
+def test_runs_index_lifts_and_trend_from_two_runs(settings) -> None:
+    _lifted(settings, "20261101T020000Z", 0.0734, None)
+    one = reports.render_all_runs_index(settings).read_text()
+    assert "+7.34 pp [+6.14, +8.64]" in one and "<h2>Trend</h2>" not in one  # one run: nothing to trend
+    _lifted(settings, "20261102T020000Z", 0.0701, -0.002)
+    two = reports.render_all_runs_index(settings).read_text()
+    assert "-0.20 pp [-1.20, +0.80]" in two and "+7.01 pp [+5.81, +8.31]" in two
+    png = re.search(r'src="data:image/png;base64,([^"]+)"', two)
     assert png and base64.b64decode(png.group(1)).startswith(b"\x89PNG")
 
 
-def test_headline_metric_choice() -> None:
-    ms = [{"metrics": {"a": {"rows": 5, "zeta": 1.0, "approval_rate": 0.8, "flag": True, "d": {"x": 1}}}}]
-    assert reports.headline_metrics(ms, limit=2) == [("a", "approval_rate"), ("a", "rows")]
+def test_stage_page_links_back_to_the_verdict(tmp_path: Path) -> None:
+    html = reports.render_notebook(executed_notebook(tmp_path / "ok.ipynb", fail=False), tmp_path / "ok.html").read_text()
+    assert html.count('href="index.html#verdict"') == 2  # at the top and at the bottom
 
 
 def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
