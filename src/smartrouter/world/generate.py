@@ -65,6 +65,7 @@ PROC_LATENCY_MS = np.array([420.0, 380.0, 450.0, 500.0, 300.0])
 TIMEOUT_LATENCY_MS = 30_000.0
 ARMS = ("CONTROL", "EXPERIMENT")
 ALGORITHMS = ("STATIC_RULES", "RETRY_RULES", "RANDOMIZED_EXPERIMENT")
+PACKAGE_SALT = np.uint64(0x7A0C_4E1D_93B5_F268)  # keeps the travel-package draw apart from the experiment arm's
 
 
 def _code_class() -> np.ndarray:
@@ -88,6 +89,11 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
+
+
+def _unit(key: np.ndarray) -> np.ndarray:
+    """A uniform in [0, 1) per key (53 bits of its SplitMix64 hash)."""
+    return (_splitmix64(key) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def _pick(rng: np.random.Generator, n: int, probs: list[float] | np.ndarray) -> np.ndarray:
@@ -231,11 +237,12 @@ class _DayGenerator:
                      "order_country", "fraud", "returning"):
             setattr(self, name, getattr(self, name)[order])
         key = np.uint64(prm.seed) * np.uint64(1_000_003) + np.uint64(self.date.toordinal()) * np.uint64(1 << 24) + np.arange(n, dtype=np.uint64)
-        self.experiment = (_splitmix64(key) >> np.uint64(11)).astype(np.float64) / float(1 << 53) < prm.experiment_share
-        # message facts (drawn after every older draw of the day): the user's card on file, and
-        # bookings that bundle a hotel or car (more often abroad)
+        self.experiment = _unit(key) < prm.experiment_share
+        # message facts: the user's card on file, and bookings that bundle a hotel or car (more often
+        # abroad), drawn from the order's hash rather than the day's RNG so every later draw of the day
+        # (routing, outcomes, retries) stays the one it was before messages existed
         self.stored = u.stored[self.user]
-        self.package = (rng.random(n) < np.where(self.intl == 1, 0.22, 0.10)).astype(np.int64)
+        self.package = (_unit(key ^ PACKAGE_SALT) < np.where(self.intl == 1, 0.22, 0.10)).astype(np.int64)
         self.eligible = messages.eligible_matrix(pd.DataFrame(
             {"STORED_CREDENTIAL": self.stored, "BILLING_ADDRESS": self.billing, "TRAVEL_PACKAGE": self.package}))
 
