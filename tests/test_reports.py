@@ -177,3 +177,60 @@ def test_real_report_in_headless_chromium(settings, tmp_path: Path) -> None:
     res = _chromium([f"--screenshot={shot}", "--window-size=1200,1600", pages[0].as_uri()], tmp_path)
     assert res.returncode == 0 and shot.exists() and shot.stat().st_size > 5000
     assert json.loads((result.run_dir / "manifest.json").read_text())["status"] == "succeeded"
+
+
+# ------------------------------------------------------------------ notebook sentences computed from the numbers
+def _split_table(shift: float, n: int = 4000, seed: int = 0) -> Any:
+    """Attempts on two processors over train/test; WORLDPAY's test approval moves by ``shift``."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    split = np.where(np.arange(n) < n // 2, "train", "test")
+    proc = rng.choice(["WORLDPAY", "MIT"], n)
+    p = np.where((proc == "WORLDPAY") & (split == "test"), 0.8 + shift, 0.8)
+    return pd.DataFrame({"SPLIT": split, "PROCESSOR": proc, "APPROVED": (rng.random(n) < p).astype(int)})
+
+
+def test_split_sentence_names_the_move_and_flags_only_a_real_one() -> None:
+    from smartrouter.notebook_tools import split_sentence
+
+    table = _split_table(-0.10)
+    text, flagged = split_sentence(table)
+    wp = table[table["PROCESSOR"] == "WORLDPAY"].groupby("SPLIT")["APPROVED"].mean()
+    assert flagged and "The largest move is WORLDPAY" in text
+    assert f"{100 * wp['train']:.1f} % in training, {100 * wp['test']:.1f} % in the test window" in text
+    # the same data without the move: nothing flagged (the 3 pp / z > 3 rule, not a fixed sentence)
+    text, flagged = split_sentence(_split_table(0.0))
+    assert not flagged and "test window is not like" not in text
+
+
+def test_signals_sentence_names_the_top_feature_and_flags_an_identifier() -> None:
+    import pandas as pd
+
+    from smartrouter.notebook_tools import signals_sentence
+
+    q = pd.DataFrame({"feature": ["CARD_BIN", "AMOUNT", "NUM_ATTEMPTS_ORDER"], "group": ["card", "transaction", "retry"],
+                      "kind": ["categorical", "numeric", "numeric"], "n_unique": [1751, 900, 3],
+                      "corr_approved": [0.37, -0.05, -0.21]}).set_index("feature")
+    text, flagged = signals_sentence(q, top=2)
+    assert text.startswith("The 2 strongest associations with approval in the training split: CARD_BIN (card, +0.37), "
+                           "NUM_ATTEMPTS_ORDER (retry, -0.21).")
+    assert flagged and "CARD_BIN is an identifier (1,751 values)" in text
+    text, flagged = signals_sentence(q.drop(index="CARD_BIN"), top=2)
+    assert not flagged and "identifier" not in text
+
+
+def test_policy_sentence_reads_the_dr_table() -> None:
+    import pandas as pd
+
+    from smartrouter.notebook_tools import policy_sentence
+
+    summary = pd.DataFrame({"policy": ["static_rules", "model:xgb"], "estimate": [0.7961, 0.8678],
+                            "ci_low": [0.7906, 0.8386], "ci_high": [0.8019, 0.8953]})
+    lift = pd.DataFrame({"policy": ["model:xgb"], "lift": [0.0718], "ci_low": [0.0448], "ci_high": [0.0988]})
+    assert policy_sentence(summary, lift, "model:xgb") == (
+        "model:xgb approves an estimated 86.78 % [83.86, 89.53] of first attempts against 79.61 % for the static rules: "
+        "+7.18 pp [+4.48, +9.88], above the rules with 95 % confidence.")
+    lift.loc[0, "ci_low"] = -0.001
+    assert "not distinguishable from the rules" in policy_sentence(summary, lift, "model:xgb")

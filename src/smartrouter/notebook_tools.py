@@ -197,6 +197,140 @@ def setup_plots() -> None:
         pass
 
 
+# ------------------------------------------------------------------ sentences computed from the numbers
+# A notebook's fixed prose may not assert anything about the numbers: each helper below reads the
+# numbers and returns the sentence (and whether it is a warning), and ``say`` shows it -- a failed
+# check as a red-bordered flag a reader cannot miss in the HTML report.
+SPLIT_SHIFT_PP = 3.0  # a processor's approval moving more than this between splits is worth a flag
+IDENTIFIER_MIN_VALUES = 500  # a categorical with this many distinct values is an identifier, not a signal
+# feature_quality's association of a categorical is in-sample: its categories' own approval rates
+
+
+def say(text: str, flag: bool = False) -> None:
+    """Show one sentence under a table or plot; ``flag`` draws it as a warning box (a check failed)."""
+    try:
+        from IPython.display import HTML, Markdown, display
+    except ImportError:  # pragma: no cover
+        print(("WARNING: " if flag else "") + text)
+        return
+    if flag:
+        import html
+
+        display(HTML('<div style="border:2px solid #c62828;border-radius:.3rem;padding:.5rem .8rem;margin:.4rem 0">'
+                     f"<b>&#9888; Check failed:</b> {html.escape(text)}</div>"))
+    else:
+        display(Markdown(text))
+
+
+def split_sentence(table: Any, max_shift_pp: float = SPLIT_SHIFT_PP) -> tuple[str, bool]:
+    """Approval per time split overall and the processor whose approval moves most between train and test."""
+    rates = table.groupby("SPLIT")["APPROVED"].mean()
+    by = table.pivot_table(index="PROCESSOR", columns="SPLIT", values="APPROVED", aggfunc="mean")
+    n = table.pivot_table(index="PROCESSOR", columns="SPLIT", values="APPROVED", aggfunc="size")
+    text = "Approval by split: " + ", ".join(f"{s} {100 * rates[s]:.1f} %" for s in ("train", "valid", "test") if s in rates)
+    flagged = False
+    if {"train", "test"} <= set(by.columns):
+        shift = (by["test"] - by["train"]).dropna()
+        if len(shift):
+            p = shift.abs().idxmax()
+            text += (f". The largest move is {p}: {100 * by.loc[p, 'train']:.1f} % in training, "
+                     f"{100 * by.loc[p, 'test']:.1f} % in the test window ({100 * shift[p]:+.1f} pp)")
+            # a move counts when it is large AND beyond the binomial noise of the two windows (|z| > 3)
+            pool = (by.loc[p, "train"] * n.loc[p, "train"] + by.loc[p, "test"] * n.loc[p, "test"]) / (n.loc[p, "train"] + n.loc[p, "test"])
+            se = math.sqrt(max(pool * (1 - pool), 1e-12) * (1 / n.loc[p, "train"] + 1 / n.loc[p, "test"]))
+            z = float(shift[p]) / se
+            text += f", z = {z:+.1f} against sampling noise"
+            flagged = bool(abs(100 * shift[p]) > max_shift_pp and abs(z) > 3.0)
+            if flagged:
+                text += (f", more than {max_shift_pp:g} pp: the test window is not like the training window for {p}, "
+                         "so its head is judged on a world it did not train on")
+    missing = list(by.index[by["train"].isna()]) if "train" in by.columns else []
+    if missing:
+        text += f". No training rows for {', '.join(missing)} (joined late: served with a shrunk prior)"
+    return text + ".", flagged
+
+
+def signals_sentence(quality: Any, top: int = 5, identifier_min_values: int = IDENTIFIER_MIN_VALUES) -> tuple[str, bool]:
+    """The features most associated with approval, by group, and whether an identifier tops the list."""
+    q = quality.dropna(subset=["corr_approved"])
+    order = q["corr_approved"].abs().sort_values(ascending=False).index[:top]
+    names = ", ".join(f"{f} ({q.loc[f, 'group']}, {q.loc[f, 'corr_approved']:+.2f})" for f in order)
+    text = f"The {len(order)} strongest associations with approval in the training split: {names}."
+    ids = [f for f in order if q.loc[f, "kind"] != "numeric" and q.loc[f, "n_unique"] >= identifier_min_values]
+    if ids:
+        text += (f" {', '.join(ids)} {'is' if len(ids) == 1 else 'are'} an identifier ("
+                 + ", ".join(f"{int(q.loc[f, 'n_unique']):,} values" for f in ids)
+                 + "): a category's association here is its own in-sample approval rate, which overstates what the "
+                 "models can learn from it on new payments; the BIN x processor history features carry that signal "
+                 "point in time.")
+    return text, bool(ids)
+
+
+def agreement_sentence(importance: dict[str, Any], top: int = 12) -> str:
+    """The features every family ranks in its top ``top`` (the stable signals), from the families' importances."""
+    tops = {fam: set(list(s.index)[:top]) for fam, s in importance.items() if len(s)}
+    if not tops:
+        return "No family reported feature importances."
+
+    def base(name: str) -> str:  # XGBoost's SELF: columns are the scored processor's own features
+        return name.split(":", 1)[1] if name.startswith("SELF:") else name
+
+    common = set.intersection(*({base(n) for n in t} for t in tops.values()))
+    if len(tops) == 1:
+        fam = next(iter(tops))
+        return f"Only {fam} was trained; its top features: {', '.join(list(importance[fam].index)[:5])}."
+    if not common:
+        return f"The {len(tops)} families share none of their top {top} features: they read the payments differently."
+    return (f"Every family ({', '.join(tops)}) ranks these among its top {top}: {', '.join(sorted(common))}; "
+            "what they agree on is the signal least likely to be an artefact of one model.")
+
+
+def heads_sentence(heads: Any, min_auc: float) -> tuple[str, bool]:
+    """The weakest head by AUC and the worst calibration excess over its noise floor, across families."""
+    h = heads[(heads["n"] > 0) & (~heads["uncertain"].astype(bool))] if "uncertain" in heads else heads[heads["n"] > 0]
+    h = h[h["processor"] != "ALL (logged)"] if "processor" in h else h
+    if not len(h):
+        return "No head had test rows to judge.", False
+    low = h.loc[h["auc"].idxmin()]
+    text = f"Weakest head: {low['family']}/{low['processor']} with AUC {low['auc']:.3f} on {int(low['n']):,} attempts"
+    if "ece_floor" in h:
+        excess = (h["ece"] - h["ece_floor"])
+        w = h.loc[excess.idxmax()]
+        text += (f"; largest calibration error above its noise floor: {w['family']}/{w['processor']} "
+                 f"(ECE {w['ece']:.3f} vs floor {w['ece_floor']:.3f})")
+    flagged = bool(low["auc"] < min_auc)
+    if flagged:
+        text += f". That is below the gate's {min_auc:.2f}: the gate will reject this family unless that head is exempt"
+    return text + ".", flagged
+
+
+def policy_sentence(summary: Any, lift: Any, policy: str) -> str:
+    """One policy's DR value and its paired lift over the static rules, in words."""
+    s = summary.set_index("policy")
+    row, rules = s.loc[policy], s.loc["static_rules"]
+    lr = lift.set_index("policy").loc[policy]
+    better = "above" if lr["ci_low"] > 0 else ("below" if lr["ci_high"] < 0 else "not distinguishable from")
+    return (f"{policy} approves an estimated {100 * row['estimate']:.2f} % [{100 * row['ci_low']:.2f}, "
+            f"{100 * row['ci_high']:.2f}] of first attempts against {100 * rules['estimate']:.2f} % for the static rules: "
+            f"{100 * lr['lift']:+.2f} pp [{100 * lr['ci_low']:+.2f}, {100 * lr['ci_high']:+.2f}], {better} the rules "
+            "with 95 % confidence.")
+
+
+def slice_sentence(slices: Any) -> str:
+    """The non-small slice whose mean prediction is furthest from its approval rate, and the lowest AUC."""
+    sl = slices[~slices["small"].astype(bool)] if "small" in slices else slices
+    if not len(sl):
+        return "Every slice is too small to read."
+    gap = (sl["mean_p"] - sl["rate"]).abs()
+    w = sl.loc[gap.idxmax()]
+    text = (f"The largest gap between prediction and outcome is {w['slice']}={w['value']}: predicted {100 * w['mean_p']:.1f} %, "
+            f"approved {100 * w['rate']:.1f} % ({int(w['n']):,} attempts)")
+    if "auc" in sl and sl["auc"].notna().any():
+        a = sl.loc[sl["auc"].idxmin()]
+        text += f"; the lowest AUC is {a['slice']}={a['value']} ({a['auc']:.3f})"
+    return text + "."
+
+
 def strip_notebook(path: str | os.PathLike[str]) -> bool:
     """Remove outputs, execution counts and widget state from a notebook; True when it changed."""
     import nbformat

@@ -193,22 +193,22 @@ def _isnum(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
 
 
-def pct_ci(cell: Mapping[str, Any] | None) -> str:
-    """'83.12 % [82.50, 83.71]' for a {value, ci_low, ci_high} share."""
+def _share_ci(cell: Mapping[str, Any] | None, spec: str, unit: str) -> str:
     if not cell or not _isnum(cell.get("value")):
         return "–"
-    ci = (f" [{100 * cell['ci_low']:.2f}, {100 * cell['ci_high']:.2f}]"
+    ci = (f" [{100 * cell['ci_low']:{spec}}, {100 * cell['ci_high']:{spec}}]"
           if _isnum(cell.get("ci_low")) and _isnum(cell.get("ci_high")) else "")
-    return f"{100 * cell['value']:.2f} %{ci}"
+    return f"{100 * cell['value']:{spec}} {unit}{ci}"
+
+
+def pct_ci(cell: Mapping[str, Any] | None) -> str:
+    """'83.12 % [82.50, 83.71]' for a {value, ci_low, ci_high} share."""
+    return _share_ci(cell, ".2f", "%")
 
 
 def pp_ci(cell: Mapping[str, Any] | None) -> str:
     """'+7.34 pp [+6.10, +8.68]' for a {value, ci_low, ci_high} lift (a share)."""
-    if not cell or not _isnum(cell.get("value")):
-        return "–"
-    ci = (f" [{100 * cell['ci_low']:+.2f}, {100 * cell['ci_high']:+.2f}]"
-          if _isnum(cell.get("ci_low")) and _isnum(cell.get("ci_high")) else "")
-    return f"{100 * cell['value']:+.2f} pp{ci}"
+    return _share_ci(cell, "+.2f", "pp")
 
 
 def count_ci(cell: Mapping[str, Any] | None, unit: str = "", digits: int = 0, signed: bool = True) -> str:
