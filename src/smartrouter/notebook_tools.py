@@ -207,7 +207,8 @@ IDENTIFIER_MIN_VALUES = 500  # a categorical with this many distinct values is a
 
 
 def say(text: str, flag: bool = False) -> None:
-    """Show one sentence under a table or plot; ``flag`` draws it as a warning box (a check failed)."""
+    """Show one sentence under a table or plot; ``flag`` draws it in a red warning box (a check failed, or the
+    numbers contradict what the section expects)."""
     try:
         from IPython.display import HTML, Markdown, display
     except ImportError:  # pragma: no cover
@@ -217,7 +218,7 @@ def say(text: str, flag: bool = False) -> None:
         import html
 
         display(HTML('<div style="border:2px solid #c62828;border-radius:.3rem;padding:.5rem .8rem;margin:.4rem 0">'
-                     f"<b>&#9888; Check failed:</b> {html.escape(text)}</div>"))
+                     f"<b>&#9888; Warning:</b> {html.escape(text)}</div>"))
     else:
         display(Markdown(text))
 

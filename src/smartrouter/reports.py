@@ -270,8 +270,9 @@ def verdict_html(v: Mapping[str, Any]) -> str:
         out.append(f"<tr><td>static rules (the merchant's routing table)</td><td class=\"num\">{pct_ci(v.get('rules'))}</td>"
                    f"<td class=\"num\">–</td><td>this run's test window</td></tr></table>")
         n = v.get("n_first_attempts")
-        out.append(f"<p class=\"small\">{est} estimates from the logs on {_fmt(n) if n else '–'} first attempts; "
-                   "brackets are 95 % intervals. Lifts are paired (both policies on the same payments).</p>")
+        out.append(f"<p class=\"small\">Estimated from the payment logs ({est}: doubly robust off-policy estimate) on "
+                   f"{_fmt(n) if n else '–'} first attempts; brackets are 95 % intervals. Lifts compare both policies on "
+                   "the same payments.</p>")
     per = [("vs the serving model", v.get("lift_vs_serving"), v.get("per_day_vs_serving")),
            ("vs the static rules", v.get("lift_vs_rules"), v.get("per_day_vs_rules"))]
     per = [p for p in per if p[1]]
