@@ -33,6 +33,8 @@ from smartrouter.config import Settings, load_settings
 
 REPORT_INDEX = "index.html"
 LIVE_REPORT = "live/index.html"  # written by smartrouter.live_report
+ESTIMATOR_WORDS = {"DR": "doubly robust", "SNIPS": "self-normalized inverse-propensity", "IPS": "inverse-propensity",
+                   "DM": "direct-method"}
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -270,7 +272,7 @@ def verdict_html(v: Mapping[str, Any]) -> str:
         out.append(f"<tr><td>static rules (the merchant's routing table)</td><td class=\"num\">{pct_ci(v.get('rules'))}</td>"
                    f"<td class=\"num\">–</td><td>this run's test window</td></tr></table>")
         n = v.get("n_first_attempts")
-        out.append(f"<p class=\"small\">Estimated from the payment logs ({est}: doubly robust off-policy estimate) on "
+        out.append(f"<p class=\"small\">Estimated from the payment logs ({est}: {_e(ESTIMATOR_WORDS.get(str(v.get('estimator')), 'off-policy'))} estimate) on "
                    f"{_fmt(n) if n else '–'} first attempts; brackets are 95 % intervals. Lifts compare both policies on "
                    "the same payments.</p>")
     per = [("vs the serving model", v.get("lift_vs_serving"), v.get("per_day_vs_serving")),
