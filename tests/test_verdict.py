@@ -258,3 +258,23 @@ def test_screenshots_of_promoted_rejected_and_failed_runs(runs, tmp_path) -> Non
         _chromium_shot(page, out, tmp_path / "profile")
         data = out.read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 20_000, f"{name}: screenshot is (nearly) blank"
+
+
+@pytest.mark.parametrize("edit, key", [
+    (("approval_pp = 1.0", "approval_pp = -1.0"), "approval_pp"),
+    (("approval_pp = 1.0", "approval_pp = \"1 pp\""), "approval_pp"),
+    (("mix_pp = 2.0", "mix_pp = 2.0\nmix_points = 2.0"), "mix_points"),
+    (("rows = 3000", "rows = 10"), "rows"),
+    (("seed = 0", ""), "seed"),
+])
+def test_changes_config_refuses_bad_edits(tmp_path, edit, key) -> None:
+    from config_edits import assert_edit_refused
+
+    assert_edit_refused(changes.load_config, changes.CONFIG_PATH, tmp_path, edit, key)
+
+
+def test_gate_sentences_cover_every_gate() -> None:
+    """Every gate the Gate stage can report has a plain sentence for passing and for failing."""
+    from smartrouter import money
+
+    assert set(G.GATES) | {money.NET_REVENUE_GATE} <= set(verdict.GATE_WORDS)

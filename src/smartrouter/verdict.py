@@ -88,6 +88,13 @@ def _lift_row(evaluation: Mapping[str, Any], policy: str) -> dict[str, Any] | No
     return None
 
 
+def card_policy_rows(shown: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The policy-value table (first attempts of its run's test window) of a ``Registry.show`` answer: the
+    model card's, else the version's metrics.json (one reading for ``smartrouter models show`` and the verdict)."""
+    card, metrics = shown.get("card") or {}, shown.get("metrics") or {}
+    return list(((card.get("policy_value") or metrics.get("policy_value") or {}).get("summary")) or [])
+
+
 def champion_card(version: str, settings: Settings | None = None) -> dict[str, Any] | None:
     """The serving champion's numbers from its model card (``Registry.show``, as ``smartrouter models show``):
     version, family, run, its policy value with interval and its lift over the static rules, both on ITS
@@ -104,7 +111,7 @@ def champion_card(version: str, settings: Settings | None = None) -> dict[str, A
     metrics = data.get("metrics") or {}
     head = (card.get("metrics") or {}).get("headline") or metrics.get("headline") or {}
     policy = f"model:{model.get('family')}"
-    summary = ((card.get("policy_value") or metrics.get("policy_value") or {}).get("summary")) or []
+    summary = card_policy_rows(data)
     row = next((r for r in summary if r.get("policy") == policy), None)
     rules = next((r for r in summary if r.get("policy") == STATIC_RULES), None)
     return {"version": model.get("version", version), "family": model.get("family"), "run_id": model.get("run_id"),

@@ -59,7 +59,9 @@ def _show(args: argparse.Namespace) -> int:
         print(f"  - {reason}")
     for g in gates.get("gates") or []:
         print(f"  {'PASS' if g.get('passed') else 'FAIL'} {g.get('gate'):<22} {g.get('reason')}")
-    pv = (data["metrics"].get("policy_value") or {}).get("summary") or []
+    from smartrouter.verdict import card_policy_rows  # the run page's verdict reads the card the same way
+
+    pv = card_policy_rows(data)
     if pv:
         print("policy value (first attempts, test window):")
         for r in pv:
