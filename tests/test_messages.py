@@ -191,3 +191,20 @@ def test_messages_move_approval_as_the_truth_says(world, attempts):
     y = (rows["STATUS"] == "APPROVED").to_numpy()
     sd = np.sqrt((p * (1 - p)).sum())
     assert abs(y.sum() - p.sum()) < 4 * sd  # outcomes drawn from the truth of the message sent
+
+
+def test_one_payment_reads_facts_like_a_frame():
+    # the request path (no pandas) and the frame path agree on every spelling of a fact
+    values = [0, 1, True, False, 1.0, 0.0, None, float("nan"), "true", "FALSE", "1", " 0 ", np.int64(1), np.bool_(False)]
+    rng = np.random.default_rng(4)
+    rows = [{c: values[rng.integers(len(values))] for c in FACTS} | {"CARD_COUNTRY": rng.choice(["MX", "US", None]),
+            "CHANNEL": rng.choice(["APP", "WEB", None]), "NUM_ATTEMPTS_ORDER": int(rng.integers(1, 4))} for _ in range(300)]
+    frame = pd.DataFrame(rows, dtype=object)
+    matrix, default = messages.eligible_matrix(frame), messages.default_config(frame)
+    for i, row in enumerate(rows):
+        assert messages.eligible_mask(row).tolist() == matrix[i].tolist()
+        assert messages.CONFIG_INDEX[messages.default_config({k.lower(): v for k, v in row.items()})] == default[i]
+    with pytest.raises(ConfigError, match="TRAVEL_PACKAGE must be 0 or 1"):
+        messages.eligible_mask({"travel_package": "sometimes"})
+    with pytest.raises(ConfigError, match="STORED_CREDENTIAL must be 0 or 1"):
+        messages.is_eligible({"STORED_CREDENTIAL": 3}, "MIT/NOAVS/4511")

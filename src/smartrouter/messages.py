@@ -23,6 +23,8 @@ which the sent configuration was chosen: 1/|eligible| when randomized, 1.0 for t
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, NamedTuple, overload
 
@@ -126,10 +128,27 @@ def _flag(frame: pd.DataFrame, column: str) -> np.ndarray:
     return _flag_values(frame[column], column)
 
 
-def _frame(payment: Mapping[str, Any]) -> pd.DataFrame:
+def _value(payment: Mapping[str, Any], column: str) -> Any:
+    """A payment's value for ``column`` (the warehouse's upper-case name or the API's lower-case one)."""
     if not isinstance(payment, Mapping):
         raise ConfigError(f"a payment must be a mapping of column -> value, got {type(payment).__name__}")
-    return pd.DataFrame([{k.upper() if isinstance(k, str) else k: v for k, v in payment.items()}])
+    value = payment.get(column)
+    return payment.get(column.lower()) if value is None else value
+
+
+def _fact(payment: Mapping[str, Any], column: str) -> int:
+    """One payment's 0/1 fact, read like _flag_values reads a column (one payment, no pandas: the
+    service calls this on the request path)."""
+    value = _value(payment, column)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return 0
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        if value in (0, 1):
+            return int(value)
+        raise ConfigError(f"{column} must be 0 or 1; got [{value!r}]; send 0/1 or true/false")
+    return int(_flag_values(pd.Series([value], dtype=object), column)[0])
 
 
 # ---------------------------------------------------------------- eligibility
@@ -144,15 +163,25 @@ def eligible_matrix(frame: pd.DataFrame) -> np.ndarray:
     return out
 
 
+# eligible_matrix's answer for every combination of the facts: one payment is a lookup into it
+_FACT_COMBOS = [tuple(int(b) for b in bits) for bits in np.ndindex(*(2,) * len(ELIGIBILITY_COLUMNS))]
+_MASK_BY_FACTS: dict[tuple[int, ...], np.ndarray] = dict(zip(
+    _FACT_COMBOS, eligible_matrix(pd.DataFrame(_FACT_COMBOS, columns=list(ELIGIBILITY_COLUMNS)))))
+
+
+def eligible_mask(payment: Mapping[str, Any]) -> np.ndarray:
+    """(N_CONFIGS,) bool for one payment: the same rules as eligible_matrix, without pandas (request path)."""
+    return _MASK_BY_FACTS[tuple(_fact(payment, c) for c in ELIGIBILITY_COLUMNS)]
+
+
 def eligible_configs(payment: Mapping[str, Any]) -> list[MessageConfig]:
     """The configurations one payment may send, in CONFIGS order (same rules as eligible_matrix)."""
-    row = eligible_matrix(_frame(payment))[0]
-    return [c for c, ok in zip(CONFIGS, row) if ok]
+    return [c for c, ok in zip(CONFIGS, eligible_mask(payment)) if ok]
 
 
-def is_eligible(payment: Mapping[str, Any], config: MessageConfig) -> bool:
+def is_eligible(payment: Mapping[str, Any], config: MessageConfig | str) -> bool:
     """Whether ``payment`` may send ``config``."""
-    return bool(eligible_matrix(_frame(payment))[0, CONFIG_INDEX[as_config(config)]])
+    return bool(eligible_mask(payment)[CONFIG_INDEX[as_config(config)]])
 
 
 def as_config(config: MessageConfig | str) -> MessageConfig:
@@ -230,7 +259,9 @@ def default_codes_from(stored: np.ndarray, billing: np.ndarray, foreign: np.ndar
 
 def _default_codes(f: pd.DataFrame) -> np.ndarray:
     n = len(f)
-    country = f["CARD_COUNTRY"].astype(str).str.strip().str.upper() if "CARD_COUNTRY" in f.columns else pd.Series([catalog.HOME_COUNTRY] * n)
+    # an unknown country reads as domestic, as in default_config(mapping)
+    country = (f["CARD_COUNTRY"].fillna(catalog.HOME_COUNTRY).astype(str).str.strip().str.upper()
+               if "CARD_COUNTRY" in f.columns else pd.Series([catalog.HOME_COUNTRY] * n))
     channel = f["CHANNEL"].astype(str).str.strip().str.upper() if "CHANNEL" in f.columns else pd.Series(["WEB"] * n)
     attempt = pd.to_numeric(f["NUM_ATTEMPTS_ORDER"], errors="coerce").fillna(1).to_numpy() if "NUM_ATTEMPTS_ORDER" in f.columns else np.ones(n)
     return default_codes_from(_flag(f, "STORED_CREDENTIAL"), _flag(f, "BILLING_ADDRESS"),
@@ -248,7 +279,16 @@ def default_config(payment: pd.DataFrame | Mapping[str, Any]) -> np.ndarray | Me
     if isinstance(payment, pd.DataFrame):
         f = payment.rename(columns=str.upper) if any(isinstance(c, str) and c != c.upper() for c in payment.columns) else payment
         return _default_codes(f)
-    return CONFIGS[int(_default_codes(_frame(payment))[0])]
+    country = str(_value(payment, "CARD_COUNTRY") or catalog.HOME_COUNTRY).strip().upper()
+    channel = str(_value(payment, "CHANNEL") or "WEB").strip().upper()
+    try:
+        attempt = float(_value(payment, "NUM_ATTEMPTS_ORDER") or 1)
+    except (TypeError, ValueError):
+        raise ConfigError(f"NUM_ATTEMPTS_ORDER={_value(payment, 'NUM_ATTEMPTS_ORDER')!r} is not a number; send 1, 2, 3") from None
+    code = default_codes_from(np.array([_fact(payment, "STORED_CREDENTIAL")]), np.array([_fact(payment, "BILLING_ADDRESS")]),
+                              np.array([int(country != catalog.HOME_COUNTRY)]), np.array([int(channel == "APP")]),
+                              np.array([int(attempt > 1)]))
+    return CONFIGS[int(code[0])]
 
 
 def choose_config(payment: Mapping[str, Any], recommended: str | MessageConfig | None) -> MessageConfig:
