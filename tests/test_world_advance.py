@@ -486,3 +486,41 @@ def test_live_day_sends_a_recommended_message_only_where_the_payment_may(setting
     assert np.allclose(truth["P_CHOSEN"][same], truth["P_CHOSEN_DEFAULT_CONFIG"][same], rtol=0, atol=1e-12)
     assert (np.abs(truth["P_CHOSEN"][~same] - truth["P_CHOSEN_DEFAULT_CONFIG"][~same]) > 0).mean() > 0.99
     assert (att["AVS_CHECKED"].astype(bool) == (att["AVS_DATA"] == 1)).all()
+
+
+class EchoClient:
+    """No service: chooses the first candidate and keeps every request body (no retry advice)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+
+    def route(self, requests):
+        self.bodies += requests
+        return [{"request_id": f"r{len(self.bodies)}-{i}", "chosen": b["candidates"][0], "arm": "CONTROL",
+                 "source": "rules", "propensity": 1.0, "latency_ms": 0.1} for i, b in enumerate(requests)]
+
+    def report(self, outcomes):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_request_bodies_carry_the_message_fields_the_schema_accepts(settings, monkeypatch):
+    from smartrouter import messages
+
+    # a service whose schema knows the eligibility facts (bools) and the MCC; not AVS_DATA
+    monkeypatch.setattr(live, "_message_fields", lambda: {"mci_msi_type": False, "avs_checked": True, "mcc": False,
+                                                          "stored_credential": True, "billing_address": True,
+                                                          "travel_package": True})
+    c = EchoClient()
+    live.advance(settings, 1, c)
+    assert c.bodies and all("avs_data" not in b for b in c.bodies)
+    assert {type(b["stored_credential"]) for b in c.bodies} == {bool} and {b["mcc"] for b in c.bodies} == {"4511"}
+    # each body's message is the merchant default for its facts, and it is what the attempt logged
+    att = _new_rows(settings, catalog.ATTEMPTS_VIEW).set_index("ATTEMPT_ID")
+    for b in c.bodies[:500]:
+        row = att.loc[b["attempt_id"]]
+        assert b["stored_credential"] == bool(row["STORED_CREDENTIAL"]) and b["mci_msi_type"] == row["MCI_MSI_TYPE"]
+        assert messages.default_config(b) == messages.CONFIGS[messages.config_codes(row.to_frame().T)[0]]
+    assert (att["MESSAGE_PROPENSITY"] == 1.0).all() and (att["MESSAGE_RANDOMIZED"] == 0).all()

@@ -93,16 +93,19 @@ _CONFIG_KEYS = np.array(messages.CONFIG_KEYS, dtype=object)
 
 
 @functools.lru_cache(maxsize=1)
-def _message_fields() -> frozenset[str]:
+def _message_fields() -> dict[str, bool]:
     """The /v1/route request fields that carry the message and its eligibility facts, as far as the
-    service's request schema (serve/app.py, the same code the live loop runs) knows them: an older
-    service refuses unknown fields, so the loop sends only those it accepts (CIT/MIT and AVS always)."""
+    service's request schema (serve/app.py, the same code the live loop runs) knows them, each with
+    whether it is declared a bool: an older service refuses unknown fields and the strict decoder a
+    0/1 for a bool, so the loop sends only what the schema accepts, typed as it says."""
+    import msgspec
+
     wanted = {c.lower() for c in messages.MESSAGE_COLUMNS + messages.ELIGIBILITY_COLUMNS} | {"avs_checked"}
     try:
         from serve.app import RouteRequest
     except ImportError:  # no service code beside the world: the fields every version knows
-        return frozenset({"mci_msi_type", "avs_checked"})
-    return frozenset(wanted & set(RouteRequest.__struct_fields__))
+        return {"mci_msi_type": False, "avs_checked": True}
+    return {f.name: "bool" in repr(f.type) for f in msgspec.structs.fields(RouteRequest) if f.name in wanted}
 
 
 def _recommended_key(answer: dict) -> str | None:
@@ -417,7 +420,7 @@ class _LiveDay:
         values = {"mci_msi_type": c.initiator, "avs_checked": bool(c.avs), "avs_data": int(c.avs), "mcc": c.mcc,
                   "stored_credential": int(g.stored[o]), "billing_address": int(g.billing[o]),
                   "travel_package": int(g.package[o])}
-        return {k: v for k, v in values.items() if k in self.message_fields}
+        return {k: (bool(v) if self.message_fields[k] else v) for k, v in values.items() if k in self.message_fields}
 
     def _sent_messages(self, oi: np.ndarray, default: np.ndarray, answers: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(config code, propensity, randomized 0/1) of the message each attempt sends: the service's
