@@ -201,8 +201,8 @@ def as_config(config: MessageConfig | str) -> MessageConfig:
 def config_codes(frame: pd.DataFrame) -> np.ndarray:
     """Config code (index into CONFIGS) of each row's MESSAGE_COLUMNS; ConfigError on unknown values.
 
-    A frame without AVS_DATA reads the legacy AVS_CHECKED; one without MCC reads the airline MCC
-    (tables written before message configurations existed)."""
+    A frame without AVS_DATA reads the legacy AVS_CHECKED; one without MCC (or an empty MCC) reads
+    the airline MCC (tables written before message configurations existed)."""
     f = frame.rename(columns=str.upper) if any(isinstance(c, str) and c != c.upper() for c in frame.columns) else frame
     n = len(f)
     if "MCI_MSI_TYPE" in f.columns:
@@ -215,7 +215,8 @@ def config_codes(frame: pd.DataFrame) -> np.ndarray:
     avs_col = "AVS_DATA" if "AVS_DATA" in f.columns else LEGACY_AVS_COLUMN
     avs = _flag(f, avs_col)
     if "MCC" in f.columns:
-        mcc = pd.Index(MCC_VALUES).get_indexer(f["MCC"].astype(str).str.strip().str.replace(r"\.0$", "", regex=True))
+        # an empty MCC reads as the airline one, like a table without the column
+        mcc = pd.Index(MCC_VALUES).get_indexer(f["MCC"].fillna(AIRLINE_MCC).astype(str).str.strip().str.replace(r"\.0$", "", regex=True))
         if (mcc < 0).any():
             bad = sorted(set(f["MCC"].astype(str)[mcc < 0]))[:3]
             raise ConfigError(f"MCC values {bad} are not merchant category codes this merchant may use; use {' or '.join(MCC_VALUES)}")
