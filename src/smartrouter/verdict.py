@@ -331,7 +331,8 @@ def _decision_sentence(v: Mapping[str, Any], serving: str) -> str:
     vs_serving = f" and {_pp(ls.get('value'))} vs {(v.get('serving') or {}).get('version')}, the serving model" if ls else ""
     orders = ((v.get("per_day_vs_serving") or v.get("per_day_vs_rules") or {}).get("orders_per_day") or {}).get("value")
     basis = f"than {(v.get('serving') or {}).get('version')}" if v.get("per_day_vs_serving") else "than the static rules"
-    per_day = f", about {orders:+,.0f} approved orders a day {basis}" if orders is not None else ""
+    per_day = (f", about {abs(orders):,.0f} {'more' if orders >= 0 else 'fewer'} approved orders a day {basis}"
+               if orders is not None else "")
     failed = [g["gate"] for g in v.get("gates") or [] if not g["passed"]]
     dec = str(v.get("decision"))
     if dec == "promoted":
