@@ -278,3 +278,47 @@ def test_gate_sentences_cover_every_gate() -> None:
     from smartrouter import money
 
     assert set(G.GATES) | {money.NET_REVENUE_GATE} <= set(verdict.GATE_WORDS)
+
+
+def test_changes_lists_only_what_moved_and_failed_checks(tmp_path, monkeypatch) -> None:
+    """Data-stage numbers: a 2 pp approval move is listed, a 10 % volume move is not (15 % threshold);
+    failed checks are always listed, and flagged on the page."""
+    for name in ("RUNS", "REPORTS", "REGISTRY", "STATE", "LOCAL"):
+        monkeypatch.setenv(f"SMARTROUTER_{name}_DIR", str(tmp_path / name.lower()))
+    settings = load_settings()
+    before = {"run_id": "20261101T020000Z", "metrics": {"01_extract_eda": {
+        "approval_rate": 0.80, "attempts_per_day": 1000.0, "checks_failed": 0, "outage_incidents": 1}}}
+    now = {"run_id": "20261102T020000Z", "metrics": {"01_extract_eda": {
+        "approval_rate": 0.78, "attempts_per_day": 1100.0, "checks_failed": 2, "outage_incidents": 3}}}
+    c = changes.compare(now, settings, previous=before)
+    assert [d["metric"] for d in c["data"]] == ["approval_rate"]
+    assert c["checks_failed"] == 2 and c["outages"]["count"] == 3 and c["outages"]["count_before"] == 1
+    assert c["facts_note"].startswith("this run did not reach 04_evaluate")
+    page = reports.changes_html(c)
+    assert '<span class="flag">2 data check(s) failed</span>' in page
+    assert "approval rate: 80.00 % → 78.00 % (-2.00 pp)" in page and "Outage incidents: 1 → 3" in page
+
+
+@pytest.mark.parametrize("objective, served", [("approval", "model:xgb"), ("net_revenue", "model:xgb@net_revenue")])
+def test_money_row_is_the_ranking_the_router_uses(tmp_path, monkeypatch, objective, served) -> None:
+    for name in ("RUNS", "REPORTS", "REGISTRY", "STATE", "LOCAL"):
+        monkeypatch.setenv(f"SMARTROUTER_{name}_DIR", str(tmp_path / name.lower()))
+    settings = load_settings()
+    run = settings.runs_dir / "20261101T020000Z"
+
+    def row(policy: str, net: float) -> dict:
+        cell = {"estimate": net, "ci_low": net - 1, "ci_high": net + 1, "true": None}
+        return {"policy": policy, "approval": {"estimate": 0.8, "ci_low": 0.79, "ci_high": 0.81},
+                "fee_per_day_mxn": cell, "net_revenue_per_day_mxn": cell, "net_revenue_per_day_usd": cell,
+                "lift_vs_rules": {"net_revenue_per_day_mxn": {"lift": net / 10, "ci_low": 0, "ci_high": net / 5}}}
+
+    write_json_atomic(run / "gate.json", {"decision": "rejected", "model_version": "v1", "champion_family": "xgb", "gates": []})
+    write_json_atomic(run / "evaluation.json", {"money": {
+        "available": True, "objective": {"name": objective, "floor_pp": 0.5},
+        "schedule": {"values_are_examples": True, "fx": {"rates": {"USD": 17.5}, "as_of": "2026-11-30"}},
+        "policies": [row("model:xgb", 1000.0), row("model:xgb@net_revenue", 2000.0)]}})
+    v = verdict.build({"run_id": run.name, "status": "succeeded"}, settings)
+    expected = next(r for r in read_json(run / "evaluation.json")["money"]["policies"] if r["policy"] == served)
+    assert v["money"]["policy"] == served and v["money"]["objective"] == objective
+    assert v["money"]["net_revenue_per_day_mxn"] == expected["net_revenue_per_day_mxn"]
+    assert v["money"]["examples"] is True

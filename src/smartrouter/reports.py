@@ -303,7 +303,9 @@ def verdict_html(v: Mapping[str, Any]) -> str:
                    f"{_money_cell(mon.get('net_revenue_per_day_usd'), 'USD ')}</td>"
                    f"<td class=\"num\">{_money_cell(mon.get('net_revenue_lift_vs_rules_mxn'))}</td></tr></table>"
                    f"<p class=\"small\">The router ranks processors by <code>{_e(mon.get('objective'))}</code> "
-                   "(routing.toml [objective]).</p>")
+                   "(routing.toml [objective])"
+                   + (f"; ranked that way this run's model approves {pct_ci({'value': (mon.get('approval') or {}).get('estimate'), 'ci_low': (mon.get('approval') or {}).get('ci_low'), 'ci_high': (mon.get('approval') or {}).get('ci_high')})} of first attempts"
+                      if mon.get("objective") == "net_revenue" and mon.get("approval") else "") + ".</p>")
     out.append(f"<p>{serving_line}.</p>")
     gates = v.get("gates") or []
     if gates:

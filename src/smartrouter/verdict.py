@@ -269,9 +269,14 @@ def build(manifest: Mapping[str, Any], settings: Settings | None = None, run_dir
     v["per_day_vs_serving"] = _money_figures(v.get("lift_vs_serving"), facts, usd)
     mon = evaluation.get("money") or {}
     if mon.get("available") and policy:
-        row = next((r for r in mon.get("policies") or [] if r.get("policy") == policy), None)
+        # the row of the ranking the router uses: under the net_revenue objective that is "<policy>@net_revenue"
+        from smartrouter.money import NET_REVENUE_SUFFIX
+
+        obj = (mon.get("objective") or {}).get("name")
+        served = f"{policy}{NET_REVENUE_SUFFIX}" if obj == "net_revenue" else policy
+        row = next((r for r in mon.get("policies") or [] if r.get("policy") == served), None)
         if row:
-            v["money"] = {"objective": (mon.get("objective") or {}).get("name"),
+            v["money"] = {"objective": obj, "policy": served, "approval": row.get("approval"),
                           "examples": bool((mon.get("schedule") or {}).get("values_are_examples")),
                           "fee_per_day_mxn": row.get("fee_per_day_mxn"),
                           "net_revenue_per_day_mxn": row.get("net_revenue_per_day_mxn"),
