@@ -226,8 +226,9 @@ def build(manifest: Mapping[str, Any], settings: Settings | None = None, run_dir
     on_window = read_json(run_dir / SERVING_ON_WINDOW_FILE) or {}
     now = serving_now(settings)
     status = manifest.get("status")
-    est = next((g.get("details", {}).get("value_lift", {}).get("estimator") for g in gate.get("gates") or []
-                if g.get("gate") == "regression" and g.get("details")), None) or "DR"
+    # the estimator of evaluation.json's paired lifts over the rules: values and lifts are read with the same one
+    est = next((r.get("estimator") for r in (evaluation.get("policy_value") or {}).get("lift_vs_rules") or []
+                if r.get("estimator")), None) or "DR"
     v: dict[str, Any] = {"run_id": manifest.get("run_id"), "status": status, "estimator": est,
                          "serving_now": now, "model_version": gate.get("model_version"),
                          "family": gate.get("champion_family"), "decision": gate.get("decision")}
@@ -258,6 +259,8 @@ def build(manifest: Mapping[str, Any], settings: Settings | None = None, run_dir
         reg = next((g for g in gate.get("gates") or [] if g.get("gate") == "regression"), {})
         vl = (reg.get("details") or {}).get("value_lift")
         v["lift_vs_serving"] = {"value": vl["lift"], "ci_low": vl["ci_low"], "ci_high": vl["ci_high"]} if vl else None
+        if vl and vl.get("estimator", est) != est:  # gates.toml judged with another estimator: say so
+            v["estimator_note"] = f"The lift vs the serving model is the gate's {vl['estimator']} estimate; the rest is {est}."
         v["serving"] = {"version": compared, "card": champion_card(compared, settings),
                         "on_window": _interval(on_window.get("value")) if on_window.get("available") else None,
                         "note": on_window.get("note")}
@@ -301,6 +304,8 @@ def _assumptions(v: Mapping[str, Any]) -> list[str]:
         out.append(f"Retries would have recovered some of these orders anyway: {100 * t['retry_recovered_share']:.1f} % of "
                    "declined first attempts in the test window were approved by a later attempt of the same order, so the "
                    "order-level gain is about that much smaller (shown as 'net of retries').")
+    if v.get("estimator_note"):
+        out.append(v["estimator_note"])
     fx = v.get("fx") or {}
     out.append(f"USD = MXN / {fx.get('mxn_per_usd', USD_ASSUMED):g} ({fx.get('source', 'assumed')}).")
     if (v.get("money") or {}).get("examples"):
