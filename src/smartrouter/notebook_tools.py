@@ -146,6 +146,8 @@ def _glue(name: str, value: Any) -> None:
         return
     if get_ipython() is None:  # plain Python or a test: no notebook to glue into
         return
+    if value is None:  # scrapbook's schema has no null: a missing number stays in metrics.json only
+        return
     # scrapbook's json encoder json.loads() any str it is given, so strings use "text".
     encoder = "text" if isinstance(value, str) else "json"
     payload = {"name": name, "data": value, "encoder": encoder, "version": _SCRAP_VERSION}
