@@ -322,3 +322,15 @@ def test_money_row_is_the_ranking_the_router_uses(tmp_path, monkeypatch, objecti
     assert v["money"]["policy"] == served and v["money"]["objective"] == objective
     assert v["money"]["net_revenue_per_day_mxn"] == expected["net_revenue_per_day_mxn"]
     assert v["money"]["examples"] is True
+
+
+@pytest.mark.parametrize("decision, words", [
+    ("candidate", "this run was told not to promote"),
+    ("candidate (a canary is rolling out)", "a canary is already rolling out"),
+    ("canary", "Canary: v2 (xgb) passed every gate"),
+])
+def test_sentence_for_every_decision(decision, words) -> None:
+    v = {"decision": decision, "model_version": "v2", "family": "xgb", "serving_now": {"version": "v1"},
+         "serving": {"version": "v1"}, "lift_vs_rules": {"value": 0.05}, "lift_vs_serving": {"value": 0.004}, "gates": []}
+    text = verdict.sentence(v)
+    assert words in text and "+5.00 pp vs the static rules and +0.40 pp vs v1" in text

@@ -355,6 +355,10 @@ def _decision_sentence(v: Mapping[str, Any], serving: str) -> str:
     if dec == "rejected":
         return (f"Rejected: {ver} ({fam}) failed {len(failed)} of {len(v.get('gates') or [])} gates "
                 f"({', '.join(failed)}); {serving}.")
+    if dec.startswith("candidate"):  # passed, but registered only (promote = False, or a canary already rolling out)
+        why = "a canary is already rolling out" if "canary" in dec else "this run was told not to promote"
+        return (f"Passed, not promoted: {ver} ({fam}) passed every gate but waits as a candidate because {why}; "
+                f"{_pp(lr.get('value'))} vs the static rules{vs_serving}; {serving}.")
     return f"{ver} ({fam}): {dec}; {serving}."
 
 
