@@ -366,7 +366,7 @@ def changes_html(c: Mapping[str, Any]) -> str:
     if body:
         out.append("<table><tr><th>by</th><th>group</th><th>first attempts / day (test window)</th>"
                    f"<th>approval as logged</th></tr>{body}</table>")
-    if c.get("facts_note"):
+    if c.get("facts_note") and not c.get("data_note"):  # a run that never read its data: one line says so
         out.append(f"<p class=\"muted\">{_e(c['facts_note'])}.</p>")
     elif not c.get("processors") and not c.get("segments"):
         out.append("<p>No processor or segment moved beyond the thresholds.</p>")
