@@ -27,7 +27,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from smartrouter import catalog
+from smartrouter import catalog, messages
 from smartrouter.config import Settings
 from smartrouter.errors import SmartrouterError
 from smartrouter.routing.policy import NoEligibleProcessor
@@ -68,6 +68,13 @@ class RouteRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bank: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     mci_msi_type: MessageType = "CIT"
     avs_checked: bool | None = None
+    # the message as the merchant would send it and the facts that decide which messages are allowed
+    # (smartrouter.messages; an absent fact allows nothing beyond the always-allowed values)
+    avs_data: bool | None = None
+    mcc: Literal[messages.MCC_VALUES] | None = None  # type: ignore[valid-type]
+    stored_credential: bool | None = None
+    billing_address: bool | None = None
+    travel_package: bool | None = None
     num_attempts_order: Annotated[int, msgspec.Meta(ge=1, le=20)] = 1
     previous_order_error_code: ErrorCode | None = None
     previous_processor: Processor | None = None
@@ -102,6 +109,18 @@ class Contribution(msgspec.Struct):
     value: float
 
 
+class MessageConfig(msgspec.Struct):
+    key: str  # e.g. MIT/AVS/4511 (smartrouter.messages.config_key)
+    fields: dict[str, str | int]  # mci_msi_type, avs_data, mcc as the message carries them
+
+
+class MessageRecommendation(msgspec.Struct):
+    processor: str
+    message_config: MessageConfig
+    probability: float
+    reason: str
+
+
 class RouteResponse(msgspec.Struct):
     """The decision: ranked processors, the choice, its source and reasons, model and arm."""
 
@@ -115,6 +134,17 @@ class RouteResponse(msgspec.Struct):
     propensity: float
     shadow_choice: str | None = None
     contributions: list[Contribution] | None = None
+    # the message configuration to send with ``chosen`` and how it was chosen (model | exploration |
+    # default | off), its propensity, 1 when drawn at random among the eligible ones; the top pairs
+    message_config: MessageConfig | None = None
+    message_source: str | None = None
+    message_propensity: float | None = None
+    message_randomized: int = 0
+    message_recommendations: list[MessageRecommendation] | None = None
+
+
+def _message(config: dict[str, Any]) -> MessageConfig:
+    return MessageConfig(config["key"], {k.lower(): v for k, v in config["fields"].items()})
 
 
 class OutcomeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -310,6 +340,12 @@ async def route(data: RouteRequest, svc: Service, explain: bool = False) -> Rout
     except EventTimeError as exc:
         raise _bad("created_at", str(exc)) from None
     payment["CREATED_AT"] = datetime.fromtimestamp(at, tz=timezone.utc).replace(tzinfo=None)
+    if data.avs_data is None:  # a client of the older schema says it with avs_checked
+        payment["AVS_DATA"] = data.avs_checked
+    for t in messages.TOGGLES:  # a message the request's own facts forbid is a contradiction, not a default
+        if payment.get(t.column) == t.on and payment.get(t.eligibility) is False:  # True == 1 for AVS
+            raise _bad(t.column.lower(), f"{t.column.lower()}={t.on!r} needs {t.eligibility.lower()}=true "
+                                         f"(smartrouter.messages eligibility); send {t.off!r} or correct the fact")
     try:
         d = svc.router.decide(payment, candidates=data.candidates, explain=explain or data.explain, at=at)
     except NoEligibleProcessor as exc:
@@ -331,6 +367,12 @@ async def route(data: RouteRequest, svc: Service, explain: bool = False) -> Rout
         propensity=d.propensity,
         shadow_choice=d.shadow_choice,
         contributions=[Contribution(n, v) for n, v in d.contributions] if d.contributions is not None else None,
+        message_config=_message(d.message_config) if d.message_config is not None else None,
+        message_source=d.message_source,
+        message_propensity=d.message_propensity,
+        message_randomized=int(d.message_source == "exploration"),
+        message_recommendations=[MessageRecommendation(r["processor"], _message(r["message_config"]), r["probability"], r["reason"])
+                                 for r in d.message_recommendations],
     )
 
 

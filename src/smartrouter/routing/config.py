@@ -46,6 +46,17 @@ class ObjectiveConfig:
 
 
 @dataclass(frozen=True)
+class MessagesConfig:
+    # message configuration recommendations (smartrouter.routing.messages): false = every decision
+    # sends the merchant's default configuration and the model scores the payment as sent
+    recommend: bool = True
+    # share of recommending decisions that send a uniformly drawn eligible configuration (logged
+    # with its propensity, like processor exploration), so the configuration effects stay learnable
+    explore_share: float = 0.02
+    top_k: int = 3  # (processor, configuration) pairs in a decision's message_recommendations
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     window_seconds: float = 600.0
     recent_outcomes: int = 20
@@ -116,6 +127,7 @@ class RoutingConfig:
     drain_seconds: float = 0.0  # after SIGTERM: answer /readyz 503 this long before the server stops
     source: str = "defaults"
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    messages: MessagesConfig = field(default_factory=MessagesConfig)
 
 
 def _section(raw: dict[str, Any], name: str, cls: type, where: str) -> Any:
@@ -234,6 +246,9 @@ def _validate(cfg: RoutingConfig, where: str) -> None:
         raise ConfigError(f"{where}: [objective].name = {cfg.objective.name!r}; use one of {', '.join(OBJECTIVES)}")
     if not 0 <= cfg.objective.floor_pp <= 100:
         raise ConfigError(f"{where}: [objective].floor_pp = {cfg.objective.floor_pp:g} must be within 0..100 percentage points")
+    _share(cfg.messages.explore_share, "[messages].explore_share", where, 0.0, 0.5)
+    if not 1 <= cfg.messages.top_k <= 40:
+        raise ConfigError(f"{where}: [messages].top_k = {cfg.messages.top_k} must be within 1..40 (processors x configurations)")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +273,7 @@ def load_routing_config(path: str | Path | None = None, overrides: dict[str, Any
         raise ConfigError(f"routing config {where} is not valid TOML ({exc}); fix the file") from None
     if overrides:
         raw = _merge(raw, overrides)
-    known = {"policy", "bin_overrides", "health", "experiment", "exploration", "decision_log", "reload", "http", "objective"}
+    known = {"policy", "bin_overrides", "health", "experiment", "exploration", "decision_log", "reload", "http", "objective", "messages"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; valid sections are {', '.join(sorted(known))}")
@@ -280,6 +295,7 @@ def load_routing_config(path: str | Path | None = None, overrides: dict[str, Any
         drain_seconds=http.drain_seconds,
         source=where,
         objective=_section(raw, "objective", ObjectiveConfig, where),
+        messages=_section(raw, "messages", MessagesConfig, where),
     )
     _validate(cfg, where)
     return cfg

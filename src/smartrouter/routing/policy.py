@@ -48,6 +48,7 @@ from smartrouter.routing.bandit import ThompsonBandit
 from smartrouter.routing.config import RoutingConfig
 from smartrouter.routing.experiment import CONTROL, TREATMENT, Experiment, in_canary
 from smartrouter.routing.health import HealthTracker, Transition
+from smartrouter.routing.messages import JointScorer, config_json
 from smartrouter.routing.model_holder import LoadedModel
 
 log = logging.getLogger("smartrouter.routing.policy")
@@ -121,6 +122,7 @@ class Scoring(NamedTuple):
     fallback_reason: str | None  # why there are no scores: features_not_ready | model_error
     model_order: list[str] | None  # the eligible processors by score, uncertain ones last
     score_ms: float = 0.0  # time the model took to score (a shadow canary's latency is the decision's without it)
+    joint: Any = None  # routing.messages.JointScores: the (processor, message configuration) pairs scored
 
 
 class Route(NamedTuple):
@@ -162,6 +164,10 @@ class Decision:
     rollout_stage: str | None = None
     canary_choice: str | None = None  # shadow stage: what the canary would have chosen
     canary_latency_ms: float | None = None  # shadow stage: the decision's latency without the champion's scoring
+    message_config: dict[str, Any] | None = None  # the configuration to send with ``chosen`` (routing.messages)
+    message_source: str | None = None  # model | exploration | default | off
+    message_propensity: float = 1.0  # probability this configuration was chosen, given the processor
+    message_recommendations: list[dict[str, Any]] = field(default_factory=list)  # top eligible pairs
 
     def record(self, payment: dict) -> dict[str, Any]:
         """The decision-log record (what the next training run reads)."""
@@ -245,6 +251,7 @@ class Router:
         self.health = HealthTracker(config.health, on_transition=on_transition)
         self.bandit = ThompsonBandit(config.exploration, seed=seed)
         self.experiment = Experiment(config.experiment)
+        self.messages = JointScorer(config, (config.exploration.seed if seed is None else seed) + 1)
         self._rng = random.Random(config.exploration.seed if seed is None else seed)
         self._np_rng = np.random.default_rng(config.exploration.seed if seed is None else seed)
         self._active = tuple(p for p in catalog.PROCESSORS if p not in set(config.policy.disabled_processors))
@@ -419,12 +426,14 @@ class Router:
         enriched = self._enrich(payment, at)
         t1 = time.perf_counter()
         try:
-            scores = loaded.model.score(enriched)
+            # with recommendations on, a processor's score is its best eligible (processor, configuration) pair's
+            joint = self.messages.score(loaded.model, enriched) if self.messages.recommend else None
+            scores = joint.scores if joint is not None else loaded.model.score(enriched)
         except Exception:  # noqa: BLE001 - the rules route it instead
             log.exception("model %s failed to score; using static rules", loaded.version)
             return Scoring(loaded, None, enriched, "model_error", None)
         ms = (time.perf_counter() - t1) * 1000.0
-        return Scoring(loaded, scores, enriched, None, self._model_order(loaded, eligible, scores, payment), ms)
+        return Scoring(loaded, scores, enriched, None, self._model_order(loaded, eligible, scores, payment), ms, joint)
 
     def _rules_order(self, payment: dict, eligible: list[str], scores: Mapping[str, float] | None, at: float,
                      ) -> tuple[list[str], bool]:
@@ -579,6 +588,9 @@ class Router:
                 contributions = [(str(n), float(v)) for n, v in loaded.model.contributions(scoring.enriched, chosen, 5)]
             except Exception:  # noqa: BLE001 - an explanation is optional
                 log.exception("contributions failed")
+        active = arm == TREATMENT and not self.experiment.shadow  # the control arm's messages stay the merchant's
+        message = self.messages.choose(payment, chosen, scoring.joint, active, reasons)
+        recommendations = self.messages.recommendations(payment, scoring.joint, [p for p in eligible if p not in down] or eligible)
         request_id = request_id or os.urandom(12).hex() + self._id_suffix
         with self._lock:
             self._recent[request_id] = (segment, payment.get("CARD_BIN"))
@@ -601,6 +613,10 @@ class Router:
             at=at,
             segment=segment,
             scores=scores,
+            message_config=config_json(message.code),
+            message_source=message.source,
+            message_propensity=message.propensity,
+            message_recommendations=recommendations,
         )
 
     def _fallback_order(self, payment: dict, eligible: list[str]) -> list[str]:

@@ -1,0 +1,191 @@
+"""Joint (processor, message configuration) scoring and the message recommendation of a decision.
+
+The models take the message columns (``messages.MESSAGE_COLUMNS``) as features, so one payment
+scored under each configuration it may send gives a probability per (processor, configuration)
+pair. The router uses them in three places (routing/policy.py calls this module):
+
+1. ``JointScorer.score``: every ELIGIBLE configuration (``messages.eligible_mask``: ineligible ones
+   are never scored, like a processor the Amex rule excludes) x every processor, in ONE batched
+   model call (``ServingModel.score_rows``: the payment is encoded once, the message slots of the
+   encoded row are swapped per configuration). Each processor's score is its best eligible pair's
+   probability: the processor ranking (money.rank, whatever the objective) reads those.
+2. ``JointScorer.choose``: the configuration sent with the chosen processor: its best eligible
+   one; with a small share (``[messages] explore_share``) a uniformly drawn eligible one instead,
+   logged with its propensity like processor exploration. The control arm, shadow mode, decisions
+   without model scores and ``[messages] recommend = false`` send the merchant's default.
+3. ``JointScorer.recommendations``: the top eligible pairs, ranked by the routing objective's
+   value of a pair (money.preference_order over the pairs), each with its probability and reason.
+
+Ties go to the merchant's default configuration, so a model that has learned no message effect
+recommends exactly what the merchant sends today.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from smartrouter import catalog, messages, money
+
+SOURCES: tuple[str, ...] = ("model", "exploration", "default", "off")
+_PROC_INDEX = catalog.PROCESSOR_INDEX
+_FIELDS = {c: {"MCI_MSI_TYPE": c.initiator, "AVS_DATA": int(c.avs), "MCC": c.mcc} for c in messages.CONFIGS}
+
+
+def config_fields(code: int) -> dict[str, Any]:
+    """The MESSAGE_COLUMNS values of configuration ``code`` (a fresh dict)."""
+    return dict(_FIELDS[messages.CONFIGS[code]])
+
+
+def config_json(code: int) -> dict[str, Any]:
+    """What a response or log says about a configuration: its key and its message fields."""
+    return {"key": messages.CONFIG_KEYS[code], "fields": config_fields(code)}
+
+
+class JointScores(NamedTuple):
+    """One payment's pair probabilities over its eligible configurations."""
+
+    codes: np.ndarray  # (k,) eligible configuration codes, the merchant default first
+    probs: np.ndarray  # (k, P) calibrated approval probability of (configuration, processor)
+    best: dict[str, int]  # processor -> the code of its best eligible configuration
+    scores: dict[str, float]  # processor -> that pair's probability (what the processor ranking reads)
+    default_code: int
+
+
+class MessageChoice(NamedTuple):
+    """The configuration a decision sends, and how it was chosen."""
+
+    code: int
+    source: str  # model | exploration | default | off
+    propensity: float  # probability that this configuration was chosen, given the processor
+
+
+class EncodedConfigs:
+    """The encoded message slots of every configuration for one encoder.
+
+    Each message column is encoded on its own (a numeric column or a one-hot), so a payment's row
+    under configuration c is its row with the message slots replaced by c's. ``separable`` is False
+    when two different payments disagree on those slots (an encoder that mixes message columns with
+    others): then every configuration is encoded in full.
+    """
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        tables = []
+        for base in ({}, {"AMOUNT": 1234.0, "CURRENCY": "USD", "CARD_BRAND": "MASTERCARD", "CARD_COUNTRY": "US"}):
+            tables.append(np.stack([np.asarray(encoder.encode_payment({**base, **config_fields(k)}), dtype=np.float32)
+                                    for k in range(messages.N_CONFIGS)]))
+        self.slots = (tables[0] != tables[0][:1]).any(axis=0)  # the columns some configuration changes
+        self.table = tables[0]
+        self.separable = bool(np.array_equal(tables[0][:, self.slots], tables[1][:, self.slots])
+                              and np.array_equal(tables[0][:, ~self.slots], np.broadcast_to(tables[0][:1, ~self.slots],
+                                                                                            tables[0][:, ~self.slots].shape)))
+
+    def rows(self, payment: Mapping[str, Any], codes: np.ndarray) -> np.ndarray:
+        """(k, d) encoded rows of ``payment`` under each configuration in ``codes``."""
+        if not self.separable:
+            return np.stack([np.asarray(self.encoder.encode_payment({**payment, **config_fields(int(k))}), dtype=np.float32)
+                             for k in codes])
+        x = np.asarray(self.encoder.encode_payment(payment), dtype=np.float32)
+        return np.where(self.slots, self.table[codes], x)
+
+
+class JointScorer:
+    """Scores (processor, configuration) pairs and picks the configuration a decision sends."""
+
+    def __init__(self, config: Any, seed: int) -> None:
+        self.recommend: bool = bool(config.messages.recommend)
+        self.explore_share: float = float(config.messages.explore_share)
+        self.top_k: int = int(config.messages.top_k)
+        self.objective = config.objective
+        self._rng = random.Random(seed)
+        self._encoded: dict[int, tuple[Any, EncodedConfigs]] = {}  # id(encoder) -> (encoder, its table)
+
+    def _encoded_for(self, encoder: Any) -> EncodedConfigs:
+        hit = self._encoded.get(id(encoder))
+        if hit is None or hit[0] is not encoder:
+            if len(self._encoded) > 8:  # a few models over a service's life (champion, canary, reloads)
+                self._encoded.clear()
+            hit = self._encoded[id(encoder)] = (encoder, EncodedConfigs(encoder))
+        return hit[1]
+
+    # ------------------------------------------------------------------ 1. scoring
+    def score(self, model: Any, enriched: Mapping[str, Any]) -> JointScores:
+        """Pair probabilities of ``enriched`` over its eligible configurations (every processor: the
+        router's processor eligibility filters them as it filters plain scores)."""
+        mask = messages.eligible_mask(enriched)
+        default = messages.CONFIG_INDEX[messages.default_config(enriched)]
+        codes = np.flatnonzero(mask)
+        codes = np.concatenate(([default], codes[codes != default]))  # the default first: ties go to it
+        if hasattr(model, "score_rows") and hasattr(model, "encoder"):
+            probs = np.asarray(model.score_rows(self._encoded_for(model.encoder).rows(enriched, codes)), dtype=np.float64)
+            names = list(getattr(model, "processors", catalog.PROCESSORS))
+            if names != list(catalog.PROCESSORS):
+                probs = probs[:, [names.index(p) for p in catalog.PROCESSORS]]
+        else:  # a model without the batched form (a test double): one score call per configuration
+            probs = np.array([[s.get(p, 0.0) for p in catalog.PROCESSORS]
+                              for s in (model.score({**enriched, **config_fields(int(k))}) for k in codes)], dtype=np.float64)
+        best_row = probs.argmax(axis=0)  # argmax keeps the first maximum: the default on ties
+        best: dict[str, int] = {}
+        scores: dict[str, float] = {}
+        for j, p in enumerate(catalog.PROCESSORS):
+            best[p] = int(codes[best_row[j]])
+            scores[p] = float(probs[best_row[j], j])
+        return JointScores(codes, probs, best, scores, default)
+
+    # ------------------------------------------------------------------ 2. the configuration sent
+    def choose(self, payment: Mapping[str, Any], processor: str, joint: JointScores | None, active: bool,
+               reasons: list[str]) -> MessageChoice:
+        """The configuration sent with ``processor``. ``active``: the decision may follow the model
+        (treatment arm, not shadow); otherwise, without scores, or switched off: the merchant default."""
+        if not self.recommend:
+            return MessageChoice(messages.CONFIG_INDEX[messages.default_config(payment)], "off", 1.0)
+        if joint is None or not active or processor not in joint.best:
+            return MessageChoice(joint.default_code if joint is not None else
+                                 messages.CONFIG_INDEX[messages.default_config(payment)], "default", 1.0)
+        best, m = joint.best[processor], len(joint.codes)
+        eps = self.explore_share if m > 1 else 0.0
+        if eps > 0 and self._rng.random() < eps:
+            code = int(joint.codes[self._rng.randrange(m)])
+            propensity = eps / m + (1.0 - eps) * (code == best)
+            reasons.append(f"exploring the message: {messages.CONFIG_KEYS[code]} drawn among {m} eligible configurations")
+            return MessageChoice(code, "exploration", round(propensity, 6))
+        if best != joint.default_code:
+            j = _PROC_INDEX[processor]
+            row = {int(k): i for i, k in enumerate(joint.codes)}
+            gain = joint.probs[row[best], j] - joint.probs[0, j]
+            reasons.append(f"message {messages.CONFIG_KEYS[best]} for {processor}: +{100 * gain:.1f} pp over the "
+                           f"merchant default {messages.CONFIG_KEYS[joint.default_code]}")
+        return MessageChoice(best, "model", round(1.0 - eps + eps / m, 6) if eps > 0 else 1.0)
+
+    # ------------------------------------------------------------------ 3. the top pairs
+    def recommendations(self, payment: Mapping[str, Any], joint: JointScores | None, processors: Sequence[str],
+                        ) -> list[dict[str, Any]]:
+        """The top ``[messages] top_k`` eligible (processor, configuration) pairs among ``processors``
+        (the eligible ones that are not DOWN), ranked by the routing objective's value of a pair."""
+        if joint is None or not processors or not self.recommend:
+            return []
+        cols = np.array([_PROC_INDEX[p] for p in processors])
+        prob = joint.probs[:, cols]  # (k, m): configuration x processor
+        k, m = prob.shape
+        flat = prob.reshape(1, k * m)
+        mask = np.ones_like(flat, dtype=bool)
+        net = None
+        if self.objective.name == "net_revenue":
+            fees = money.payment_fees(payment)
+            amount = float(payment["AMOUNT"])
+            net = flat * np.tile([amount - fees[p] for p in processors], k)[None, :]
+        order = money.preference_order(flat, mask, self.objective, net)[0][: self.top_k]
+        out = []
+        for i in order:
+            c, j = divmod(int(i), m)
+            code, proc = int(joint.codes[c]), processors[j]
+            p_default = float(prob[0, j])
+            why = (f"merchant default message; p={prob[c, j]:.3f}" if c == 0 else
+                   f"{100 * (prob[c, j] - p_default):+.1f} pp vs the merchant default {messages.CONFIG_KEYS[joint.default_code]} "
+                   f"on {proc}")
+            out.append({"processor": proc, "message_config": config_json(code),
+                        "probability": round(float(prob[c, j]), 6), "reason": why})
+        return out
