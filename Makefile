@@ -25,7 +25,7 @@ RETRAIN_PROFILE ?= live
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run live test test-fast lab world serve bench bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live bench-abtest bench-retry clean
+.PHONY: help setup run live test test-fast lab world serve bench bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live bench-abtest bench-retry bench-messages clean
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -107,10 +107,13 @@ bench-live: setup ## one simulated day of the default world through HTTP (<= 60 
 bench-retry: setup ## retry advice (POST /v1/retry) in process on the newest run's retry model: p99 <= 1 ms
 	$(BIN)/python bench/bench_retry.py
 
+bench-messages: setup ## in-process decide with every (processor, message configuration) pair scored: p99 <= 1 ms
+	$(BIN)/python bench/bench_messages.py
+
 bench-abtest: setup ## simulated A/B experiments read daily: always-valid coverage >= 95 %, false winners <= 5 %, SRM flagged
 	$(BIN)/python bench/bench_abtest.py
 
-bench: bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live bench-abtest bench-retry ## every benchmark
+bench: bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live bench-abtest bench-retry bench-messages ## every benchmark
 
 clean: ## remove the virtualenv, local world, runs, reports and registry
 	rm -rf $(VENV) data runs/[0-9]* reports/[0-9]* reports/index.html models .pytest_cache
