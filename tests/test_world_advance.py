@@ -524,3 +524,24 @@ def test_request_bodies_carry_the_message_fields_the_schema_accepts(settings, mo
         assert b["stored_credential"] == bool(row["STORED_CREDENTIAL"]) and b["mci_msi_type"] == row["MCI_MSI_TYPE"]
         assert messages.default_config(b) == messages.CONFIGS[messages.config_codes(row.to_frame().T)[0]]
     assert (att["MESSAGE_PROPENSITY"] == 1.0).all() and (att["MESSAGE_RANDOMIZED"] == 0).all()
+
+
+def test_a_day_routed_by_the_service_sends_only_allowed_messages(settings):
+    from smartrouter import messages
+
+    c = client(settings)
+    try:
+        (day,) = live.advance(settings, 1, c)
+    finally:
+        c.close()
+    att = _new_rows(settings, catalog.ATTEMPTS_VIEW)
+    truth = pd.read_parquet(live.truth_path(settings, DAY1)).set_index("ATTEMPT_ID").loc[att["ATTEMPT_ID"]]
+    codes = messages.config_codes(att)
+    assert messages.eligible_matrix(att)[np.arange(len(att)), codes].all()
+    assert (truth["MESSAGE_CONFIG"].to_numpy() == np.array(messages.CONFIG_KEYS, dtype=object)[codes]).all()
+    prop = att["MESSAGE_PROPENSITY"].to_numpy(float)
+    assert ((prop > 0) & (prop <= 1)).all()
+    # the control arm keeps the merchant's message: what it sends is the default, truth unchanged
+    ctrl = (truth["ARM"] == "CONTROL").to_numpy()
+    assert ctrl.any() and (codes[ctrl] == messages.default_config(att)[ctrl]).all()
+    assert np.allclose(truth["P_CHOSEN"][ctrl], truth["P_CHOSEN_DEFAULT_CONFIG"][ctrl], rtol=0, atol=1e-12)
