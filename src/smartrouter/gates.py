@@ -17,6 +17,8 @@ thresholds in ``gates.toml`` and returns a ``GateReport``: the run's champion fa
 - **completeness**: every processor has a head, every artifact present, loadable, checksums match;
 - **slices**: no major slice loses more than a margin of policy value vs the static rules;
 - **simpler_is_not_better**: the champion family beats logistic regression and the success-rate router;
+- **messages**: served by the real Router on the test window's payments, the model never sends nor
+  recommends a message configuration the payment may not send (``message_eval.eligibility_gate``);
 - **net_revenue**, only when routing.toml's ``[objective]`` is ``net_revenue``: more net revenue than the
   static rules, with the approval floor as a guardrail (``money.objective_gates``).
 
@@ -56,7 +58,7 @@ from smartrouter.models import metrics as M
 from smartrouter.policies import greedy_policy
 
 CONFIG_PATH = Path(__file__).resolve().parent / "gates.toml"
-GATES: tuple[str, ...] = ("min_data", "auc", "regression", "stability", "completeness", "retry", "slices", "simpler_is_not_better")
+GATES: tuple[str, ...] = ("min_data", "auc", "regression", "stability", "completeness", "retry", "messages", "slices", "simpler_is_not_better")
 
 
 # Every table and key gates.toml may hold, with its type: the file is checked against this on load,
@@ -73,6 +75,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     "simpler": {"min_margin_over_router": float},
     "retry": {"max_conversion_loss": float, "attempts_z": float, "max_violations": int},
     "net_revenue": {"min_relative_lift": float},  # judged only under routing.toml [objective] name = "net_revenue"
+    "messages": {"max_ineligible": int, "check_rows": int},  # smartrouter.message_eval.eligibility_gate
 }
 
 
@@ -457,6 +460,9 @@ def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dir
 
     results.append(fam_checks[champ][1])
     results.append(retry_gate(serving_dirs.get(champ), cfg))
+    from smartrouter import message_eval  # its recommendations, served by the router, never break eligibility
+
+    results.append(message_eval.eligibility_gate(serving_dirs.get(champ), ev.test if test is None else test, cfg))
 
     # ---- slices: no major slice loses vs static rules (with evidence)
     c = cfg["slices"]

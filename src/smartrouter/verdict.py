@@ -54,6 +54,8 @@ GATE_WORDS: dict[str, tuple[str, str]] = {
                "A large group of payments would do worse than under the static rules."),
     "simpler_is_not_better": ("It beats the simpler alternatives (a success-rate router, a logistic model).",
                               "A simpler alternative does as well, so this model is not worth its complexity."),
+    "messages": ("It never recommends an authorization message a payment is not allowed to send.",
+                 "It would recommend an authorization message some payment is not allowed to send."),
     "net_revenue": ("Under the net-revenue objective it earns more after fees without giving up more approval "
                     "than allowed.", "Under the net-revenue objective it does not earn enough more after fees."),
 }
