@@ -276,3 +276,20 @@ def eligibility_gate(serving_dir: str | Path | None, test: pd.DataFrame | None, 
     text = (f"{res['decisions']} test payments through the router: {res['ineligible_sent']} ineligible configurations sent, "
             f"{res['ineligible_recommended']} recommended" + ("" if ok else f" ({'; '.join(res['examples'])})"))
     return GateResult("messages", ok, float(bad), float(c["max_ineligible"]), text, res)
+
+
+def sentence(me: MessageEvaluation, estimator: str = "DR") -> str:
+    """One sentence from the numbers: the joint policy's lift over processor-only (and its share of the
+    oracle-best joint gain on world data), and the eligibility count."""
+    row = me.lifts[(me.lifts["policy"] == JOINT) & (me.lifts["estimator"] == estimator)].iloc[0]
+    bad = sum(me.ineligible.values())
+    text = (f"{me.family}: sending each chosen processor its best eligible message changes the message on "
+            f"{100 * me.changed_share:.0f} % of first attempts; {estimator} lift over processor-only routing "
+            f"{100 * row['lift']:+.2f} pp (95 % CI {100 * row['ci_low']:+.2f} to {100 * row['ci_high']:+.2f})")
+    if me.truth:
+        gain = me.truth[JOINT] - me.truth[PROCESSOR_ONLY]
+        best = me.truth[ORACLE_JOINT] - me.truth[PROCESSOR_ONLY]
+        share = "n/a" if me.gain_share is None else f"{100 * me.gain_share:.0f} %"
+        text += (f"; true gain {100 * gain:+.2f} pp against the oracle-best joint choice's {100 * best:+.2f} pp "
+                 f"({share} of it)")
+    return text + (f"; {bad} ineligible configurations chosen." if bad else "; no ineligible configuration chosen.")
