@@ -174,3 +174,20 @@ def test_service_answers_with_the_message_and_refuses_contradictions(tmp_path):
             r = c.post("/v1/route", json=bad)
             assert r.status_code == 400, (bad, r.text)
             assert key in [e["key"] for e in r.json()["extra"]]
+
+
+@pytest.mark.parametrize("family", ["logistic", "xgb"])
+def test_score_rows_matches_the_batch_scorer(tmp_path, family):
+    """The one-payment batched path (xgb: compiled trees for k x P rows, global trees on k rows) gives
+    the boosters' / weights' probabilities."""
+    from smartrouter.models import data, make_model
+    from smartrouter.models.serving import load_serving_model
+
+    d = data.synthetic(4000, d=10, seed=2)
+    params = {"n_estimators": 30, "nthread": 1} if family == "xgb" else {}
+    m = make_model(family, min_rows=300, **params).fit(d.part("train"), d.part("valid"))
+    served = load_serving_model(m.export(tmp_path / family, data.PassthroughEncoder(d.feature_names).to_spec()))
+    X = d.part("valid").X[:8].astype(np.float32)
+    X[3, ::2] = np.nan  # missing values take the trees' default branch in both paths
+    for k in (1, 3, 8):
+        np.testing.assert_allclose(served.score_rows(X[:k]), served.score_matrix(X[:k]), rtol=0, atol=1e-6)

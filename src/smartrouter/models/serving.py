@@ -120,20 +120,21 @@ class ServingModel:
         if self.family != "xgb":
             return calibrate_heads(self._raw_matrix(X), self.calibrators)
         batches = self.__dict__.setdefault("_row_batches", {})
+        d = X.shape[1]
         if k not in batches:
             one = self._one
             rows = np.tile(one, (k, 1))  # the processor one-hots are already in place
-            batches[k] = (FixedBatch(self._batch.trees, k * P, one.shape[1]), rows)
-        batch, rows = batches[k]
-        d = X.shape[1]
+            # the global trees read only the d shared columns: k rows, not k x P
+            glob_batch = FixedBatch(self._a["global_trees"], k, d) if self._needs_global else None
+            batches[k] = (FixedBatch(self._a["head_trees"], k * P, one.shape[1]), rows, glob_batch)
+        batch, rows, glob_batch = batches[k]
         rows3 = rows.reshape(k, P, -1)
         rows3[:, :, :d] = X[:, None, :]
         if self._self_idx.shape[0]:
             rows3[:, :, d + P :] = X[:, self._self_idx.T]
-        sums = (batch.leaf_values(rows) @ self._tree_sums).reshape(k, P, 2)
         bh, bg = self._biases
-        head = _sigmoid(bh + sums[:, :, 0])
-        glob = _sigmoid(bg + sums[:, 0, 1]) if self._needs_global else None  # every row of a config shares it
+        head = _sigmoid(bh + batch.leaf_values(rows).sum(axis=1).reshape(k, P))
+        glob = _sigmoid(bg + glob_batch.leaf_values(np.ascontiguousarray(X)).sum(axis=1)) if glob_batch is not None else None
         return calibrate_heads(blend_heads(head, glob, self.blend), self.calibrators)
 
     def score(self, payment: dict[str, Any]) -> dict[str, float]:
