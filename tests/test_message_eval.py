@@ -75,8 +75,12 @@ def run_eval(model_aware: bool):
 
 def test_a_model_that_knows_the_message_effects_reaches_the_oracle_best_joint_choice():
     me = run_eval(True)
-    assert me.ineligible == {"processor_only": 0, "joint": 0, "oracle_joint": 0}
+    assert me.ineligible == {"processor_only": 0, "joint": 0, "oracle_joint": 0, "oracle_config": 0}
     assert me.truth["joint"] == pytest.approx(me.truth["oracle_joint"]) and me.gain_share == pytest.approx(1.0)
+    # the message headroom alone: processor_only's processor with its best eligible message
+    assert me.truth["processor_only"] < me.truth["oracle_config"] <= me.truth["oracle_joint"]
+    assert me.message_share == pytest.approx((me.truth["joint"] - me.truth["processor_only"])
+                                             / (me.truth["oracle_config"] - me.truth["processor_only"]))
     assert me.truth["joint"] > me.truth["processor_only"] + 0.02 and me.changed_share > 0.3
     lifts = me.lifts.set_index(["policy", "estimator"])
     # a perfect outcome model: DM is exact; every estimator's interval covers the true lift (pairs are
@@ -89,6 +93,7 @@ def test_a_model_that_knows_the_message_effects_reaches_the_oracle_best_joint_ch
 def test_a_message_blind_model_gains_nothing_and_sends_the_default():
     me = run_eval(False)
     assert me.truth["joint"] == pytest.approx(me.truth["processor_only"]) and me.gain_share == pytest.approx(0.0)
+    assert me.message_share == pytest.approx(0.0)
     assert me.changed_share == 0.0
     assert me.to_json()["ineligible"]["joint"] == 0
 

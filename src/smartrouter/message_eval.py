@@ -8,7 +8,9 @@ Policies, on the first attempts of the test window (like evaluation.py's policy 
 * ``joint``: the model's pair: each processor's best ELIGIBLE configuration (ties to the default),
   the processor ranked by the routing objective on those scores, its best configuration sent
   (what routing.messages serves; the same decomposition, vectorized);
-* ``oracle_joint`` (world only): the truly best eligible pair (the oracle's joint matrix).
+* ``oracle_joint`` (world only): the truly best eligible pair (the oracle's joint matrix);
+* ``oracle_config`` (world only): processor_only's processor with its truly best eligible
+  configuration: the message headroom alone (oracle_joint's gain also holds the processor choice's).
 
 TRUE values come from the oracle's joint matrix (``Oracle.joint_probability_matrix``). OPE values
 (IPS, SNIPS, DM, DR, evaluation._contributions over the joint action space) weight each logged
@@ -40,6 +42,7 @@ from smartrouter.evaluation import (ESTIMATORS, LoggedData, _contributions, cand
 P = len(catalog.PROCESSORS)
 C = messages.N_CONFIGS
 PROCESSOR_ONLY, JOINT, ORACLE_JOINT = "processor_only", "joint", "oracle_joint"
+ORACLE_CONFIG = "oracle_config"  # processor_only's processor with the truly best eligible configuration
 
 
 def joint_probabilities(model: Any, frame: pd.DataFrame) -> np.ndarray:
@@ -91,6 +94,8 @@ def choose(frame: pd.DataFrame, probs: np.ndarray, objective: Any, truth: np.nda
         flat = t.argmax(axis=1)
         procs[ORACLE_JOINT] = np.where(mask.any(axis=1), flat // C, -1)
         configs[ORACLE_JOINT] = flat % C
+        procs[ORACLE_CONFIG] = proc_only
+        configs[ORACLE_CONFIG] = np.where(eligible, truth[rows, np.clip(proc_only, 0, None), :], -np.inf).argmax(axis=1)
     return JointChoices(procs, configs, default, eligible)
 
 
@@ -139,6 +144,7 @@ class MessageEvaluation:
     n_rows: int
     family: str
     gain_share: float | None  # joint's true gain over processor_only / the oracle-best joint's (None without truth)
+    message_share: float | None  # joint's true gain over processor_only / oracle_config's (the message headroom)
     changed_share: float  # share of first attempts whose joint configuration is not the default
 
     def to_json(self) -> dict[str, Any]:
@@ -146,7 +152,8 @@ class MessageEvaluation:
 
         return {"family": self.family, "rows": "first attempts of the test window", "n_rows": self.n_rows,
                 "table": plain(self.table), "lifts": plain(self.lifts), "truth": self.truth,
-                "ineligible": self.ineligible, "gain_share": self.gain_share, "changed_share": self.changed_share}
+                "ineligible": self.ineligible, "gain_share": self.gain_share, "message_share": self.message_share,
+                "changed_share": self.changed_share}
 
 
 def evaluate_messages(ev: Any, model: Any, family: str, *, oracle: Any = None, objective: Any = None,
@@ -197,13 +204,16 @@ def evaluate_messages(ev: Any, model: Any, family: str, *, oracle: Any = None, o
             if true:
                 d["true_lift"] = true[name] - true[PROCESSOR_ONLY]
             lifts.append(d)
-    gain_share = None
+    gain_share = message_share = None
     if true:
-        headroom = true[ORACLE_JOINT] - true[PROCESSOR_ONLY]
-        gain_share = float((true[JOINT] - true[PROCESSOR_ONLY]) / headroom) if headroom > 0 else None
+        gain = true[JOINT] - true[PROCESSOR_ONLY]
+        headroom, msg_headroom = true[ORACLE_JOINT] - true[PROCESSOR_ONLY], true[ORACLE_CONFIG] - true[PROCESSOR_ONLY]
+        gain_share = float(gain / headroom) if headroom > 0 else None
+        message_share = float(gain / msg_headroom) if msg_headroom > 0 else None
     on = ch.processor[JOINT] >= 0
     changed = float((ch.config[JOINT][on] != ch.default[on]).mean()) if on.any() else 0.0
-    return MessageEvaluation(pd.DataFrame(table), pd.DataFrame(lifts), true, bad, len(logged), family, gain_share, changed)
+    return MessageEvaluation(pd.DataFrame(table), pd.DataFrame(lifts), true, bad, len(logged), family, gain_share,
+                             message_share, changed)
 
 
 # ---------------------------------------------------------------- the real serving path
@@ -289,7 +299,9 @@ def sentence(me: MessageEvaluation, estimator: str = "DR") -> str:
     if me.truth:
         gain = me.truth[JOINT] - me.truth[PROCESSOR_ONLY]
         best = me.truth[ORACLE_JOINT] - me.truth[PROCESSOR_ONLY]
+        msg = me.truth[ORACLE_CONFIG] - me.truth[PROCESSOR_ONLY]
         share = "n/a" if me.gain_share is None else f"{100 * me.gain_share:.0f} %"
+        msg_share = "n/a" if me.message_share is None else f"{100 * me.message_share:.0f} %"
         text += (f"; true gain {100 * gain:+.2f} pp against the oracle-best joint choice's {100 * best:+.2f} pp "
-                 f"({share} of it)")
+                 f"({share} of it) and the best messages on its own processors' {100 * msg:+.2f} pp ({msg_share})")
     return text + (f"; {bad} ineligible configurations chosen." if bad else "; no ineligible configuration chosen.")
