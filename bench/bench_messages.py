@@ -73,16 +73,18 @@ def main() -> int:
     folder = model_folder(args.model)
     model = load_serving_model(folder)
 
+    name = folder.parent.name if folder.name == "serving" else folder.name  # registry vN/serving or run models/<family>
+
     class Holder:
-        current = LoadedModel(folder.parent.name, model, None, 0.0, 0.0)
+        current = LoadedModel(name, model, None, 0.0, 0.0)
 
     rules, _ = rules_from_sources(None)
     out = {}
-    for name, recommend in (("joint (all configurations)", True), ("processor only", False)):
+    for label, recommend in (("joint (all configurations)", True), ("processor only", False)):
         cfg = load_routing_config(overrides={"experiment": {"treatment_share": 1.0}, "messages": {"recommend": recommend}})
         lat = latencies(Router(cfg, rules, Holder(), seed=1), args.calls)
-        out[name] = lat
-        print(f"{name:<28} model={folder.parent.name} ({model.family}): p50 {lat[len(lat) // 2] * 1000:.0f} us, "
+        out[label] = lat
+        print(f"{label:<28} model={name} ({model.family}): p50 {lat[len(lat) // 2] * 1000:.0f} us, "
               f"p99 {lat[int(len(lat) * 0.99)] * 1000:.0f} us over {len(lat)} decisions")
     t = Targets("bench_messages")
     joint = out["joint (all configurations)"]
