@@ -17,7 +17,7 @@ import pytest
 from litestar.testing import TestClient
 
 from routing_fakes import write_version
-from smartrouter import features, warehouse
+from smartrouter import features, messages, warehouse
 from smartrouter.cli.serve import import_app_module
 from smartrouter.config import load_settings
 from smartrouter.models.serving import load_serving_model
@@ -68,14 +68,31 @@ def _request_body(row, fields, bool_fields) -> dict:
     return body
 
 
-def test_route_probabilities_equal_the_offline_feature_table_and_model(setup, tmp_path):
+def _offline_joint(model, rows):
+    """Each processor's best ELIGIBLE (processor, configuration) probability, by the offline path:
+    the frame encoder on the SQL feature rows with their message columns set to each configuration."""
+    eligible = messages.eligible_matrix(rows)  # (n, configs)
+    best = np.full((len(rows), len(model.processors)), -np.inf)
+    for k, config in enumerate(messages.CONFIGS):
+        if not eligible[:, k].any():
+            continue
+        scored = model.score_matrix(model.encoder.transform(messages.with_config(rows, config)))
+        best = np.where(eligible[:, k, None], np.maximum(best, scored), best)
+    assert np.isfinite(best).all()  # the merchant default is always eligible
+    return best
+
+
+@pytest.mark.parametrize("recommend", [False, True], ids=["as-sent", "joint"])
+def test_route_probabilities_equal_the_offline_feature_table_and_model(setup, tmp_path, recommend):
     table, model = setup["table"], setup["model"]
     test = table[table["SPLIT"] == "test"]
     rows = test.iloc[:: max(1, len(test) // 60)].sort_values("CREATED_AT", kind="stable")
-    offline = model.score_matrix(model.encoder.transform(rows))  # the offline path: SQL features, frame encoder
+    # the offline path: SQL features, frame encoder; with recommendations on, a processor's served
+    # probability is its best eligible message configuration's (smartrouter.routing.messages)
+    offline = _offline_joint(model, rows) if recommend else model.score_matrix(model.encoder.transform(rows))
     write_version(tmp_path / "models", "v1")
     over = {"exploration": {"enabled": False}, "health": {"probe_share": 0.0}, "experiment": {"treatment_share": 1.0},
-            "policy": {"min_confidence": 0.0}}
+            "policy": {"min_confidence": 0.0}, "messages": {"recommend": recommend}}
     state = features.OnlineFeatureState()
     app = app_module.create_app(
         load_settings({"SMARTROUTER_HOME": str(tmp_path)}), routing_config=load_routing_config(overrides=over),
