@@ -106,8 +106,9 @@ def runs(tmp_path_factory):
         for r in (promoted, rejected):
             reports.render_run_index(r["manifest"], settings)
         reports.render_all_runs_index(settings)
-        yield {"settings": settings, "promoted": promoted, "rejected": rejected, "failed": failed, "registry": registry,
-               "mp": mp}
+    # the directories stay in `settings`, not in the environment: a later test's subprocess (a
+    # service under test_worker_restart) must not inherit this fixture's registry and state dirs
+    yield {"settings": settings, "promoted": promoted, "rejected": rejected, "failed": failed, "registry": registry}
 
 
 def _table_row(evaluation: dict, policy: str, estimator: str = "DR") -> dict:
