@@ -141,6 +141,8 @@ class RouteResponse(msgspec.Struct):
     message_propensity: float | None = None
     message_randomized: int = 0
     message_recommendations: list[MessageRecommendation] | None = None
+    # the message A/B arm of the order (with | without recommendations), null outside the model arm
+    message_arm: str | None = None
 
 
 def _message(config: dict[str, Any]) -> MessageConfig:
@@ -373,6 +375,7 @@ async def route(data: RouteRequest, svc: Service, explain: bool = False) -> Rout
         message_randomized=int(d.message_source == "exploration"),
         message_recommendations=[MessageRecommendation(r["processor"], _message(r["message_config"]), r["probability"], r["reason"])
                                  for r in d.message_recommendations],
+        message_arm=d.message_arm,
     )
 
 

@@ -44,25 +44,31 @@ class FakeModel:
 
     family = "fake"
 
-    def __init__(self, probs: dict[str, float] | None = None, uncertain: tuple[str, ...] = (), amount_slope: float = 0.0):
+    def __init__(self, probs: dict[str, float] | None = None, uncertain: tuple[str, ...] = (), amount_slope: float = 0.0,
+                 message_bonus: dict[str, dict[str, float]] | None = None):
         self.probs = dict(BASE_PROBS if probs is None else probs)
         self.uncertain = tuple(uncertain)
         self.amount_slope = amount_slope
+        # message column -> {value as text: probability added}: a model that has learned a message effect
+        self.message_bonus = {col: dict(values) for col, values in (message_bonus or {}).items()}
         self.processors = catalog.PROCESSORS
 
     def score(self, payment: dict) -> dict[str, float]:
         shift = self.amount_slope * float(payment.get("AMOUNT") or 0.0) / 10000.0
+        shift -= sum(values.get(str(payment.get(col)), 0.0) for col, values in self.message_bonus.items())
         return {p: min(max(v - shift, 0.0), 1.0) for p, v in self.probs.items()}
 
     def contributions(self, payment: dict, processor: str, top_k: int = 5):
         return [("AMOUNT", -0.1), ("CARD_BRAND=VISA", 0.05)][:top_k]
 
 
-def write_version(registry: Path, version: str, probs: dict | None = None, broken: bool = False, promote: bool = True) -> Path:
+def write_version(registry: Path, version: str, probs: dict | None = None, broken: bool = False, promote: bool = True,
+                  message_bonus: dict | None = None) -> Path:
     """A registry version folder holding a fake serving form (model.json), optionally promoted."""
     serving = registry / version / "serving"
     serving.mkdir(parents=True, exist_ok=True)
-    (serving / "model.json").write_text(json.dumps({"probs": probs or BASE_PROBS, "broken": broken}))
+    (serving / "model.json").write_text(json.dumps({"probs": probs or BASE_PROBS, "broken": broken,
+                                                    "message_bonus": message_bonus or {}}))
     if promote:
         promote_pointer(registry, version)
     return serving
@@ -78,4 +84,4 @@ def fake_loader(path: Path) -> FakeModel:
     spec = json.loads((Path(path) / "model.json").read_text())
     if spec.get("broken"):
         raise ArtifactError(f"{path}/model.json: checksum mismatch")
-    return FakeModel(spec["probs"])
+    return FakeModel(spec["probs"], message_bonus=spec.get("message_bonus"))

@@ -19,6 +19,11 @@ each decision joined to its outcome by request id. Output (`readout`):
 * the auto-winner rule of experiment.toml (`decide`), applied only on the always-valid test;
 * the lift in approved orders and money per day, and one paragraph in plain words.
 
+Two splits are read the same way (``split``): ``model`` (routing.toml [experiment]: static rules =
+control, model = treatment) and ``messages`` (routing.toml [messages] ab_share, inside the model
+arm: without message recommendations = control, with = treatment). On world data, ``true_lift``
+gives the lift the world truly had on the same orders (the oracle's probabilities of what was sent).
+
 `simulate` runs many A/B experiments with a known true lift through the same `decide` (the
 coverage check of bench/bench_abtest.py and tests/test_abtest_coverage.py).
 """
@@ -48,6 +53,13 @@ SLICE_FIELDS: dict[str, str] = {"brand": "CARD_BRAND", "currency": "CURRENCY", "
 # slices the arm itself chooses: reported, never tested (they compare different payments)
 POST_ASSIGNMENT_SLICES = frozenset({"processor"})
 READOUT_FILE = "readout.json"
+# The splits a readout can read: name -> (what control is, what treatment is). The message split's
+# arms are logged as ``message_arm`` (routing.messages.WITHOUT / WITH) on model-arm decisions only.
+SPLITS: dict[str, tuple[str, str]] = {
+    "model": ("the static rules", "the model"),
+    "messages": ("the model without message recommendations", "the model with message recommendations"),
+}
+_MESSAGE_ARMS = {"without": CONTROL, "with": TREATMENT}
 
 SCHEMA: dict[str, dict[str, type]] = {
     "readout": {"primary_metric": str, "alpha": float, "mixture_sd": float, "report_currency": str},
@@ -125,8 +137,17 @@ def _attempt_number(value: Any) -> int:
     return 1 if math.isnan(n) else int(n)
 
 
-def attempts_frame(records: Iterable[Mapping[str, Any]], split_key: str = "order_id") -> pd.DataFrame:
-    """One row per decision (deduplicated by request id) with its outcome, if one came back."""
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+
+
+def attempts_frame(records: Iterable[Mapping[str, Any]], split_key: str = "order_id", split: str = "model") -> pd.DataFrame:
+    """One row per decision (deduplicated by request id) with its outcome, if one came back.
+
+    ``split="messages"``: ARM is the message A/B arm (control = without, treatment = with) and only
+    the decisions inside that test are kept."""
+    _check_split(split)
     decisions: dict[str, dict[str, Any]] = {}
     outcomes: dict[str, Mapping[str, Any]] = {}
     key_field = "ORDER_ID" if split_key == "order_id" else "USER_ID"
@@ -139,7 +160,8 @@ def attempts_frame(records: Iterable[Mapping[str, Any]], split_key: str = "order
             decisions[rid] = {
                 "REQUEST_ID": rid, "ORDER_ID": pay.get("ORDER_ID"),
                 "KEY": pay.get(key_field) or pay.get("ORDER_ID"),
-                "CREATED_AT": rec.get("created_at"), "ARM": rec.get("arm"),
+                "CREATED_AT": rec.get("created_at"),
+                "ARM": rec.get("arm") if split == "model" else _MESSAGE_ARMS.get(rec.get("message_arm")),
                 "MODEL_VERSION": rec.get("model_version") or "none", "SOURCE": rec.get("source"),
                 "PROCESSOR": rec.get("chosen"), "ATTEMPT": _attempt_number(pay.get("NUM_ATTEMPTS_ORDER")),
                 "CARD_BRAND": pay.get("CARD_BRAND"), "CURRENCY": pay.get("CURRENCY"), "CARD_TYPE": pay.get("CARD_TYPE"),
@@ -147,6 +169,8 @@ def attempts_frame(records: Iterable[Mapping[str, Any]], split_key: str = "order
             }
         elif rec.get("kind") == "outcome":
             outcomes[rid] = rec
+    if split != "model":
+        decisions = {rid: d for rid, d in decisions.items() if d["ARM"] is not None}
     if not decisions:
         return pd.DataFrame()
     frame = pd.DataFrame.from_records(list(decisions.values()))
@@ -386,21 +410,30 @@ def _versions_head_to_head(orders: pd.DataFrame, metric: str, alpha: float, mixt
 
 
 def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None = None, *,
-            routing_config: Any = None, source: str = "records", until: str | None = None) -> dict[str, Any]:
+            routing_config: Any = None, source: str = "records", until: str | None = None,
+            split: str = "model") -> dict[str, Any]:
     """The whole readout as a JSON-ready dict (see the module docstring). NoDataError when nothing can be read.
 
     ``until`` (YYYY-MM-DD, exclusive): only decisions before that day (a backfilled run reads what it would have seen).
+    ``split``: "model" (static rules vs model) or "messages" (the model without vs with message recommendations).
     """
     from smartrouter.routing.config import load_routing_config
 
+    _check_split(split)
     cfg = cfg or load_config()
-    exp = (routing_config or load_routing_config()).experiment
+    routing = routing_config or load_routing_config()
+    exp = routing.experiment
+    # the split's expected treatment share (the SRM check) and whether one arm is empty by design
+    share, shadow = (exp.treatment_share, exp.shadow) if split == "model" else (routing.messages.ab_share, False)
     r, w = cfg["readout"], cfg["winner"]
     metric, alpha, tau = r["primary_metric"], r["alpha"], r["mixture_sd"]
-    attempts = attempts_frame(records, exp.key)
+    attempts = attempts_frame(records, exp.key, split)
     if until and not attempts.empty:
         attempts = attempts[attempts["CREATED_AT"] < pd.Timestamp(until)].reset_index(drop=True)
     if attempts.empty:
+        if split == "messages":
+            raise NoDataError(f"the decision log at {source} holds no decision of the message A/B (no message_arm); "
+                              "set routing.toml [messages] ab_share below 1 (e.g. 0.5) and let the model arm route payments")
         raise NoDataError(f"the decision log at {source} holds no decisions; let the service route payments first")
     if not attempts["HAS_OUTCOME"].any():
         raise NoDataError(f"the decision log at {source} holds {len(attempts):,} decisions but no outcome; "
@@ -414,7 +447,7 @@ def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None 
         row["day"] = day
     fh = fixed_horizon(*looks[-1][1], alpha=alpha)
     iv = test.interval
-    srm = srm_check(orders, exp.treatment_share, cfg["srm"]["alpha"], exp.shadow)
+    srm = srm_check(orders, share, cfg["srm"]["alpha"], shadow)
     harm = harm_check(orders, metric, cfg["harm"]["slices"], cfg["harm"]["alpha"], cfg["harm"]["min_units"])
     harmed = [f"{row.slice}={row.value}" for row in harm.itertuples() if row.harmed] if not harm.empty else []
     arm_row = per_arm.set_index("ARM")
@@ -429,7 +462,8 @@ def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None 
     impact = _impact(orders, iv, fh, cfg)
     result = {
         "source": source, "primary_metric": metric, "alpha": alpha, "mixture_sd": tau,
-        "split": {"key": exp.key, "treatment_share": exp.treatment_share, "shadow": exp.shadow},
+        "split": {"name": split, "key": exp.key, "treatment_share": share, "shadow": shadow,
+                  "control": SPLITS[split][0], "treatment": SPLITS[split][1]},
         "window": {"from": str(attempts["CREATED_AT"].min()), "to": str(attempts["CREATED_AT"].max()), "days": days},
         "per_arm": per_arm.to_dict("records"), "per_version": per_version.to_dict("records"),
         "lift": {"control": iv.rate_a, "treatment": iv.rate_b, "lift": iv.lift,
@@ -450,6 +484,44 @@ def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None 
     }
     result["summary"] = plain_words(result)
     return plain(result)  # JSON-ready: NaN -> None, numpy -> Python
+
+
+def true_lift(truth: pd.DataFrame, split: str = "model") -> dict[str, Any]:
+    """World data only: the lift the world truly had on the split's orders, to hold a readout against.
+
+    ``truth``: the live loop's truth rows (live_report.load_truth: one per attempt, with the oracle's
+    probability of what was sent, P_CHOSEN). Per arm, the mean P_CHOSEN of the orders' first attempts
+    (the primary metric's unit); the lift is treatment − control. For the message split it also gives
+    the message part alone: the "with" orders' mean P_CHOSEN − P_CHOSEN_DEFAULT_CONFIG (the same
+    processors with the merchant's default message), so a lift can be told apart from a routing shift.
+    """
+    _check_split(split)
+    first = truth[pd.to_numeric(truth["ATTEMPT_NUMBER"], errors="coerce") == 1]
+    if split == "model":
+        arm = first["ARM"].astype(str).str.lower()
+    else:
+        if "MESSAGE_ARM" not in first.columns:
+            raise NoDataError("the truth rows have no MESSAGE_ARM column: they were written before the message A/B "
+                              "existed; rerun the live days with the current `smartrouter live`")
+        arm = first["MESSAGE_ARM"].map(_MESSAGE_ARMS)
+    p = pd.to_numeric(first["P_CHOSEN"], errors="coerce")
+    c, t = p[arm == CONTROL], p[arm == TREATMENT]
+    if c.empty or t.empty:
+        raise NoDataError(f"the truth rows hold {len(c):,} control and {len(t):,} treatment first attempts of the "
+                          f"{split} split; both arms need orders")
+    out = {"split": split, "control": float(c.mean()), "treatment": float(t.mean()),
+           "lift": float(t.mean() - c.mean()), "n_control": int(len(c)), "n_treatment": int(len(t))}
+    if split == "messages" and "P_CHOSEN_DEFAULT_CONFIG" in first.columns:
+        treated = first[arm == TREATMENT]
+        out["message_part"] = float((pd.to_numeric(treated["P_CHOSEN"]) - pd.to_numeric(treated["P_CHOSEN_DEFAULT_CONFIG"])).mean())
+    return out
+
+
+def covers(result: Mapping[str, Any], truth: Mapping[str, Any]) -> dict[str, bool]:
+    """Whether the readout's always-valid and fixed-horizon intervals hold the true lift."""
+    lift, true = result["lift"], truth["lift"]
+    return {name: bool(lift[name]["ci_low"] is not None and lift[name]["ci_low"] <= true <= lift[name]["ci_high"])
+            for name in ("always_valid", "fixed_horizon")}
 
 
 def _impact(orders: pd.DataFrame, iv: Any, fh: Any, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -475,19 +547,20 @@ def plain_words(r: Mapping[str, Any]) -> str:
     av = lift["always_valid"]
     metric = r["primary_metric"].replace("_", " ")
     cur = imp["currency"]
-    text = [f"Over {r['window']['days']} day(s), {metric} was {lift['treatment']:.2%} with the model (treatment, "
-            f"{lift['n_treatment']:,} orders) and {lift['control']:.2%} with the static rules (control, "
+    control, treatment = SPLITS[r["split"].get("name", "model")]
+    text = [f"Over {r['window']['days']} day(s), {metric} was {lift['treatment']:.2%} with {treatment} (treatment, "
+            f"{lift['n_treatment']:,} orders) and {lift['control']:.2%} with {control} (control, "
             f"{lift['n_control']:,} orders): {lift['lift'] * 100:+.2f} pp ({lift['relative_lift']:+.1%})."]
     text.append(f"The always-valid 95 % interval, which stays valid however often it is read, is "
                 f"[{av['ci_low'] * 100:+.2f}, {av['ci_high'] * 100:+.2f}] pp (p = {av['p_value']:.2g}); at "
                 f"{imp['orders_per_day']:,.0f} orders a day that is {imp['approved_orders_per_day']:+,.0f} approved orders "
                 f"(between {imp['always_valid']['approved_orders_per_day'][0]:+,.0f} and "
                 f"{imp['always_valid']['approved_orders_per_day'][1]:+,.0f}) and {imp['money_per_day']:+,.0f} {cur} a day "
-                f"if every order went the model's way.")
+                f"if every order went {treatment}'s way.")
     if av["ci_low"] > 0:
-        text.append("The model is better with confidence.")
+        text.append(f"{treatment[0].upper() + treatment[1:]} is better with confidence.")
     elif av["ci_high"] < 0:
-        text.append("The model is worse with confidence.")
+        text.append(f"{treatment[0].upper() + treatment[1:]} is worse with confidence.")
     else:
         text.append("The data cannot yet tell the two apart.")
     if r["srm"].get("flagged"):

@@ -54,6 +54,11 @@ class MessagesConfig:
     # with its propensity, like processor exploration), so the configuration effects stay learnable
     explore_share: float = 0.02
     top_k: int = 3  # (processor, configuration) pairs in a decision's message_recommendations
+    # the "with vs without message recommendations" A/B inside the model arm: SHA-256(ab_salt:key)
+    # < ab_share gets recommendations ("with"), the rest are routed by the same model scoring the
+    # payment as sent and send the merchant's default ("without"). 1.0 = everyone "with" (no test).
+    ab_share: float = 1.0
+    ab_salt: str = "smartrouter-messages-ab"
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,10 @@ def _validate(cfg: RoutingConfig, where: str) -> None:
     if not 0 <= cfg.objective.floor_pp <= 100:
         raise ConfigError(f"{where}: [objective].floor_pp = {cfg.objective.floor_pp:g} must be within 0..100 percentage points")
     _share(cfg.messages.explore_share, "[messages].explore_share", where, 0.0, 0.5)
+    _share(cfg.messages.ab_share, "[messages].ab_share", where, 0.0, 1.0)
+    if not cfg.messages.ab_salt.strip() or cfg.messages.ab_salt == cfg.experiment.salt:
+        raise ConfigError(f"{where}: [messages].ab_salt must be a non-empty salt different from [experiment].salt "
+                          "(the same salt would put every treatment order in the same message arm)")
     if not 1 <= cfg.messages.top_k <= 40:
         raise ConfigError(f"{where}: [messages].top_k = {cfg.messages.top_k} must be within 1..40 (processors x configurations)")
 

@@ -28,8 +28,13 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from smartrouter import catalog, messages, money
+from smartrouter.routing.experiment import TREATMENT, bucket
 
-SOURCES: tuple[str, ...] = ("model", "exploration", "default", "off")
+SOURCES: tuple[str, ...] = ("model", "exploration", "default", "off", "holdout")
+# The message A/B inside the model arm ([messages] ab_share): "with" orders get recommendations,
+# "without" orders are routed by the same model scoring the payment as sent, with the default message.
+WITH, WITHOUT = "with", "without"
+MESSAGE_ARMS: tuple[str, ...] = (WITHOUT, WITH)
 _PROC_INDEX = catalog.PROCESSOR_INDEX
 _FIELDS = {c: {"MCI_MSI_TYPE": c.initiator, "AVS_DATA": int(c.avs), "MCC": c.mcc} for c in messages.CONFIGS}
 
@@ -100,6 +105,8 @@ class JointScorer:
         self.explore_share: float = float(config.messages.explore_share)
         self.top_k: int = int(config.messages.top_k)
         self.objective = config.objective
+        self.ab_share: float = float(config.messages.ab_share)
+        self.ab_salt: str = str(config.messages.ab_salt)
         self._rng = random.Random(seed)
         self._encoded: dict[int, tuple[Any, EncodedConfigs]] = {}  # id(encoder) -> (encoder, its table)
 
@@ -110,6 +117,15 @@ class JointScorer:
                 self._encoded.clear()
             hit = self._encoded[id(encoder)] = (encoder, EncodedConfigs(encoder))
         return hit[1]
+
+    # ------------------------------------------------------------------ 0. the message A/B arm
+    def arm_of(self, key: str, arm: str, shadow: bool) -> str | None:
+        """The order's message arm (``WITH`` / ``WITHOUT``), by SHA-256 of its split key with the message
+        salt: independent of the model-vs-rules arm, and the same for every attempt of the order. None
+        where no recommendation could be sent anyway: the control arm, shadow mode, recommendations off."""
+        if not self.recommend or arm != TREATMENT or shadow:
+            return None
+        return WITH if bucket(key, self.ab_salt) < self.ab_share else WITHOUT
 
     # ------------------------------------------------------------------ 1. scoring
     def score(self, model: Any, enriched: Mapping[str, Any]) -> JointScores:
@@ -137,11 +153,15 @@ class JointScorer:
 
     # ------------------------------------------------------------------ 2. the configuration sent
     def choose(self, payment: Mapping[str, Any], processor: str, joint: JointScores | None, active: bool,
-               reasons: list[str]) -> MessageChoice:
+               reasons: list[str], message_arm: str | None = None) -> MessageChoice:
         """The configuration sent with ``processor``. ``active``: the decision may follow the model
-        (treatment arm, not shadow); otherwise, without scores, or switched off: the merchant default."""
+        (treatment arm, not shadow); otherwise, without scores, switched off or held out by the
+        message A/B (``message_arm`` WITHOUT): the merchant default."""
         if not self.recommend:
             return MessageChoice(messages.CONFIG_INDEX[messages.default_config(payment)], "off", 1.0)
+        if message_arm == WITHOUT:
+            reasons.append("message A/B: held out of message recommendations (the merchant default is sent)")
+            return MessageChoice(messages.CONFIG_INDEX[messages.default_config(payment)], "holdout", 1.0)
         if joint is None or not active or processor not in joint.best:
             return MessageChoice(joint.default_code if joint is not None else
                                  messages.CONFIG_INDEX[messages.default_config(payment)], "default", 1.0)

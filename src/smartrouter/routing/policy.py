@@ -48,7 +48,7 @@ from smartrouter.routing.bandit import ThompsonBandit
 from smartrouter.routing.config import RoutingConfig
 from smartrouter.routing.experiment import CONTROL, TREATMENT, Experiment, in_canary
 from smartrouter.routing.health import HealthTracker, Transition
-from smartrouter.routing.messages import JointScorer, config_json
+from smartrouter.routing.messages import WITHOUT, JointScorer, config_json
 from smartrouter.routing.model_holder import LoadedModel
 
 log = logging.getLogger("smartrouter.routing.policy")
@@ -168,6 +168,7 @@ class Decision:
     message_source: str | None = None  # model | exploration | default | off
     message_propensity: float = 1.0  # probability this configuration was chosen, given the processor
     message_recommendations: list[dict[str, Any]] = field(default_factory=list)  # top eligible pairs
+    message_arm: str | None = None  # the message A/B arm (routing.messages.WITH / WITHOUT); None outside it
 
     def record(self, payment: dict) -> dict[str, Any]:
         """The decision-log record (what the next training run reads)."""
@@ -351,7 +352,9 @@ class Router:
         arm = self.experiment.assign(key)
         canary = getattr(self.holder, "canary", None) if arm == TREATMENT else None
         on_canary = canary is not None and in_canary(key, canary.salt, canary.share)
-        scoring = self._score(payment, eligible, at, canary.loaded if on_canary and not canary.shadow else None)
+        message_arm = self.messages.arm_of(key, arm, self.experiment.shadow)
+        scoring = self._score(payment, eligible, at, canary.loaded if on_canary and not canary.shadow else None,
+                              joint=message_arm != WITHOUT)
         rules_order, no_rule = self._rules_order(payment, eligible, scoring.scores, at)
         order, source, fallback_reason = self._choose_order(payment, eligible, hard, overridden, arm, scoring,
                                                             rules_order, no_rule, reasons)
@@ -359,9 +362,11 @@ class Router:
         segment = self.bandit.segment_of(payment)
         route = self._explore(segment, route, reasons)
         if canary is None:
-            return self._decision(payment, request_id, t0, at, arm, eligible, order, route, segment, scoring, explain, reasons)
+            return self._decision(payment, request_id, t0, at, arm, eligible, order, route, segment, scoring, explain,
+                                  reasons, message_arm)
         shadow = self._shadow_canary(canary, eligible, scoring) if on_canary and canary.shadow else None
-        d = self._decision(payment, request_id, t0, at, arm, eligible, order, route, segment, scoring, explain, reasons)
+        d = self._decision(payment, request_id, t0, at, arm, eligible, order, route, segment, scoring, explain, reasons,
+                           message_arm)
         d.rollout_id, d.rollout_stage = canary.rollout_id, canary.stage
         if shadow is not None:
             # the decision's latency includes both scorings: without the champion's it is the canary's alone
@@ -416,7 +421,8 @@ class Router:
         return eligible, hard, bool(override)
 
     # 3a. the model's scores (none when it cannot be trusted now), the row it scored, its order
-    def _score(self, payment: dict, eligible: list[str], at: float, loaded: LoadedModel | None = None) -> Scoring:
+    def _score(self, payment: dict, eligible: list[str], at: float, loaded: LoadedModel | None = None,
+               joint: bool = True) -> Scoring:
         if loaded is None:  # the champion, unless the canary's share of the rollout takes this payment
             loaded = self.holder.current if self.holder is not None else None
         if loaded is None:
@@ -427,13 +433,14 @@ class Router:
         t1 = time.perf_counter()
         try:
             # with recommendations on, a processor's score is its best eligible (processor, configuration) pair's
-            joint = self.messages.score(loaded.model, enriched) if self.messages.recommend else None
-            scores = joint.scores if joint is not None else loaded.model.score(enriched)
+            # (``joint`` False: the message A/B's held-out arm, scored as sent like recommendations off)
+            pairs = self.messages.score(loaded.model, enriched) if self.messages.recommend and joint else None
+            scores = pairs.scores if pairs is not None else loaded.model.score(enriched)
         except Exception:  # noqa: BLE001 - the rules route it instead
             log.exception("model %s failed to score; using static rules", loaded.version)
             return Scoring(loaded, None, enriched, "model_error", None)
         ms = (time.perf_counter() - t1) * 1000.0
-        return Scoring(loaded, scores, enriched, None, self._model_order(loaded, eligible, scores, payment), ms, joint)
+        return Scoring(loaded, scores, enriched, None, self._model_order(loaded, eligible, scores, payment), ms, pairs)
 
     def _rules_order(self, payment: dict, eligible: list[str], scores: Mapping[str, float] | None, at: float,
                      ) -> tuple[list[str], bool]:
@@ -574,6 +581,7 @@ class Router:
     def _decision(
         self, payment: dict, request_id: str | None, t0: float, at: float, arm: str, eligible: list[str],
         order: list[str], route: Route, segment: tuple, scoring: Scoring, explain: bool, reasons: list[str],
+        message_arm: str | None = None,
     ) -> Decision:
         chosen, down, scores, loaded, model_order = route.chosen, route.down, scoring.scores, scoring.loaded, scoring.model_order
         top = [p for p in order if p != chosen]
@@ -589,7 +597,7 @@ class Router:
             except Exception:  # noqa: BLE001 - an explanation is optional
                 log.exception("contributions failed")
         active = arm == TREATMENT and not self.experiment.shadow  # the control arm's messages stay the merchant's
-        message = self.messages.choose(payment, chosen, scoring.joint, active, reasons)
+        message = self.messages.choose(payment, chosen, scoring.joint, active, reasons, message_arm)
         recommendations = self.messages.recommendations(payment, scoring.joint, [p for p in eligible if p not in down] or eligible)
         request_id = request_id or os.urandom(12).hex() + self._id_suffix
         with self._lock:
@@ -617,6 +625,7 @@ class Router:
             message_source=message.source,
             message_propensity=message.propensity,
             message_recommendations=recommendations,
+            message_arm=message_arm,
         )
 
     def _fallback_order(self, payment: dict, eligible: list[str]) -> list[str]:

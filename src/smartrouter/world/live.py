@@ -77,12 +77,13 @@ CONTROL_ARM = CONTROL.upper()
 SERVED_ALGORITHM_PREFIX = "SMARTROUTER_"
 # MESSAGE_CONFIG / DEFAULT_CONFIG: the message configuration sent and the merchant's default (keys of
 # smartrouter.messages); P_CHOSEN_DEFAULT_CONFIG: the chosen processor's truth with the default message,
-# the counterfactual of a message recommendation (P_CHOSEN - P_CHOSEN_DEFAULT_CONFIG is its true lift).
+# the counterfactual of a message recommendation (P_CHOSEN - P_CHOSEN_DEFAULT_CONFIG is its true lift);
+# MESSAGE_ARM: the order's message A/B arm the service answered (with / without; "" outside the test).
 TRUTH_COLUMNS: tuple[str, ...] = (
     "ATTEMPT_ID", "ORDER_ID", "DAY", "CREATED_AT", "ATTEMPT_NUMBER", "CURRENCY", "AMOUNT", "AMOUNT_USD",
     "CARD_BRAND", "CARD_TYPE", "ARM", "SOURCE", "MODEL_VERSION", "CHOSEN", "PROPENSITY", "RULES_CHOICE",
     "ORACLE_BEST", "P_CHOSEN", "P_RULES", "P_BEST", "STATUS", "APPROVED", "OUTAGE_PROCESSORS",
-    "CHOSEN_IN_OUTAGE", "LATENCY_MS", "MESSAGE_CONFIG", "DEFAULT_CONFIG", "P_CHOSEN_DEFAULT_CONFIG",
+    "CHOSEN_IN_OUTAGE", "LATENCY_MS", "MESSAGE_CONFIG", "DEFAULT_CONFIG", "P_CHOSEN_DEFAULT_CONFIG", "MESSAGE_ARM",
 )
 _SUMMARY_KEY = b"smartrouter.day_summary"
 _WORLD_KEY = b"smartrouter.world_fingerprint"
@@ -540,6 +541,7 @@ class _LiveDay:
         source = np.array([str(a["source"]) for a in answers], dtype=object)
         version = np.array([a.get("model_version") for a in answers], dtype=object)
         propensity = np.array([float(a["propensity"]) for a in answers])
+        message_arm = np.array([a.get("message_arm") or "" for a in answers], dtype=object)  # "" outside the message A/B
         for v in version:
             if v is not None and v not in self.versions:
                 self.versions.append(v)
@@ -564,7 +566,7 @@ class _LiveDay:
             "P_CHOSEN": p_all[rows, chosen], "P_RULES": p_all[rows, rules], "P_BEST": p_all[rows, best],
             "P_CHOSEN_DEFAULT_CONFIG": p_default[rows, chosen], "DEFAULT_CONFIG": default,
             "OUTAGE_MASK": (in_outage * (1 << np.arange(in_outage.shape[1]))).sum(axis=1),
-            "CHOSEN_IN_OUTAGE": in_outage[rows, chosen],
+            "CHOSEN_IN_OUTAGE": in_outage[rows, chosen], "MESSAGE_ARM": message_arm,
         })
         advised = (self._advise(r, bodies, all_names, chosen, status, code, out_all[rows, chosen], arm)
                    if self.advised else None)
@@ -720,7 +722,7 @@ class _LiveDay:
             "OUTAGE_PROCESSORS": np.array([outage_names[int(x)] for x in a["OUTAGE_MASK"]], dtype=object),
             "CHOSEN_IN_OUTAGE": a["CHOSEN_IN_OUTAGE"].astype(bool), "LATENCY_MS": a["LATENCY_MS"].astype(float),
             "MESSAGE_CONFIG": _CONFIG_KEYS[a["config"]], "DEFAULT_CONFIG": _CONFIG_KEYS[a["DEFAULT_CONFIG"]],
-            "P_CHOSEN_DEFAULT_CONFIG": a["P_CHOSEN_DEFAULT_CONFIG"],
+            "P_CHOSEN_DEFAULT_CONFIG": a["P_CHOSEN_DEFAULT_CONFIG"], "MESSAGE_ARM": a["MESSAGE_ARM"],
         }, columns=list(TRUTH_COLUMNS))
         ms = np.array(self.route_ms, dtype=float)
         summary = DaySummary(
