@@ -62,8 +62,7 @@ SPLITS: dict[str, tuple[str, str]] = {
 _MESSAGE_ARMS = {"without": CONTROL, "with": TREATMENT}
 
 SCHEMA: dict[str, dict[str, type]] = {
-    "readout": {"primary_metric": str, "alpha": float, "mixture_sd": float, "report_currency": str},
-    "readout.fx_to_report": {"MXN": float, "USD": float},
+    "readout": {"primary_metric": str, "alpha": float, "mixture_sd": float},
     "srm": {"alpha": float},
     "harm": {"slices": list, "alpha": float, "min_units": int},
     "winner": {"alpha": float, "min_payments_per_arm": int, "min_days": int, "min_relative_lift": float,
@@ -86,8 +85,6 @@ def load_config(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
                          ("[harm] alpha", cfg["harm"]["alpha"]), ("[winner] alpha", cfg["winner"]["alpha"])):
         strict_toml.require(0.0 < value < 1.0, path, where, f"= {value} must lie strictly between 0 and 1 (e.g. 0.05)")
     strict_toml.require(r["mixture_sd"] > 0, path, "[readout] mixture_sd", f"= {r['mixture_sd']} must be > 0 (e.g. 0.01 = 1 pp)")
-    strict_toml.require(r["report_currency"] in cfg["readout.fx_to_report"], path, "[readout] report_currency",
-                        f"= {r['report_currency']!r} needs a rate in [readout.fx_to_report]")
     bad = [s for s in cfg["harm"]["slices"] if s not in SLICE_FIELDS]
     strict_toml.require(not bad, path, "[harm] slices", f"names unknown slices {bad}; use some of {', '.join(SLICE_FIELDS)}")
     w = cfg["winner"]
@@ -526,13 +523,14 @@ def covers(result: Mapping[str, Any], truth: Mapping[str, Any]) -> dict[str, boo
 
 def _impact(orders: pd.DataFrame, iv: Any, fh: Any, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The lift in approved orders and money per day if all traffic went the treatment's way (with the always-valid range)."""
-    r = cfg["readout"]
-    fx = cfg["readout.fx_to_report"]
+    from smartrouter import money
+
+    fx = money.default_schedule().fx  # the one FX table (fees.toml [fx]): every money figure converts alike
     days = max(1, orders["DAY"].nunique())
     per_day = len(orders) / days
     rate = orders["CURRENCY"].map(lambda c: fx.get(str(c), math.nan))
     amount = float((orders["AMOUNT"] * rate).mean())
-    out = {"orders_per_day": per_day, "mean_order_amount": amount, "currency": r["report_currency"]}
+    out = {"orders_per_day": per_day, "mean_order_amount": amount, "currency": money.REPORT_CURRENCY}
     for name, lo, hi in (("always_valid", iv.ci_low, iv.ci_high), ("fixed_horizon", fh.ci_low, fh.ci_high)):
         out[name] = {"approved_orders_per_day": [lo * per_day, hi * per_day],
                      "money_per_day": [lo * per_day * amount, hi * per_day * amount]}

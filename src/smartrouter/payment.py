@@ -42,9 +42,10 @@ from smartrouter.errors import ConfigError
 # decision-record fields shown for each attempt (the rest of the record is the payment itself)
 DECISION_FIELDS = ("request_id", "created_at", "arm", "source", "model_version", "chosen", "ranked", "reasons",
                    "propensity", "eligible", "fallback_reason", "shadow_choice", "rollout_id", "rollout_stage",
-                   "canary_choice", "latency_ms")
+                   "canary_choice", "latency_ms", "message_config", "message_source", "message_propensity",
+                   "message_arm", "message_recommendations")
 ATTEMPT_FIELDS = ("ATTEMPT_ID", "NUM_ATTEMPTS_ORDER", "CREATED_AT", "PROCESSOR", "STATUS", "ERROR_CODE",
-                  "ERROR_CATEGORY", "HARD_SOFT", "PROCESSOR_LATENCY_MS", "MCI_MSI_TYPE", "PREVIOUS_ORDER_ERROR_CODE",
+                  "ERROR_CATEGORY", "HARD_SOFT", "PROCESSOR_LATENCY_MS", "MCI_MSI_TYPE", "AVS_DATA", "MCC", "PREVIOUS_ORDER_ERROR_CODE",
                   "PREVIOUS_PROCESSOR", "SEC_SINCE_PREVIOUS_ATTEMPT")
 ORDER_FIELDS = ("ORDER_ID", "USER_ID", "AMOUNT", "CURRENCY", "CARD_BRAND", "CARD_TYPE", "CARD_LEVEL", "CARD_BIN",
                 "BANK", "CARD_COUNTRY", "ORDER_COUNTRY_CODE", "IS_RETURNING_CUSTOMER", "FLIGHT_TYPE", "CHANNEL",
@@ -311,6 +312,12 @@ def render_text(s: dict[str, Any]) -> str:
                 lines.append(f"    fallback: {d['fallback_reason']}")
             if d.get("rollout_id"):
                 lines.append(f"    rollout {d['rollout_id']} stage {d.get('rollout_stage')}")
+            if d.get("message_config"):
+                recs = "; ".join(f"{r['processor']} {r['message_config']['key']} {_pct(r['probability'])}"
+                                 for r in d.get("message_recommendations") or [])
+                lines.append(f"    message sent {d['message_config']['key']} ({d.get('message_source')}, propensity "
+                             f"{d.get('message_propensity')}" + (f", message A/B arm {d['message_arm']}" if d.get("message_arm") else "")
+                             + ")" + (f"; top pairs: {recs}" if recs else ""))
         ms = a.get("model_scores")
         if ms and ms.get("scores"):
             lines.append(f"  recomputed scores ({ms['version']}, {ms['which']}): "
