@@ -222,7 +222,7 @@ def test_cli_list_prune_and_bad_input(world, capsys, tmp_path):
     assert main(["runs", "prune", "--keep", "-1"]) == 2
     assert "keep a number of runs >= 0" in capsys.readouterr().err
     bad = tmp_path / "r.toml"
-    bad.write_text("[retention]\nkeep_last = 3\nkeep_days = 0\nafter_run = true\nkeep_forever = 1\n")
+    bad.write_text("[retention]\nkeep_last = 3\nkeep_days = 0\nafter_run = true\ncompact = true\nkeep_forever = 1\n")
     assert main(["runs", "list", "--config", str(bad)]) == 2
     assert "unknown key 'keep_forever'" in capsys.readouterr().err
 
@@ -232,15 +232,80 @@ def test_shipped_policy_and_the_after_run_hook(world, tmp_path, monkeypatch):
     shipped = retention.load_policy()
     assert shipped.keep_last >= 7 and shipped.after_run  # generous, and on (retention.toml says why)
     off = tmp_path / "off.toml"
-    off.write_text("[retention]\nkeep_last = 1\nkeep_days = 0\nafter_run = false\n")
+    off.write_text("[retention]\nkeep_last = 1\nkeep_days = 0\nafter_run = false\ncompact = false\n")
     monkeypatch.setattr(retention, "RETENTION_FILE", off)
     assert retention.after_run(s, print) is None
     on = tmp_path / "on.toml"
-    on.write_text("[retention]\nkeep_last = 1\nkeep_days = 0\nafter_run = true\n")
+    on.write_text("[retention]\nkeep_last = 1\nkeep_days = 0\nafter_run = true\ncompact = false\n")
     monkeypatch.setattr(retention, "RETENTION_FILE", on)
     said: list[str] = []
     res = retention.after_run(s, said.append)
     assert {r.run_id for r in res.pruned} == {ids[3], ids[4], ids[7]} and "freed" in said[0]
+
+
+def _feature_run(runs: Path, run_id: str, days: int = 60, test_days: int = 7, per_day: int = 200) -> tuple[Path, pd.DataFrame]:
+    """A finished run folder with a real feature table (written by features.write_table), its split and a hand-off."""
+    from smartrouter import features
+
+    d = runs / run_id
+    d.mkdir(parents=True)
+    end = dt.datetime(2026, 3, 1)
+    created = end - pd.to_timedelta(np.arange(days * per_day) * (86400.0 / per_day), unit="s")
+    test_start = end - dt.timedelta(days=test_days)
+    table = pd.DataFrame({"ATTEMPT_ID": [f"A{i}" for i in range(len(created))], "CREATED_AT": created,
+                          "SPLIT": np.where(created >= test_start, "test", "train"),
+                          "AMOUNT": np.random.default_rng(0).random(len(created))})
+    table = table.sort_values("CREATED_AT").reset_index(drop=True)
+    features.write_table(table, d / "features.parquet")
+    (d / "split.json").write_text(json.dumps({"test_start": test_start.isoformat(), "end": end.isoformat()}))
+    (d / E.EVALUATION_HANDOFF).write_bytes(b"h" * 5000)
+    (d / "manifest.json").write_text(json.dumps({"run_id": run_id, "status": "succeeded"}))
+    return d, table
+
+
+def test_compaction_keeps_what_later_readers_use_and_says_what_went(tmp_path):
+    from smartrouter import drift, features, rule_search
+
+    d, table = _feature_run(tmp_path, "20260301T030000Z")
+    search_days = rule_search.load_config()["search"]["search_days"]
+    assert search_days >= drift.load_config()["psi"]["reference_days"]  # the search window is the longer need
+    record = retention.compact_run(d)
+    assert not (d / E.EVALUATION_HANDOFF).exists() and (d / "manifest.json").is_file()
+    kept = features.read_table(d / "features.parquet")
+    start = dt.datetime(2026, 2, 22) - dt.timedelta(days=search_days)
+    expect = table[table["CREATED_AT"] >= start].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, expect)  # exactly the rows from the search window on, unchanged
+    # what rules propose reads is all there: the test split whole and the search_days before it
+    search, held = rule_search.split_windows(kept.assign(NUM_ATTEMPTS_ORDER=1), search_days)
+    full_search, full_held = rule_search.split_windows(table.assign(NUM_ATTEMPTS_ORDER=1), search_days)
+    assert len(search) == len(full_search) and len(held) == len(full_held)
+    saved = json.loads((d / retention.COMPACTED_FILE).read_text())
+    assert saved["feature_table"]["rows_kept"] == len(expect) and saved["feature_table"]["rows_before"] == len(table)
+    assert saved["removed"][0]["path"] == E.EVALUATION_HANDOFF and saved["bytes_freed"] > 5000
+    assert retention.compact_run(d) is None  # once only
+
+
+def test_compaction_without_a_split_names_it_and_changes_nothing(tmp_path):
+    d, _ = _feature_run(tmp_path, "20260301T030000Z")
+    (d / "split.json").unlink()
+    before = (d / "features.parquet").read_bytes()
+    with pytest.raises(ConfigError, match="split.json"):
+        retention.compact_run(d)
+    assert (d / "features.parquet").read_bytes() == before and (d / E.EVALUATION_HANDOFF).is_file()
+    assert not (d / retention.COMPACTED_FILE).exists()
+
+
+def test_the_after_run_hook_compacts_the_run_that_just_succeeded(tmp_path, monkeypatch):
+    for name in DIRS:
+        monkeypatch.setenv(f"SMARTROUTER_{name}_DIR", str(tmp_path / name.lower()))
+    s = load_settings()
+    d, _ = _feature_run(s.runs_dir, "20260301T030000Z")
+    on = tmp_path / "on.toml"
+    on.write_text("[retention]\nkeep_last = 5\nkeep_days = 0\nafter_run = false\ncompact = true\n")
+    monkeypatch.setattr(retention, "RETENTION_FILE", on)
+    said: list[str] = []
+    assert retention.after_run(s, said.append, d) is None
+    assert (d / retention.COMPACTED_FILE).is_file() and "compacted this run's folder" in said[0]
 
 
 # ------------------------------------------------------------------ cron log noise

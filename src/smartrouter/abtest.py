@@ -554,7 +554,7 @@ def plain_words(r: Mapping[str, Any]) -> str:
                 f"{imp['orders_per_day']:,.0f} orders a day that is {imp['approved_orders_per_day']:+,.0f} approved orders "
                 f"(between {imp['always_valid']['approved_orders_per_day'][0]:+,.0f} and "
                 f"{imp['always_valid']['approved_orders_per_day'][1]:+,.0f}) and {imp['money_per_day']:+,.0f} {cur} a day "
-                f"if every order went {treatment}'s way.")
+                f"if every order were routed by {treatment}.")
     if av["ci_low"] > 0:
         text.append(f"{treatment[0].upper() + treatment[1:]} is better with confidence.")
     elif av["ci_high"] < 0:

@@ -485,7 +485,8 @@ def write_table(frame: pd.DataFrame, path: Any) -> None:
     plain = frame.copy(deep=False)
     plain.attrs = {}  # build info objects are not parquet metadata
     try:
-        plain.to_parquet(tmp, index=False)
+        # zstd: ~25 % smaller than the default snappy on the feature table, read as fast
+        plain.to_parquet(tmp, index=False, compression="zstd")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -805,7 +805,7 @@ def run_pipeline(
         if not failed:  # retention.toml [retention] after_run: older runs down to their record
             from smartrouter import retention
 
-            _safe(lambda: retention.after_run(settings, say), "retention", say)
+            _safe(lambda: retention.after_run(settings, say, run_dir), "retention", say)
         say(f"run {run_id}: {manifest['status']} in {manifest['duration_s']:.0f} s"
             + (f" (failed at {failed}: {error})" if failed else ""))
         say(f"  run folder: {run_dir}")

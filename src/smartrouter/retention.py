@@ -29,6 +29,14 @@ of every version's serving form, metrics, gates and card, and reads the run fold
 The policy lives in ``retention.toml`` next to this module (read strictly); ``smartrouter runs
 list|prune`` apply it by hand, and the daily run applies it after a successful run when
 ``after_run`` is true.
+
+**Compaction** (``compact_run``, every successful run when ``compact = true``): even a run kept whole
+holds only what its later readers use. The 04 -> 05 hand-off goes once the gate has read it, and the
+feature table keeps the rows from ``rule_search.toml [search] search_days`` days before its test window
+on (what ``smartrouter rules propose`` searches and holds out; the drift check's newest ``drift.toml
+[psi] reference_days`` days and the retry evaluation's test window lie inside), rewritten with zstd.
+On the default world a run folder goes from ~102 MB to ~30 MB. ``compacted.json`` in the folder says
+what went (rows, dates, bytes) and why; the dropped rows are rebuildable like a pruned table.
 """
 
 from __future__ import annotations
@@ -45,8 +53,10 @@ from smartrouter.errors import ConfigError, SmartrouterError
 from smartrouter.evaluation import EVALUATION_HANDOFF, LEGACY_EVALUATION_PICKLE
 
 RETENTION_FILE = PACKAGE_DIR / "retention.toml"
-SCHEMA = {"retention": {"keep_last": int, "keep_days": int, "after_run": bool}}
+SCHEMA = {"retention": {"keep_last": int, "keep_days": int, "after_run": bool, "compact": bool}}
 PRUNED_FILE = "pruned.json"
+COMPACTED_FILE = "compacted.json"
+FEATURE_TABLE = "features.parquet"
 # What pruning removes: top-level entries of a run folder that a stage rebuilds from the warehouse.
 REBUILDABLE: dict[str, str] = {
     "features.parquet": "the feature table (02_features rebuilds it from the warehouse)",
@@ -63,6 +73,7 @@ class Policy:
     keep_last: int
     keep_days: int | None = None
     after_run: bool = False
+    compact: bool = False
 
     def __post_init__(self) -> None:
         if self.keep_last < 0:
@@ -75,7 +86,8 @@ def load_policy(path: str | Path | None = None) -> Policy:
     """The policy in ``retention.toml`` (or ``path``), checked strictly."""
     data = strict_toml.load(path or RETENTION_FILE, SCHEMA, what="retention config", home=str(RETENTION_FILE))
     r = data["retention"]
-    return Policy(keep_last=r["keep_last"], keep_days=r["keep_days"] or None, after_run=r["after_run"])
+    return Policy(keep_last=r["keep_last"], keep_days=r["keep_days"] or None, after_run=r["after_run"],
+                  compact=r["compact"])
 
 
 @dataclass
@@ -276,9 +288,69 @@ def _prune_one(r: RunInfo, policy: Policy) -> None:
         (r.path / rel).unlink(missing_ok=True)
 
 
-def after_run(settings: Settings, echo: Callable[[str], None]) -> PruneResult | None:
-    """The daily run's hook: apply retention.toml when ``after_run`` is true (None when it is off)."""
+def rows_needed_from(run_dir: Path) -> dt.datetime:
+    """The first time a later reader of the run's feature table looks at: ``search_days`` days before
+    its test window (split.json), where `smartrouter rules propose`'s search window starts."""
+    from smartrouter import drift, rule_search
+
+    try:
+        test_start = dt.datetime.fromisoformat(json.loads((run_dir / "split.json").read_text())["test_start"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{run_dir / 'split.json'} is missing or has no test_start ({type(exc).__name__}); "
+                          "compaction needs the run's split: rerun the features stage") from None
+    search_days = int(rule_search.load_config()["search"]["search_days"])
+    reference_days = int(drift.load_config()["psi"]["reference_days"])
+    return test_start - dt.timedelta(days=max(search_days, reference_days))
+
+
+def compact_run(run_dir: str | Path) -> dict[str, Any] | None:
+    """Drop from a finished run what no later reader uses (see the module docstring); the record written
+    to ``compacted.json``, or None when there is nothing to compact (already compacted, or pruned)."""
+    import pandas as pd
+
+    from smartrouter import features
+
+    run_dir = Path(run_dir)
+    if (run_dir / COMPACTED_FILE).is_file():
+        return None
+    removed: list[dict[str, Any]] = []
+    handoff = run_dir / EVALUATION_HANDOFF
+    if handoff.is_file():
+        removed.append({"path": EVALUATION_HANDOFF, "bytes": handoff.stat().st_size,
+                        "why": "read once, by 05_gate; 04_evaluate rebuilds it"})
+    table_path = run_dir / FEATURE_TABLE
+    table_note = None
+    if table_path.is_file():
+        start = rows_needed_from(run_dir)
+        table = features.read_table(table_path)
+        created = pd.to_datetime(table["CREATED_AT"])
+        keep = created >= start
+        before = table_path.stat().st_size
+        features.write_table(table[keep].reset_index(drop=True), table_path)
+        table_note = {"path": FEATURE_TABLE, "rows_before": int(len(table)), "rows_kept": int(keep.sum()),
+                      "kept_from": start.isoformat(), "bytes_before": before, "bytes_after": table_path.stat().st_size,
+                      "why": "rows before kept_from are read by no later step (rules propose searches the days "
+                             "before the test window, drift compares with the newest days); 02_features rebuilds them"}
+    if not removed and table_note is None:
+        return None
+    record = {"compacted_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+              "removed": removed, "feature_table": table_note,
+              "bytes_freed": sum(r["bytes"] for r in removed)
+              + ((table_note["bytes_before"] - table_note["bytes_after"]) if table_note else 0)}
+    atomic.write_json(run_dir / COMPACTED_FILE, record)
+    handoff.unlink(missing_ok=True)  # after the record: a compaction cut short is redone (the table rewrite is atomic)
+    return record
+
+
+def after_run(settings: Settings, echo: Callable[[str], None], run_dir: str | Path | None = None) -> PruneResult | None:
+    """The daily run's hook: compact the run that just succeeded (``compact``), then apply retention.toml
+    to the others when ``after_run`` is true (None when it is off)."""
     policy = load_policy()
+    if policy.compact and run_dir is not None:
+        record = compact_run(run_dir)
+        if record:
+            echo(f"  retention: compacted this run's folder, freed {format_bytes(record['bytes_freed'])} "
+                 f"(folder now {format_bytes(_size(Path(run_dir)))}; see {COMPACTED_FILE})")
     if not policy.after_run:
         return None
     result = prune(settings, policy)
