@@ -166,7 +166,8 @@ def test_the_cli_reads_the_message_split_with_its_truth_and_names_a_log_without_
     settings, _, _ = ab_day
     cfg = tmp_path / "routing.toml"
     text = load_routing_source().replace("treatment_share = 0.5", "treatment_share = 1.0")
-    cfg.write_text(text.replace("explore_share = 0.02", "explore_share = 0.02\nab_share = 0.5"))
+    assert "ab_share = 1.0" in text  # the shipped default: no test
+    cfg.write_text(text.replace("ab_share = 1.0", "ab_share = 0.5"))
     monkeypatch.setenv("SMARTROUTER_ROUTING_CONFIG", str(cfg))
     out = tmp_path / "readout.json"
     rc = main([ "experiment", "readout", "--split", "messages", "--decisions-dir", str(settings.state_dir / "decisions"),
