@@ -158,6 +158,11 @@ def test_the_model_split_still_reads_the_model_arm_only(ab_day):
     _, truth, records = ab_day
     with pytest.raises(abtest.NoDataError, match="both arms need orders"):
         abtest.true_lift(live_truth(truth), "model")  # treatment_share 1.0: no control orders in this day
+    with pytest.raises(abtest.NoDataError, match="model-vs-rules split is not running"):
+        abtest.readout(records, routing_config=load_routing_config(overrides=AB), split="model")
+    with pytest.raises(abtest.NoDataError, match="only 'with' orders"):  # a share of 1.0: no message test either
+        everyone_with = [{**r, "message_arm": WITH} if r.get("kind") == "decision" else r for r in records]
+        abtest.readout(everyone_with, routing_config=load_routing_config(overrides=AB), split="messages")
 
 
 def test_the_cli_reads_the_message_split_with_its_truth_and_names_a_log_without_it(ab_day, tmp_path, monkeypatch, capsys):
@@ -193,3 +198,31 @@ def load_routing_source() -> str:
     from smartrouter.routing.config import DEFAULT_PATH
 
     return DEFAULT_PATH.read_text()
+
+
+@pytest.mark.slow
+def test_the_readout_notebook_reports_the_message_ab(ab_day, tmp_path, monkeypatch):
+    """06_readout executed (papermill, the project kernel) on the A/B day's log: both readouts recorded."""
+    import papermill
+
+    from smartrouter.config import REPO_ROOT
+
+    settings, _, records = ab_day
+    cfg = tmp_path / "routing.toml"
+    text = load_routing_source()
+    cfg.write_text(text.replace("ab_share = 1.0", "ab_share = 0.5").replace("treatment_share = 0.5", "treatment_share = 1.0"))
+    monkeypatch.setenv("SMARTROUTER_ROUTING_CONFIG", str(cfg))
+    for name, path in (("HOME", settings.home), ("LOCAL_DIR", settings.local_dir), ("STATE_DIR", settings.state_dir)):
+        monkeypatch.setenv(f"SMARTROUTER_{name}", str(path))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    papermill.execute_notebook(str(REPO_ROOT / "notebooks" / "06_readout.ipynb"), str(run_dir / "06_readout.ipynb"),
+                               parameters={"run_dir": str(run_dir), "decisions_dir": str(settings.state_dir / "decisions")},
+                               kernel_name="smartrouter", progress_bar=False, cwd=str(REPO_ROOT / "notebooks"))
+    recorded = json.loads((run_dir / "metrics.json").read_text())["06_readout"]
+    saved = json.loads((run_dir / "readout_messages.json").read_text())
+    assert recorded["message_readout_available"] is True and recorded["message_readout_srm"] is False
+    assert recorded["message_readout_lift_pp"] == pytest.approx(saved["lift"]["lift"] * 100, abs=1e-9)
+    expect = abtest.readout(records, routing_config=load_routing_config(cfg), split="messages")
+    assert saved["lift"]["n_treatment"] == expect["lift"]["n_treatment"]
+    assert saved["lift"]["n_control"] == expect["lift"]["n_control"]

@@ -432,6 +432,14 @@ def readout(records: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any] | None 
             raise NoDataError(f"the decision log at {source} holds no decision of the message A/B (no message_arm); "
                               "set routing.toml [messages] ab_share below 1 (e.g. 0.5) and let the model arm route payments")
         raise NoDataError(f"the decision log at {source} holds no decisions; let the service route payments first")
+    if attempts["ARM"].nunique() < 2:  # a split at share 0 or 1 (e.g. after a winner took all): nothing to compare
+        only = str(attempts["ARM"].iloc[0])
+        if split == "messages":
+            raise NoDataError(f"the message A/B at {source} has only '{'with' if only == TREATMENT else 'without'}' orders "
+                              f"({len(attempts):,} decisions): no test is running; set routing.toml [messages] ab_share "
+                              "strictly between 0 and 1 (e.g. 0.5) to run one")
+        raise NoDataError(f"the decision log at {source} has only {only} decisions ({len(attempts):,}): the model-vs-rules "
+                          "split is not running (routing.toml [experiment] treatment_share is 0 or 1, or was then)")
     if not attempts["HAS_OUTCOME"].any():
         raise NoDataError(f"the decision log at {source} holds {len(attempts):,} decisions but no outcome; "
                           "outcomes come from POST /v1/outcomes")
