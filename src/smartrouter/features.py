@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from smartrouter import catalog
+from smartrouter import catalog, messages
 from smartrouter.clock import EventClock
 from smartrouter.errors import ConfigError
 
@@ -53,6 +53,19 @@ APPROVED, TIMEOUT, DECLINED = 0, 1, 2  # outcome kinds (index into count vectors
 # the 28-day BIN history, acute health from the 15-minute and 1-hour windows; the 24-hour timeout
 # rate and volume stay. The table keeps every column (EDA, reports, online state).
 NOT_MODEL_INPUTS: frozenset[tuple[str, str]] = frozenset({("24H", "APPROVAL_RATE"), ("24H", "DECLINE_RATE")})
+
+
+# Each message toggle crossed with the card type: cross column -> the toggle column. An issuer answers
+# the same message differently by card type and by processor (the world's message effects are per
+# toggle x card type x processor, as real issuers' stored-credential and AVS handling is), and a
+# toggle's main effect can only carry a processor's card-type-averaged effect. The per-processor
+# heads (logistic, the DNN's heads) times these crosses express exactly toggle x card type x
+# processor; trees get the pair in one split instead of two. The value is "<CARD_TYPE>|<toggle value>"
+# (message_cross_value), missing when either is missing. Being derived from the message columns,
+# they change with the configuration: messages.with_config and the joint scorer re-derive them.
+CROSSED_WITH = "CARD_TYPE"
+MESSAGE_CROSS_TOGGLES: dict[str, str] = {f"{CROSSED_WITH}_X_{toggle}": toggle for toggle in messages.MESSAGE_COLUMNS}
+MESSAGE_CROSSES: tuple[str, ...] = tuple(MESSAGE_CROSS_TOGGLES)  # CARD_TYPE_X_MCI_MSI_TYPE, _X_AVS_DATA, _X_MCC
 
 
 # ---------------------------------------------------------------- feature definitions
@@ -116,6 +129,9 @@ def _build_features() -> tuple[Feature, ...]:
         Feature("STORED_CREDENTIAL", N, "attempt", "card on file with a standing agreement (MIT allowed)", "transaction"),
         Feature("BILLING_ADDRESS", N, "attempt", "customer gave a billing address (AVS allowed)", "transaction"),
         Feature("TRAVEL_PACKAGE", N, "attempt", "booking bundles flight with hotel or car (MCC 4722 allowed)", "transaction"),
+        # each message toggle crossed with the card type (MESSAGE_CROSSES)
+        *(Feature(cross, C, "derived", f"card type x {toggle} sent, '<card type>|<value>'", "transaction")
+          for cross, toggle in MESSAGE_CROSS_TOGGLES.items()),
         Feature("FLIGHT_TYPE", C, "attempt", "domestic / international flight", "transaction"),
         Feature("DAYS_TO_DEPARTURE", N, "attempt", "days from purchase to departure (log)", "transaction", transform="log1p"),
         Feature("PASSENGERS", N, "attempt", "passengers on the booking", "transaction"),
@@ -221,11 +237,46 @@ def smoothed_rate(approved: int, outcomes: int, prior: float, m: float = BIN_PRI
     return (approved + m * prior) / (outcomes + m)
 
 
-def _is_missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
+    """None, NaN or NaT (what the encoder and the derived features read as a missing value)."""
     try:
         return v is None or bool(v != v)  # NaN and NaT are not equal to themselves
     except (TypeError, ValueError):
         return False
+
+
+def _toggle_text(value: Any) -> str:
+    """A message toggle's value as text: whole numbers without a decimal part (AVS_DATA 1, 1.0 and True
+    are all "1"; MCC 4722 and "4722" both "4722"), anything else its stripped string."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (int, float, np.integer, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def message_cross_value(card_type: Any, toggle_value: Any) -> str | None:
+    """The value of a MESSAGE_CROSSES column: "<card type>|<toggle value>", None when either is missing."""
+    if is_missing(card_type) or is_missing(toggle_value):
+        return None
+    return f"{card_type}|{_toggle_text(toggle_value)}"
+
+
+def message_crosses_row(payment: Mapping[str, Any]) -> dict[str, str | None]:
+    """The MESSAGE_CROSSES of one payment dict (what derive_row and the joint scorer use)."""
+    card_type = payment.get(CROSSED_WITH)
+    return {cross: message_cross_value(card_type, payment.get(toggle)) for cross, toggle in MESSAGE_CROSS_TOGGLES.items()}
+
+
+def add_message_crosses(frame: pd.DataFrame) -> pd.DataFrame:
+    """MESSAGE_CROSSES of every row, in place (message_cross_value applied once per distinct pair)."""
+    card_codes, card_types = pd.factorize(frame[CROSSED_WITH], use_na_sentinel=True)
+    for cross, toggle in MESSAGE_CROSS_TOGGLES.items():
+        codes, values = pd.factorize(frame[toggle], use_na_sentinel=True)
+        # every (card type, toggle value) pair, the last row and column standing for missing (code -1)
+        grid = np.array([[message_cross_value(c, v) for v in [*values, None]] for c in [*card_types, None]], dtype=object)
+        frame[cross] = grid[card_codes, codes]
+    return frame
 
 
 def derive_row(payment: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,11 +286,12 @@ def derive_row(payment: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(created, str):
         created = datetime.fromisoformat(created)
     code = payment.get("PREVIOUS_ORDER_ERROR_CODE")
-    err = None if _is_missing(code) else catalog.ERROR_CODES.get(str(code))
+    err = None if is_missing(code) else catalog.ERROR_CODES.get(str(code))
     return {
-        "IS_DOMESTIC_CARD": math.nan if _is_missing(country) else float(country == catalog.HOME_COUNTRY),
-        "HOUR_LOCAL": None if _is_missing(created) else f"{(created.hour + LOCAL_UTC_OFFSET_HOURS) % 24:02d}",
+        "IS_DOMESTIC_CARD": math.nan if is_missing(country) else float(country == catalog.HOME_COUNTRY),
+        "HOUR_LOCAL": None if is_missing(created) else f"{(created.hour + LOCAL_UTC_OFFSET_HOURS) % 24:02d}",
         "PREVIOUS_HARD_SOFT": None if err is None else err.hard_soft,
+        **message_crosses_row(payment),
     }
 
 
@@ -252,6 +304,7 @@ def add_derived(frame: pd.DataFrame) -> pd.DataFrame:
     out["HOUR_LOCAL"] = np.array([f"{h:02d}" for h in range(24)], dtype=object)[hours]
     hard_soft = {c: e.hard_soft for c, e in catalog.ERROR_CODES.items()}
     out["PREVIOUS_HARD_SOFT"] = out["PREVIOUS_ORDER_ERROR_CODE"].map(hard_soft)
+    add_message_crosses(out)
     return out
 
 

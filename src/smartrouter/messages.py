@@ -235,6 +235,12 @@ def with_config(frame: pd.DataFrame, config: MessageConfig | str) -> pd.DataFram
     out["MCC"] = c.mcc
     if LEGACY_AVS_COLUMN in out.columns:
         out[LEGACY_AVS_COLUMN] = np.full(len(out), c.avs).astype(out[LEGACY_AVS_COLUMN].dtype)
+    # the feature table's card type x toggle crosses follow the message (else a model would score the
+    # new configuration with the old one's crosses); imported here: smartrouter.features imports this module
+    from smartrouter import features
+
+    if any(cross in out.columns for cross in features.MESSAGE_CROSSES):
+        features.add_message_crosses(out)
     return out
 
 

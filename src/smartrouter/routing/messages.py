@@ -27,7 +27,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from smartrouter import catalog, messages, money
+from smartrouter import catalog, features, messages, money
 from smartrouter.routing.experiment import TREATMENT, bucket
 
 SOURCES: tuple[str, ...] = ("model", "exploration", "default", "off", "holdout")
@@ -67,34 +67,72 @@ class MessageChoice(NamedTuple):
     propensity: float  # probability that this configuration was chosen, given the processor
 
 
-class EncodedConfigs:
-    """The encoded message slots of every configuration for one encoder.
+def with_message(payment: Mapping[str, Any], code: int) -> dict[str, Any]:
+    """A copy of ``payment`` carrying configuration ``code``: its message fields and the card type x toggle
+    crosses derived from them (features.MESSAGE_CROSSES; stale ones from the payment's own message would
+    otherwise stay, since the encoder derives only what a payment lacks)."""
+    out = {**payment, **_FIELDS[messages.CONFIGS[code]]}
+    out.update(features.message_crosses_row(out))
+    return out
 
-    Each message column is encoded on its own (a numeric column or a one-hot), so a payment's row
-    under configuration c is its row with the message slots replaced by c's. ``separable`` is False
-    when two different payments disagree on those slots (an encoder that mixes message columns with
-    others): then every configuration is encoded in full.
+
+class EncodedConfigs:
+    """The encoded message slots of every configuration for one encoder, per card type.
+
+    A configuration sets the message columns and, through the card type crosses, columns that depend on
+    the card type too; nothing else. So a payment's row under configuration c is its row under any one
+    configuration with the message slots replaced by those of (its card type, c). Each card type's table
+    (configurations x encoded columns) is built on first use and kept in a small cache; a missing or
+    never-seen card type has one like any other. ``separable`` is False when the probe (every catalog card
+    type, a missing and an unseen one, each under two payments that differ in everything else) finds
+    message slots that depend on more than the card type and the configuration (an encoder that mixes
+    message columns with other ones): then every configuration is encoded in full.
     """
+
+    # the catalog's card types, a missing one and one no model has seen
+    PROBE_CARD_TYPES: tuple[Any, ...] = (*catalog.CARD_TYPES, None, "NO_SUCH_CARD_TYPE")
+    # two payments that differ in every column but the card type and the message
+    PROBE_PAYMENTS: tuple[dict[str, Any], ...] = (
+        {},
+        {"AMOUNT": 1234.0, "CURRENCY": "USD", "CARD_BRAND": "MASTERCARD", "CARD_COUNTRY": "US", "CARD_LEVEL": "GOLD",
+         "BANK": "PROBE BANK", "CHANNEL": "APP", "FLIGHT_TYPE": "INTERNATIONAL", "IS_RETURNING_CUSTOMER": 1,
+         "STORED_CREDENTIAL": 1, "BILLING_ADDRESS": 1, "TRAVEL_PACKAGE": 1, "NUM_ATTEMPTS_ORDER": 2},
+    )
+    MAX_CARD_TYPES = 16  # cached tables: the card types a service sees are a handful; more is bad input
 
     def __init__(self, encoder: Any) -> None:
         self.encoder = encoder
-        tables = []
-        for base in ({}, {"AMOUNT": 1234.0, "CURRENCY": "USD", "CARD_BRAND": "MASTERCARD", "CARD_COUNTRY": "US"}):
-            tables.append(np.stack([np.asarray(encoder.encode_payment({**base, **config_fields(k)}), dtype=np.float32)
-                                    for k in range(messages.N_CONFIGS)]))
-        self.slots = (tables[0] != tables[0][:1]).any(axis=0)  # the columns some configuration changes
-        self.table = tables[0]
-        self.separable = bool(np.array_equal(tables[0][:, self.slots], tables[1][:, self.slots])
-                              and np.array_equal(tables[0][:, ~self.slots], np.broadcast_to(tables[0][:1, ~self.slots],
-                                                                                            tables[0][:, ~self.slots].shape)))
+        self._by_card_type: dict[Any, tuple[np.ndarray, np.ndarray] | None] = {}
+        self.separable = all(self.table_for(card_type) is not None for card_type in self.PROBE_CARD_TYPES)
+
+    def _encode(self, payment: Mapping[str, Any]) -> np.ndarray:
+        return np.asarray(self.encoder.encode_payment(payment), dtype=np.float32)
+
+    def table_for(self, card_type: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """(table (N_CONFIGS, d), slots (d,) bool) of ``card_type``: every configuration's encoded row and the
+        columns some configuration changes; None when those depend on more than card type and message."""
+        key = None if features.is_missing(card_type) else card_type  # None and NaN are one missing card type
+        if key in self._by_card_type:
+            return self._by_card_type[key]
+        tables = [np.stack([self._encode(with_message({**base, features.CROSSED_WITH: key}, k))
+                            for k in range(messages.N_CONFIGS)]) for base in self.PROBE_PAYMENTS]
+        slots = np.logical_or.reduce([(t != t[:1]).any(axis=0) for t in tables])
+        # outside the slots each table is constant by construction; inside, every payment must agree
+        same = all(np.array_equal(t[:, slots], tables[0][:, slots]) for t in tables[1:])
+        if len(self._by_card_type) >= self.MAX_CARD_TYPES:
+            self._by_card_type.clear()
+        entry = self._by_card_type[key] = (tables[0], slots) if same else None
+        return entry
 
     def rows(self, payment: Mapping[str, Any], codes: np.ndarray) -> np.ndarray:
         """(k, d) encoded rows of ``payment`` under each configuration in ``codes``."""
-        if not self.separable:
-            return np.stack([np.asarray(self.encoder.encode_payment({**payment, **config_fields(int(k))}), dtype=np.float32)
-                             for k in codes])
-        x = np.asarray(self.encoder.encode_payment(payment), dtype=np.float32)
-        return np.where(self.slots, self.table[codes], x)
+        entry = self.table_for(payment.get(features.CROSSED_WITH)) if self.separable else None
+        if entry is None:
+            return np.stack([self._encode(with_message(payment, int(k))) for k in codes])
+        table, slots = entry
+        # the payment's own row under one configuration: every column outside the slots is right for all of them
+        x = self._encode(with_message(payment, int(codes[0])))
+        return np.where(slots, table[codes], x)
 
 
 class JointScorer:
@@ -142,7 +180,7 @@ class JointScorer:
                 probs = probs[:, [names.index(p) for p in catalog.PROCESSORS]]
         else:  # a model without the batched form (a test double): one score call per configuration
             probs = np.array([[s.get(p, 0.0) for p in catalog.PROCESSORS]
-                              for s in (model.score({**enriched, **config_fields(int(k))}) for k in codes)], dtype=np.float64)
+                              for s in (model.score(with_message(enriched, int(k))) for k in codes)], dtype=np.float64)
         best_row = probs.argmax(axis=0)  # argmax keeps the first maximum: the default on ties
         best: dict[str, int] = {}
         scores: dict[str, float] = {}
