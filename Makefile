@@ -12,6 +12,7 @@ KERNEL := $(VENV)/share/jupyter/kernels/smartrouter/kernel.json
 DAYS    ?= 84
 PER_DAY ?= 10500
 SEED    ?= 42
+TRUTH   ?= default
 END     ?=
 PROFILE ?= default
 # run parameters for `make run`
@@ -67,8 +68,8 @@ LAB_FLAGS ?=
 lab: setup ## JupyterLab on notebooks/ with the project kernel (works as root too; LAB_FLAGS="--port=8899")
 	$(BIN)/jupyter lab --notebook-dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_FLAGS)
 
-world: setup ## rebuild the local world (override DAYS= PER_DAY= SEED= END=YYYY-MM-DD)
-	$(BIN)/smartrouter world build --days $(DAYS) --per-day $(PER_DAY) --seed $(SEED) $(if $(END),--end $(END),)
+world: setup ## rebuild the local world (override DAYS= PER_DAY= SEED= END=YYYY-MM-DD TRUTH=default|interactions)
+	$(BIN)/smartrouter world build --days $(DAYS) --per-day $(PER_DAY) --seed $(SEED) --truth $(TRUTH) $(if $(END),--end $(END),)
 
 serve: setup ## start the routing service on the promoted model (rules if none); SMARTROUTER_STATE_STORE=redis://127.0.0.1:PORT/0 starts a local Redis
 	@case "$${SMARTROUTER_STATE_STORE:-local}" in \

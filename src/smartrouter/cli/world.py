@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ensure = sub.add_parser("ensure", help="build the default world only if none is there")
     ensure.add_argument("--quiet", action="store_true", help="no progress bar")
-    ensure.set_defaults(func=cmd_ensure, profile="default", days=None, per_day=None, seed=None, end=None, processors=None)
+    ensure.set_defaults(func=cmd_ensure, profile="default", days=None, per_day=None, seed=None, end=None, processors=None,
+                        truth=None)
 
     summary = sub.add_parser("summary", help="rows, dates, approval, Amex rule and PROCESSING counts (via SQL)")
     summary.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -88,6 +89,8 @@ def _add_params(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_whole_number, help="random seed (same seed -> identical tables)")
     parser.add_argument("--end", type=_date, help="last day included, YYYY-MM-DD (default: yesterday, UTC)")
     parser.add_argument("--processors", help=f"comma-separated processors (default: {','.join(catalog.PROCESSORS)})")
+    parser.add_argument("--truth", help="the truth model: default, or interactions (adds hidden attribute x attribute x "
+                                        "processor terms; README 'A world with interactions')")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -98,7 +101,7 @@ def params_from_args(args: argparse.Namespace) -> Any:
     if args.profile not in PROFILES:
         raise ConfigError(f"unknown world profile {args.profile!r}; choose from {', '.join(PROFILES)}")
     overrides: dict[str, Any] = {}
-    for name in ("days", "per_day", "seed", "end"):
+    for name in ("days", "per_day", "seed", "end", "truth"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -120,7 +123,8 @@ def _build(params: Any, quiet: bool) -> warehouse.WorldSummary:
     summary = warehouse.write_world(World(params), settings, progress=not quiet)
     print(
         f"built world: {summary.attempts:,} attempts over {summary.days} days "
-        f"({summary.start[:10]} .. {summary.params.get('end', summary.end[:10])}) in {summary.build_seconds:.1f} s -> {summary.db_path}"
+        f"({summary.start[:10]} .. {summary.params.get('end', summary.end[:10])}, truth {params.truth}) "
+        f"in {summary.build_seconds:.1f} s -> {summary.db_path}"
     )
     return summary
 
@@ -150,6 +154,7 @@ def cmd_ensure(args: argparse.Namespace) -> int:
         try:
             info = warehouse.load_world_info(settings)
             what = f"{info['rows'].get(catalog.ATTEMPTS_VIEW, 0):,} attempts, {info['first_day']} .. {info['last_day']}"
+            what += f", truth {info['params'].get('truth', 'default')}"
         except (WarehouseError, KeyError):
             what = "no world.json"
         print(f"local world is there: {path} ({what}), built {_age(age)} ago; `make world` rebuilds it")

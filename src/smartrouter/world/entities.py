@@ -56,6 +56,16 @@ MESSAGE_SLAB_SHARE = 0.30  # share of (card type, processor) cells where AVS / M
 MESSAGE_SLAB_SD = 0.30  # ... by a few tenths of a logit
 MESSAGE_SPIKE_SD = 0.03  # the rest: near zero
 MESSAGE_RESIDUAL_SD = 0.04  # each whole configuration's own small term
+# The "interactions" truth (WorldParams.truth): three-way terms attribute x attribute x processor,
+# sparse like the message effects but larger, so they move the best processor of some segments.
+# Each pairs attributes of the payment (not only of its card), so no BIN x processor effect holds
+# them either: bank x flight type, amount band x currency, local hour band x channel.
+# Bands are on the payment's peso amount and its local (Mexico City) hour.
+AMOUNT_BAND_EDGES_MXN = (1_500.0, 3_000.0, 6_000.0)  # 4 bands: < 1,500, .. , >= 6,000 pesos
+HOUR_BAND_EDGES_LOCAL = (6, 12, 18)  # 4 bands: night 0-6, morning, afternoon, evening 18-24
+INTERACTION_SLAB_SHARE = 0.25  # share of cells that matter ...
+INTERACTION_SLAB_SD = 0.45  # ... by a few tenths of a logit
+INTERACTION_SPIKE_SD = 0.03  # the rest: near zero
 
 
 def _zipf_weights(n: int, exponent: float) -> np.ndarray:
@@ -345,12 +355,28 @@ class Effects:
     background_error: np.ndarray  # [P] timeout/5xx share outside incidents
     processing: np.ndarray  # [P] share stuck in PROCESSING
     active_from_sec: np.ndarray  # [P] inf = never active
+    # The "interactions" truth's three-way terms (all zeros in the default truth), oracle.interaction_logit:
+    bank_flight_proc: np.ndarray  # [n_banks+1, 2 flight types (domestic, international)+1, P]
+    amount_cur_proc: np.ndarray  # [4+1 amount bands, 2+1 currencies, P]
+    hour_channel_proc: np.ndarray  # [4+1 local hour bands, 2+1 channels, P]
 
 
-def _spike_and_slab(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Cells that matter with probability MESSAGE_SLAB_SHARE (sd MESSAGE_SLAB_SD), the rest near zero."""
-    big = rng.random(shape) < MESSAGE_SLAB_SHARE
-    return np.where(big, rng.normal(0.0, MESSAGE_SLAB_SD, shape), rng.normal(0.0, MESSAGE_SPIKE_SD, shape))
+def _spike_and_slab(rng: np.random.Generator, shape: tuple[int, ...], share: float = MESSAGE_SLAB_SHARE,
+                    slab_sd: float = MESSAGE_SLAB_SD, spike_sd: float = MESSAGE_SPIKE_SD) -> np.ndarray:
+    """Cells that matter with probability ``share`` (sd ``slab_sd``), the rest near zero (sd ``spike_sd``);
+    the defaults are the message effects'."""
+    big = rng.random(shape) < share
+    return np.where(big, rng.normal(0.0, slab_sd, shape), rng.normal(0.0, spike_sd, shape))
+
+
+def _interaction_table(rng: np.random.Generator | None, n_a: int, n_b: int) -> np.ndarray:
+    """A three-way table [n_a+1, n_b+1, P] (trailing zero rows: unknown levels add nothing), sparse
+    spike-and-slab cells; all zeros when ``rng`` is None (the default truth)."""
+    out = np.zeros((n_a + 1, n_b + 1, P))
+    if rng is not None:
+        out[:n_a, :n_b] = _spike_and_slab(rng, (n_a, n_b, P), INTERACTION_SLAB_SHARE, INTERACTION_SLAB_SD,
+                                          INTERACTION_SPIKE_SD)
+    return out
 
 
 def build_effects(rng: np.random.Generator, params: WorldParams, bins: Bins) -> Effects:
@@ -395,6 +421,12 @@ def build_effects(rng: np.random.Generator, params: WorldParams, bins: Bins) -> 
                         for _ in range(2))
     config_msg = np.concatenate([rng.normal(0.0, MESSAGE_RESIDUAL_SD, (N_CONFIGS, len(catalog.CARD_TYPES), P)),
                                  np.zeros((N_CONFIGS, 1, P))], axis=1)
+    # The interactions truth, drawn after every other draw (so the default truth's terms, and every
+    # table of a default world, stay bit-identical) and only when asked for.
+    r_int = rng if params.truth == "interactions" else None
+    bank_flight = _interaction_table(r_int, n_banks, 2)
+    amount_cur = _interaction_table(r_int, len(AMOUNT_BAND_EDGES_MXN) + 1, len(catalog.CURRENCIES))
+    hour_channel = _interaction_table(r_int, len(HOUR_BAND_EDGES_LOCAL) + 1, len(catalog.CHANNELS))
     return Effects(
         intercept=2.06,
         proc_base=np.array([0.05, 0.0, 0.0, 0.10, 0.05]),
@@ -410,6 +442,7 @@ def build_effects(rng: np.random.Generator, params: WorldParams, bins: Bins) -> 
         delay_per_decade=0.30, same_processor_soft=-0.50, retry_proc=retry_proc,
         background_error=np.array([0.004, 0.006, 0.005, 0.003, 0.004]), processing=processing,
         active_from_sec=active,
+        bank_flight_proc=bank_flight, amount_cur_proc=amount_cur, hour_channel_proc=hour_channel,
     )
 
 

@@ -40,8 +40,11 @@ import pandas as pd
 from smartrouter import catalog, messages
 from smartrouter.errors import ConfigError
 from smartrouter.world.entities import (
+    AMOUNT_BAND_EDGES_MXN,
     AMOUNT_PIVOT_MXN,
     BANK_NAMES,
+    HOUR_BAND_EDGES_LOCAL,
+    MEXICO_CITY_UTC_OFFSET_H,
     P,
     USD_MXN,
     Bins,
@@ -117,6 +120,29 @@ def message_logit(eff: Effects, card_type: np.ndarray, proc: np.ndarray, config:
             + eff.config_msg[config, card_type, proc])
 
 
+_AMOUNT_BAND_EDGES = np.log(np.array(AMOUNT_BAND_EDGES_MXN) / AMOUNT_PIVOT_MXN)  # on the log_amount scale
+
+
+def amount_band(log_amount_mxn: np.ndarray) -> np.ndarray:
+    """Band (0..3) of each payment's peso amount (entities.AMOUNT_BAND_EDGES_MXN)."""
+    return np.searchsorted(_AMOUNT_BAND_EDGES, log_amount_mxn, side="right")
+
+
+def hour_band(t_sec: np.ndarray) -> np.ndarray:
+    """Band (0..3) of each time's local (Mexico City) hour of day (entities.HOUR_BAND_EDGES_LOCAL);
+    the world starts at midnight UTC, so the hour is read off the seconds since its start."""
+    hour = np.floor(np.mod(t_sec / 3600.0 + MEXICO_CITY_UTC_OFFSET_H, 24.0))
+    return np.searchsorted(np.array(HOUR_BAND_EDGES_LOCAL, dtype=float), hour, side="right")
+
+
+def interaction_logit(eff: Effects, enc: Encoded, proc: np.ndarray) -> np.ndarray:
+    """The "interactions" truth's three-way terms (zeros in the default truth): bank x flight type
+    (domestic / international), amount band x currency and local hour band x channel, each per processor."""
+    return (eff.bank_flight_proc[enc.bank_idx, enc.international, proc]
+            + eff.amount_cur_proc[amount_band(enc.log_amount), enc.currency, proc]
+            + eff.hour_channel_proc[hour_band(enc.t_sec), enc.channel, proc])
+
+
 def issuer_logit(eff: Effects, enc: Encoded, proc: np.ndarray, config: np.ndarray, span_sec: float,
                  outages: Outages | None) -> np.ndarray:
     """The issuer's approval logit if each row went to ``proc`` (index per row) with message
@@ -145,6 +171,8 @@ def issuer_logit(eff: Effects, enc: Encoded, proc: np.ndarray, config: np.ndarra
         + eff.drift_global * np.sin(2.0 * np.pi * frac)
         + np.where((enc.bank_idx == eff.step_bank) & (enc.t_sec >= eff.step_sec), eff.step_proc[proc], 0.0)
     )
+    # Added last: in the default truth these are exact zeros, so every logit keeps its bits.
+    z = z + interaction_logit(eff, enc, proc)
     # Retry terms: hard declines almost never turn, soft ones sometimes, better after a longer wait
     # and on another route; processor errors never reached the issuer.
     retry = enc.attempt > 1

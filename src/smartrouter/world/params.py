@@ -20,6 +20,10 @@ REFERENCE_WEEKS = 12
 REFERENCE_DAYS = REFERENCE_WEEKS * 7
 # Processors whose gateway sometimes leaves an attempt in an ambiguous PROCESSING state.
 PROCESSING_PROCESSORS: tuple[str, ...] = ("WORLDPAY", "ELAVON")
+# The world's truth model: "default" is WORLD.md's; "interactions" adds hidden three-way terms
+# (attribute x attribute x processor, entities.build_effects) that no single attribute x processor
+# effect captures, for checking that the model families find interactions.
+TRUTHS: tuple[str, ...] = ("default", "interactions")
 
 
 def _yesterday_utc() -> dt.date:
@@ -40,6 +44,7 @@ class WorldParams:
     late_processor_week: int = 9  # on the 12-week reference span; day 56 of 84
     experiment_share: float = 0.10
     processing_share: float = 0.01
+    truth: str = "default"  # one of TRUTHS
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -90,6 +95,8 @@ class WorldParams:
                     f"late_processor_week={week!r} is beyond the {REFERENCE_WEEKS}-week reference span; "
                     f"use a week in 1..{REFERENCE_WEEKS} (it is scaled to the actual span)"
                 )
+        if self.truth not in TRUTHS:
+            raise ConfigError(f"world truth={self.truth!r} is unknown; choose one of {', '.join(TRUTHS)} (e.g. --truth interactions)")
         for name in ("experiment_share", "processing_share"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
