@@ -26,7 +26,7 @@ RETRAIN_PROFILE ?= live
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run live test test-fast lab world serve bench bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live bench-abtest bench-retry bench-messages clean
+.PHONY: help setup run live test test-fast lab world serve bench bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live bench-abtest bench-retry bench-messages bench-scale clean
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -113,6 +113,13 @@ bench-messages: setup ## in-process decide with every (processor, message config
 
 bench-abtest: setup ## simulated A/B experiments read daily: always-valid coverage >= 95 %, false winners <= 5 %, SRM flagged
 	$(BIN)/python bench/bench_abtest.py
+
+# SCALES=1 for a quick check (~9 min); the default 1 2 10 builds a 10x world and takes ~1 h or more,
+# so bench-scale is not part of `make bench`; SCALE_FLAGS adds options (--work DIR keeps the worlds)
+SCALES ?= 1 2 10
+SCALE_FLAGS ?=
+bench-scale: setup ## the daily run on 1x, 2x, 10x worlds: peak RSS of the whole tree and wall time per stage (SCALES="1 2 10"; not in `make bench`: ~1 h)
+	$(BIN)/python bench/bench_scale.py --scales $(SCALES) $(SCALE_FLAGS)
 
 bench: bench-world bench-features bench-models bench-serve bench-failover bench-run bench-live bench-abtest bench-retry bench-messages ## every benchmark
 

@@ -38,6 +38,8 @@ WEIGHTS_FILE = "weights.npz"
 ACTIVATION = "relu"
 # Steps per epoch above which the batch grows instead (see effective_batch_size).
 MAX_STEPS = 90
+# rows per batch when the network only reads (validation loss, predictions)
+PREDICT_BATCH = 8192
 
 
 def numpy_forward(X: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]], wide: np.ndarray | None = None) -> np.ndarray:
@@ -66,15 +68,49 @@ def effective_batch_size(batch_size: int, n_rows: int) -> int:
     return max(int(batch_size), -(-int(n_rows) // MAX_STEPS))
 
 
-def _masked_targets(data: ModelData, global_weight: float = 1.0) -> np.ndarray:
-    """(n, 2(P+1)): the label repeated for every head, then the loss mask (one-hot + global_weight) × weight."""
-    n = len(data)
-    t = np.repeat(data.y[:, None], P + 1, axis=1)
+def _masked_targets(data: ModelData, global_weight: float = 1.0, rows: Any = slice(None)) -> np.ndarray:
+    """(n, 2(P+1)) of ``rows``: the label repeated for every head, then the loss mask (one-hot + global_weight) × weight."""
+    y, proc, weight = data.y[rows], data.processor_idx[rows], data.weight[rows]
+    n = len(y)
+    t = np.repeat(y[:, None], P + 1, axis=1)
     m = np.zeros((n, P + 1), dtype=np.float32)
-    m[np.arange(n), data.processor_idx] = 1.0
+    m[np.arange(n), proc] = 1.0
     m[:, P] = global_weight
-    m *= data.weight[:, None]
+    m *= weight[:, None]
     return np.hstack([t, m]).astype(np.float32)
+
+
+def batches(tf: Any, X: np.ndarray, batch_size: int, *, data: ModelData | None = None, global_weight: float = 1.0,
+            seed: int | None = None) -> Any:
+    """A tf.data pipeline of (X batch[, masked targets batch]) cut from the arrays as it is read.
+
+    Keras given numpy arrays turns them into TensorFlow constants first: measured on a 511 MB X,
+    fit held 1.1 GB more than the array itself, so on the default world's 975 MB train X the network
+    held two more copies of it. Here only the batches in flight exist beside X. ``seed``: rows are
+    shuffled by a fresh permutation every pass (epoch), drawn from one generator seeded once, so a
+    run is repeatable; None keeps the rows' order (validation, prediction).
+    """
+    n, d = X.shape
+    rng = None if seed is None else np.random.default_rng(seed)
+
+    def gen() -> Any:
+        order = None if rng is None else rng.permutation(n)
+        for start in range(0, n, batch_size):
+            if order is None:
+                rows: Any = slice(start, min(start + batch_size, n))
+            else:
+                rows = np.sort(order[start : start + batch_size])  # same rows, read in memory order
+            if data is None:
+                yield X[rows]
+            else:
+                yield X[rows], _masked_targets(data, global_weight, rows)
+
+    x_spec = tf.TensorSpec((None, d), tf.float32)
+    spec = x_spec if data is None else (x_spec, tf.TensorSpec((None, 2 * (P + 1)), tf.float32))
+    # a stated length: Keras then knows an epoch's steps instead of finding them by running out of data
+    steps = -(-n // batch_size)
+    return tf.data.Dataset.from_generator(gen, output_signature=spec).apply(
+        tf.data.experimental.assert_cardinality(steps)).prefetch(2)
 
 
 class DNNModel(ApprovalModel):
@@ -176,18 +212,17 @@ class DNNModel(ApprovalModel):
             stop = keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=int(self.params["patience"]), restore_best_weights=True
             )
-            valid_t = _masked_targets(valid, float(self.params["global_weight"]))
+            gw = float(self.params["global_weight"])
+            batch = effective_batch_size(int(self.params["batch_size"]), len(train))
             # the starting point competes with every epoch: from the logistic start, training
             # only keeps the trunk if it lowers the validation loss
             start_w = model.get_weights()
-            start_loss = float(model.evaluate(valid.X, valid_t, batch_size=8192, verbose=0))
+            start_loss = float(model.evaluate(batches(tf, valid.X, PREDICT_BATCH, data=valid, global_weight=gw), verbose=0))
             hist = model.fit(
-                train.X,
-                _masked_targets(train, float(self.params["global_weight"])),
-                validation_data=(valid.X, valid_t),
-                batch_size=effective_batch_size(int(self.params["batch_size"]), len(train)),
+                batches(tf, train.X, batch, data=train, global_weight=gw, seed=int(self.params["seed"])),
+                validation_data=batches(tf, valid.X, batch, data=valid, global_weight=gw),
                 epochs=int(self.params["epochs"]),
-                shuffle=True,
+                shuffle=False,  # the pipeline shuffles (Keras cannot shuffle a tf.data stream)
                 callbacks=[stop],
                 verbose=0,
             )
@@ -232,7 +267,12 @@ class DNNModel(ApprovalModel):
         return K, np.append(lm.b, lm.bg).astype(np.float32)
 
     def _all_heads(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.keras_model.predict(X, batch_size=8192, verbose=0), dtype=np.float64)
+        import tensorflow as tf
+
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if len(X) == 0:
+            return np.zeros((0, P + 1))
+        return np.asarray(self.keras_model.predict(batches(tf, X, PREDICT_BATCH), verbose=0), dtype=np.float64)
 
     def _head_proba(self, X: np.ndarray) -> np.ndarray:
         return self._all_heads(X)[:, :P]

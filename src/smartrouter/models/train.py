@@ -150,22 +150,58 @@ def train_all(
     overrides, e.g. {"dnn": {"epochs": 5}}. Artifacts go to ``out_dir/<family>/``.
     ``max_train_rows`` caps every family's train rows; ``family_max_rows`` (default
     ``FAMILY_MAX_ROWS``) caps single families further (a seeded subsample; None or 0 = no cap).
+    A caller that can let the table go while the models train calls ``encode`` then ``train_encoded``.
     """
+    families = _known_families(families)  # before the encoding: a typo fails at once
+    if encoder is None and "SPLIT" in frame.columns:
+        from smartrouter.encoder import FeatureEncoder
+
+        encoder = FeatureEncoder.fit(frame[frame["SPLIT"] == "train"])
+    t0 = time.perf_counter()
+    data = encode(frame, encoder, importance_weighting=importance_weighting)
+    return train_encoded(data, encoder, families, params, out_dir, max_train_rows=max_train_rows,
+                         family_max_rows=family_max_rows, seed=seed, encode_seconds=time.perf_counter() - t0,
+                         importance_weighting=importance_weighting)
+
+
+def _known_families(families: Iterable[str]) -> list[str]:
     families = list(families)
     for f in families:
         if f not in FAMILY_NAMES:
             from smartrouter.errors import ConfigError
 
             raise ConfigError(f"unknown model family {f!r}; choose from {', '.join(FAMILY_NAMES)}")
+    return families
+
+
+def encode(frame: Any, encoder: Any, *, importance_weighting: bool = False) -> ModelData:
+    """The feature table as ModelData (every split): the arrays are all that training reads from it."""
     if "SPLIT" not in frame.columns:
         raise DataCheckError("the feature table has no SPLIT column; run features.time_split on it first")
-    if encoder is None:
-        from smartrouter.encoder import FeatureEncoder
+    return from_frame(frame, encoder, importance_weighting=importance_weighting)
 
-        encoder = FeatureEncoder.fit(frame[frame["SPLIT"] == "train"])
-    t0 = time.perf_counter()
-    data = from_frame(frame, encoder, importance_weighting=importance_weighting)
-    encode_s = time.perf_counter() - t0
+
+def train_encoded(
+    data: ModelData,
+    encoder: Any,
+    families: Iterable[str] = FAMILY_NAMES,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    max_train_rows: int | None = None,
+    family_max_rows: Mapping[str, int | None] | None = None,
+    seed: int = 0,
+    encode_seconds: float | None = None,
+    importance_weighting: bool = False,
+) -> dict[str, Any]:
+    """``train_all`` on ModelData that ``encode`` built (same arguments, same results).
+
+    ``encode_seconds`` and ``importance_weighting`` (how ``data`` was built) are recorded in the results.
+
+    The train notebook encodes, drops the feature table (2 GB of pandas objects on the default
+    world) and then trains, so the table and the networks' working memory never coexist.
+    """
+    families = _known_families(families)
     train, valid, test = data.part("train"), data.part("valid"), data.part("test")
     for name, part in (("train", train), ("valid", valid), ("test", test)):
         if len(part) == 0:
@@ -177,7 +213,7 @@ def train_all(
         "rows": {"train": len(train), "valid": len(valid), "test": len(test)},
         "train_rows_by_family": {f: min(len(train), int(caps.get(f) or len(train))) for f in families},
         "n_features": data.n_features,
-        "encode_seconds": encode_s,
+        "encode_seconds": encode_seconds,
         "importance_weighting": importance_weighting,
         "families": {},
     }
@@ -225,4 +261,4 @@ def weighting_effect(frame: Any, encoder: Any, family: str = "logistic", params:
     return out
 
 
-__all__ = ["train_all", "train_family", "weighting_effect", "head_table", "greedy_snips", "logged_summary", "calibration_table", "P", "catalog"]
+__all__ = ["train_all", "encode", "train_encoded", "train_family", "weighting_effect", "head_table", "greedy_snips", "logged_summary", "calibration_table", "P", "catalog"]
