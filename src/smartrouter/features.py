@@ -269,10 +269,14 @@ def message_crosses_row(payment: Mapping[str, Any]) -> dict[str, str | None]:
 
 
 def add_message_crosses(frame: pd.DataFrame) -> pd.DataFrame:
-    """MESSAGE_CROSSES of every row, in place (message_cross_value applied once per distinct pair)."""
-    card_codes, card_types = pd.factorize(frame[CROSSED_WITH], use_na_sentinel=True)
+    """MESSAGE_CROSSES of every row, in place (message_cross_value applied once per distinct pair). An absent
+    column reads as missing, as payment.get does in message_crosses_row (e.g. a retry frame without CARD_TYPE)."""
+    def column(name: str) -> pd.Series:
+        return frame[name] if name in frame.columns else pd.Series(None, index=frame.index, dtype=object)
+
+    card_codes, card_types = pd.factorize(column(CROSSED_WITH), use_na_sentinel=True)
     for cross, toggle in MESSAGE_CROSS_TOGGLES.items():
-        codes, values = pd.factorize(frame[toggle], use_na_sentinel=True)
+        codes, values = pd.factorize(column(toggle), use_na_sentinel=True)
         # every (card type, toggle value) pair, the last row and column standing for missing (code -1)
         grid = np.array([[message_cross_value(c, v) for v in [*values, None]] for c in [*card_types, None]], dtype=object)
         frame[cross] = grid[card_codes, codes]
