@@ -238,12 +238,12 @@ def _reference_rows(version_dir: Path, days: int, seed: int = 0) -> pd.DataFrame
 
     info = json.loads((version_dir / VERSION_FILE).read_text())
     table = Path(info.get("run_dir") or "") / "features.parquet"
-    if not table.is_file():
+    if not table.exists():
         raise DriftError(f"the training rows of {version_dir.name} ({table}) are gone; the drift check compares with them: "
                          "keep run folders of served versions, or retrain (`smartrouter run`)")
-    frame = features.read_table(table)
-    created = pd.to_datetime(frame["CREATED_AT"])
-    ref = frame[created >= created.max().normalize() - pd.Timedelta(days=days - 1)]
+    newest = pd.to_datetime(features.read_table(table, columns=["CREATED_AT"])["CREATED_AT"]).max()
+    # only the newest days are read (a filter while reading), not the whole table
+    ref = features.read_table(table, filter=features.created_since(newest.normalize() - pd.Timedelta(days=days - 1)))
     if len(ref) > MAX_REFERENCE_ROWS:
         ref = ref.sample(MAX_REFERENCE_ROWS, random_state=seed).sort_index()
     return ref

@@ -432,12 +432,16 @@ def build_training_table(
     *,
     max_rows: int | None = None,
     seed: int = 0,
+    health: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per labelled attempt created in [start, end): ids, logging info, APPROVED, every feature.
 
     Health and BIN histories look back before ``start`` (warm-up). PROCESSING attempts are
     dropped and counted; ``frame.attrs["info"]`` holds a TableInfo. ``max_rows`` keeps a seeded
-    uniform sample (time order preserved) after the features are computed.
+    uniform sample (time order preserved) after the features are computed. ``health``: the
+    features_health rows of a window covering [start, end) when the caller already has them
+    (write_training_table queries them once for all its chunks: one row per minute and processor,
+    bounded by the window's minutes, not by its attempts).
     """
     from smartrouter import checks, warehouse
     from smartrouter.config import Settings
@@ -456,18 +460,19 @@ def build_training_table(
         base = _query(conn, "features_base", params)
         timings["sql_base"] = time.perf_counter() - tq
         tq = time.perf_counter()
-        health = _query(conn, "features_health", params)
+        health_rows = _query(conn, "features_health", params) if health is None else health
         timings["sql_health"] = time.perf_counter() - tq
         tq = time.perf_counter()
         bins = _query(conn, "features_bin_history", params)
         timings["sql_bin_history"] = time.perf_counter() - tq
-        return base, health, bins
+        return base, health_rows, bins
 
     if isinstance(conn_or_settings, Settings) or conn_or_settings is None:
         with warehouse.connect(conn_or_settings) as conn:
             base, health, bins = run(conn)
     else:
         base, health, bins = run(conn_or_settings)
+    health = health.copy(deep=False)  # a caller's frame is not changed by the dtype fix below
 
     tq = time.perf_counter()
     base, n_processing = checks.labelled(base)
@@ -531,8 +536,31 @@ def time_split(frame: pd.DataFrame, valid_days: int, test_days: int, end: date |
     return out
 
 
+def _replace_path(tmp: Any, path: Any) -> None:
+    """Move ``tmp`` (file or folder) to ``path``, replacing whatever is there (file or folder) whole."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    tmp, path = Path(tmp), Path(path)
+    if path.is_dir() or (path.exists() and tmp.is_dir()):
+        # os.replace cannot put anything over a non-empty folder, nor a folder over a file: the old table is
+        # moved aside first (readers see the old or the new table, or briefly none, never a mix of the two)
+        old = path.with_name(f".{path.name}.{os.getpid()}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        os.replace(tmp, path)
+
+
 def write_table(frame: pd.DataFrame, path: Any) -> None:
-    """Write the feature table to parquet atomically (temp file, then os.replace)."""
+    """Write a feature table held in memory to one parquet file atomically (temp file, then replace).
+
+    The features stage writes the run's table with ``write_training_table`` instead (a folder of
+    parts, never the whole table in memory); every reader here takes either form.
+    """
     import os
     from pathlib import Path
 
@@ -544,19 +572,382 @@ def write_table(frame: pd.DataFrame, path: Any) -> None:
     try:
         # zstd: ~25 % smaller than the default snappy on the feature table, read as fast
         plain.to_parquet(tmp, index=False, compression="zstd")
-        os.replace(tmp, path)
+        _replace_path(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def read_table(path: Any) -> pd.DataFrame:
-    """Read a feature table written by write_table; a missing file -> ConfigError naming it."""
+# ---------------------------------------------------------------- the table at scale: built in chunks, read in parts
+# The run's table is a folder (``features.parquet/``, Spark's layout) of parts, one per chunk of days,
+# each written as soon as it is built: the features stage never holds more than one chunk, and readers
+# take only the columns and rows they need (``read_table(columns=, filter=)``, ``iter_table``), so
+# memory follows the chunk and the batch, not the length of the history.
+PART_NAME = "part-{:05d}-{}.parquet"  # index, first day of the chunk (YYYYMMDD): name order = time order
+DEFAULT_MAX_CHUNK_ROWS = 1_000_000  # ~2.5 GB of pandas per chunk; the default world (880K attempts) is one chunk
+DEFAULT_SAMPLE_ROWS = 200_000  # the seeded row sample 02 plots, profiles and leakage-checks
+
+
+def plan_chunks(conn: Any, start: datetime, end: datetime, max_chunk_rows: int) -> list[tuple[datetime, datetime]]:
+    """[start, end) cut into windows of whole days, each holding at most ``max_chunk_rows`` attempts
+    (from the day counts; a single day above it is its own chunk). One window when everything fits."""
+    if max_chunk_rows <= 0:
+        raise ConfigError(f"max_chunk_rows={max_chunk_rows} must be positive")
+    counts = _query(conn, "features_day_counts", {"merchant": catalog.MERCHANT, "start": start.isoformat(sep=" "),
+                                                  "end": end.isoformat(sep=" ")})
+    per_day = {pd.Timestamp(d).date(): int(n) for d, n in zip(counts["DAY"], counts["ATTEMPTS"])}
+    bounds, lo, rows, day = [], start, 0, start
+    while day < end:
+        nxt = min(datetime.combine(day.date(), datetime.min.time()) + timedelta(days=1), end)
+        n = per_day.get(day.date(), 0)
+        if rows and rows + n > max_chunk_rows:
+            bounds.append((lo, day))
+            lo, rows = day, 0
+        rows += n
+        day = nxt
+    bounds.append((lo, end))
+    return bounds
+
+
+def assign_split(created: pd.Series, bounds: Mapping[str, str]) -> np.ndarray:
+    """SPLIT (train / valid / test) of each CREATED_AT for the boundaries of ``split_boundaries``."""
+    created = pd.to_datetime(created)
+    test_start, valid_start = pd.Timestamp(bounds["test_start"]), pd.Timestamp(bounds["valid_start"])
+    return np.where(created >= test_start, "test", np.where(created >= valid_start, "valid", "train"))
+
+
+def write_training_table(
+    conn_or_settings: Any,
+    start: date | datetime | str,
+    end: date | datetime | str,
+    path: Any,
+    *,
+    valid_days: int,
+    test_days: int,
+    max_chunk_rows: int = DEFAULT_MAX_CHUNK_ROWS,
+    sample_rows: int = DEFAULT_SAMPLE_ROWS,
+    max_rows: int | None = None,
+    seed: int = 0,
+) -> tuple[TableInfo, dict[str, Any], pd.DataFrame]:
+    """Build the time-split training table of [start, end) chunk by chunk into the folder ``path``.
+
+    Each chunk (``plan_chunks``: whole days, at most ``max_chunk_rows`` attempts) is built by
+    ``build_training_table`` (its BIN history looks back before the chunk, so every row's features are
+    those of one build over the whole window: same SQL, same point in time) with the processor health
+    queried once for the window, split with the run's boundaries and written as one part. The folder
+    appears whole or not at all (a temp folder, then a rename).
+
+    Returns (TableInfo summed over chunks, the split record ``time_split`` gives, a seeded uniform sample
+    of at most ``sample_rows`` rows in time order, for the stage's profiles and plots). ``max_rows``
+    keeps about that many rows overall (the same share of every chunk).
+    """
+    import os
+    import shutil
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smartrouter import warehouse
+    from smartrouter.config import Settings
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    start_dt, end_dt = _as_datetime(start), _as_datetime(end)
+    if end_dt <= start_dt:
+        raise ConfigError(f"feature window is empty: start {start_dt} is not before end {end_dt}; pass start < end")
+    if max_rows is not None and max_rows <= 0:
+        raise ConfigError(f"max_rows={max_rows} must be positive (or None for every row)")
+    bounds = split_boundaries(end_dt, valid_days, test_days)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    timings: dict[str, float] = {}
+    rows = processing = sampled_from = 0
+    counts = {"train": 0, "valid": 0, "test": 0}
+    created_min = created_max = None
+    rng = np.random.default_rng(seed)
+    sample_parts: list[pd.DataFrame] = []  # the rows with the smallest random keys so far: a uniform sample
+    sample_keys = np.empty(0)
+
+    def build(conn: Any) -> None:
+        nonlocal rows, processing, sampled_from, created_min, created_max, sample_keys, sample_parts
+        tq = time.perf_counter()
+        chunks = plan_chunks(conn, start_dt, end_dt, max_chunk_rows)
+        health = _query(conn, "features_health", _sql_params(start_dt, end_dt))
+        health["MINUTE_NUM"] = health["MINUTE_NUM"].astype(np.int64)
+        timings["sql_health"] = time.perf_counter() - tq
+        total_attempts = None
+        if max_rows is not None:
+            day_counts = _query(conn, "features_day_counts", {"merchant": catalog.MERCHANT,
+                                                              "start": start_dt.isoformat(sep=" "), "end": end_dt.isoformat(sep=" ")})
+            total_attempts = max(int(day_counts["ATTEMPTS"].sum()), 1)
+        for i, (lo, hi) in enumerate(chunks):
+            lo_min, hi_min = minute_number(lo), minute_number(hi)
+            minutes = health["MINUTE_NUM"].to_numpy()
+            own = health[(minutes >= lo_min) & (minutes < hi_min)]
+            chunk = build_training_table(conn, lo, hi, health=own, seed=seed + i)
+            info = chunk.attrs["info"]
+            for k, v in info.timings.items():
+                if k != "sql_health":
+                    timings[k] = timings.get(k, 0.0) + v
+            processing += info.processing_excluded
+            sampled_from += info.sampled_from
+            if total_attempts is not None and len(chunk):  # the same share of every chunk
+                keep_n = min(len(chunk), max(1, round(max_rows * info.sampled_from / total_attempts)))
+                keep = np.sort(np.random.default_rng(seed + i).choice(len(chunk), size=keep_n, replace=False))
+                chunk = chunk.iloc[keep].reset_index(drop=True)
+            if not len(chunk):
+                continue
+            tw = time.perf_counter()
+            chunk["SPLIT"] = assign_split(chunk["CREATED_AT"], bounds)
+            for k, v in chunk["SPLIT"].value_counts().items():
+                counts[str(k)] += int(v)
+            rows += len(chunk)
+            lo_c, hi_c = chunk["CREATED_AT"].min(), chunk["CREATED_AT"].max()
+            created_min = lo_c if created_min is None else min(created_min, lo_c)
+            created_max = hi_c if created_max is None else max(created_max, hi_c)
+            chunk.attrs = {}
+            pq.write_table(pa.Table.from_pandas(chunk, preserve_index=False), tmp / PART_NAME.format(i, f"{lo:%Y%m%d}"),
+                           compression="zstd", row_group_size=250_000)
+            if sample_rows > 0:  # keep the rows with the sample_rows smallest uniform keys seen so far
+                keys = rng.random(len(chunk))
+                pool_keys = np.concatenate([sample_keys, keys])
+                if len(pool_keys) > sample_rows:
+                    cut = np.partition(pool_keys, sample_rows - 1)[sample_rows - 1]
+                    sample_parts = [p[p["_KEY"] <= cut] for p in sample_parts]
+                    take = keys <= cut
+                else:
+                    take = np.ones(len(chunk), dtype=bool)
+                part = chunk[take].copy()
+                part["_KEY"] = keys[take]
+                sample_parts.append(part)
+                sample_keys = np.concatenate([p["_KEY"].to_numpy() for p in sample_parts])
+            del chunk
+            timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tw
+
+    try:
+        if isinstance(conn_or_settings, Settings) or conn_or_settings is None:
+            with warehouse.connect(conn_or_settings) as conn:
+                build(conn)
+        else:
+            build(conn_or_settings)
+        if rows == 0:
+            raise ConfigError(f"no labelled attempts in [{start_dt}, {end_dt}); build the world or widen the window "
+                              "(run.lookback_days)")
+        if counts["train"] == 0:
+            raise ConfigError(
+                f"time split leaves no training rows (valid_days={valid_days}, test_days={test_days} over data from "
+                f"{created_min} to {created_max}); shorten the validation/test windows or widen the lookback")
+        _replace_path(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sample = (pd.concat(sample_parts, ignore_index=True).drop(columns="_KEY") if sample_parts
+              else pd.DataFrame(columns=list(TABLE_COLUMNS) + ["SPLIT"]))
+    sample = sample.sort_values("CREATED_AT", kind="mergesort").reset_index(drop=True)
+    split = {**bounds, **{f"rows_{k}": counts[k] for k in ("train", "valid", "test")}}
+    info = TableInfo(start_dt, end_dt, rows, processing, sampled_from, time.perf_counter() - t0, timings,
+                     time.process_time() - c0)
+    sample.attrs = {"info": info, "split": split, "sampled_from_rows": rows}
+    return info, split, sample
+
+
+def table_parts(path: Any) -> list[Any]:
+    """The parquet file(s) of a feature table: the parts of a folder in time order, or the one file."""
     from pathlib import Path
 
     path = Path(path)
+    if path.is_dir():
+        parts = sorted(p for p in path.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+        if not parts:
+            raise ConfigError(f"{path} holds no parquet parts; rerun the features stage (notebooks/02_features.ipynb)")
+        return parts
     if not path.exists():
         raise ConfigError(f"{path} does not exist; run the features stage (notebooks/02_features.ipynb) first")
-    return pd.read_parquet(path)
+    return [path]
+
+
+def table_dataset(path: Any) -> Any:
+    """The feature table (one file or a folder of parts) as one pyarrow dataset.
+
+    A column that is empty in one part (all null) and typed in another gets the typed schema
+    (``unify_schemas`` permissive), so parts built from chunks of different content read as one table.
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    parts = table_parts(path)
+    try:
+        schemas = [pq.read_schema(p) for p in parts]
+        schema = pa.unify_schemas(schemas, promote_options="permissive") if len(schemas) > 1 else schemas[0]
+        return ds.dataset([str(p) for p in parts], schema=schema.with_metadata(schemas[0].metadata), format="parquet")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ConfigError(f"cannot read the feature table {path}: {exc}; rerun the features stage "
+                          "(notebooks/02_features.ipynb)") from None
+
+
+def _to_pandas(table: Any) -> pd.DataFrame:
+    return table.to_pandas()
+
+
+def read_table(path: Any, columns: Iterable[str] | None = None, filter: Any = None) -> pd.DataFrame:
+    """Read a feature table written by write_table or write_training_table (a missing one -> ConfigError).
+
+    ``columns``: only these; ``filter``: a pyarrow.dataset expression (e.g. ``created_since(t)``), applied
+    while reading, so a stage that needs a few days or a few columns never holds the whole table.
+    """
+    import pyarrow as pa
+
+    dataset = table_dataset(path)
+    out = _to_pandas(dataset.to_table(columns=list(columns) if columns is not None else None, filter=filter))
+    pa.default_memory_pool().release_unused()  # Arrow keeps its decode buffers otherwise (~1 GB on the default world)
+    return out
+
+
+def iter_table(path: Any, columns: Iterable[str] | None = None, filter: Any = None,
+               batch_rows: int = 250_000) -> Iterable[pd.DataFrame]:
+    """The rows of the feature table in time order, as frames of at most ``batch_rows`` rows."""
+    dataset = table_dataset(path)
+    cols = list(columns) if columns is not None else None
+    for fragment in dataset.get_fragments():  # parts in name order = time order
+        for batch in fragment.to_batches(columns=cols, filter=filter, batch_size=batch_rows):
+            if batch.num_rows:
+                yield batch.to_pandas()
+
+
+def iter_sample(path: Any, *, max_rows: int | None, seed: int = 0, columns: Iterable[str] | None = None,
+                filter: Any = None, batch_rows: int = 250_000) -> Iterable[pd.DataFrame]:
+    """``iter_table`` keeping a seeded uniform sample of at most ``max_rows`` of the matching rows (time order
+    kept; every row when they are fewer or ``max_rows`` is None). The rows are the ones
+    ``np.sort(default_rng(seed).choice(n, max_rows, replace=False))`` picks among the n matching rows, as a
+    sample of the same rows held in memory would be."""
+    chosen = None
+    if max_rows is not None:
+        if max_rows <= 0:
+            raise ConfigError(f"max_rows={max_rows} must be positive (or None for every row)")
+        n = table_dataset(path).count_rows(filter=filter)
+        if n > max_rows:
+            chosen = np.zeros(n, dtype=bool)
+            chosen[np.random.default_rng(seed).choice(n, size=int(max_rows), replace=False)] = True
+    pos = 0
+    for batch in iter_table(path, columns=columns, filter=filter, batch_rows=batch_rows):
+        k = len(batch)
+        if chosen is not None:
+            batch = batch[chosen[pos:pos + k]].reset_index(drop=True)
+        pos += k
+        if len(batch):
+            yield batch
+
+
+def read_sample(path: Any, *, max_rows: int | None, seed: int = 0, columns: Iterable[str] | None = None,
+                filter: Any = None) -> pd.DataFrame:
+    """``iter_sample`` as one frame (memory: the sample and one batch, never every matching row)."""
+    parts = list(iter_sample(path, max_rows=max_rows, seed=seed, columns=columns, filter=filter))
+    if not parts:
+        return read_table(path, columns=columns, filter=filter)  # empty, with the table's columns and types
+    return pd.concat(parts, ignore_index=True)
+
+
+def value_counts(path: Any, column: str, filter: Any = None) -> dict[Any, int]:
+    """{value: rows} of one column over the matching rows, counted by Arrow without a pandas copy."""
+    counts = table_dataset(path).to_table(columns=[column], filter=filter).column(column).value_counts()
+    return {v.as_py(): int(n.as_py()) for v, n in zip(counts.field("values"), counts.field("counts"))}
+
+
+def created_since(at: Any) -> Any:
+    """Filter expression: rows with CREATED_AT >= ``at``."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    return ds.field("CREATED_AT") >= pa.scalar(pd.Timestamp(at).to_pydatetime(), type=pa.timestamp("us"))
+
+
+def created_before(at: Any) -> Any:
+    """Filter expression: rows with CREATED_AT < ``at``."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    return ds.field("CREATED_AT") < pa.scalar(pd.Timestamp(at).to_pydatetime(), type=pa.timestamp("us"))
+
+
+def split_is(*names: str) -> Any:
+    """Filter expression: rows of these splits."""
+    import pyarrow.dataset as ds
+
+    return ds.field("SPLIT").isin(list(names))
+
+
+def first_attempt_rows() -> Any:
+    """Filter expression: first attempts of their order (NUM_ATTEMPTS_ORDER 1 or missing, as evaluation.first_attempts)."""
+    import pyarrow.dataset as ds
+
+    return (ds.field("NUM_ATTEMPTS_ORDER") == 1) | ds.field("NUM_ATTEMPTS_ORDER").is_null()
+
+
+def retry_attempt_rows() -> Any:
+    """Filter expression: second and later attempts of an order (retry.model.retry_rows)."""
+    import pyarrow.dataset as ds
+
+    return ds.field("NUM_ATTEMPTS_ORDER") > 1
+
+
+def keep_rows_since(path: Any, since: Any) -> tuple[int, int]:
+    """Rewrite the feature table keeping only the rows created at or after ``since``: part by part, in Arrow
+    (one part in memory, no pandas copy), into a folder of parts that replaces the table whole.
+    Returns (rows before, rows kept)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    dataset = table_dataset(path)
+    keep = created_since(since)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.keep")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    before = kept = 0
+    try:
+        for i, fragment in enumerate(dataset.get_fragments()):
+            before += fragment.count_rows()
+            rows = fragment.to_table(filter=keep, schema=dataset.schema)
+            if rows.num_rows:
+                kept += rows.num_rows
+                pq.write_table(rows, tmp / Path(fragment.path).name if path.is_dir() else tmp / PART_NAME.format(i, "kept"),
+                               compression="zstd", row_group_size=250_000)
+            del rows
+            pa.default_memory_pool().release_unused()
+        if kept == 0:  # a table with no rows left still reads as the table (its columns and types)
+            pq.write_table(dataset.schema.empty_table(), tmp / PART_NAME.format(0, "empty"), compression="zstd")
+        _replace_path(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return before, kept
+
+
+class TableColumns:
+    """A frame-like view of the table's rows matching ``filter`` that reads one column at a time.
+
+    For column-by-column passes over every row (``FeatureEncoder.fit``, ``feature_quality``): a column
+    of millions of rows is small, the whole table is not. Supports ``len``, ``.columns`` and ``[name]``.
+    """
+
+    def __init__(self, path: Any, filter: Any = None) -> None:
+        self._dataset = table_dataset(path)
+        self._filter = filter
+        self.columns = pd.Index(self._dataset.schema.names)
+        self._n = self._dataset.count_rows(filter=filter)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, name: str) -> pd.Series:
+        if name not in self.columns:
+            raise KeyError(name)
+        return _to_pandas(self._dataset.to_table(columns=[name], filter=self._filter))[name]
 
 
 # ---------------------------------------------------------------- feature quality
@@ -630,6 +1021,21 @@ def compare_features(table: pd.DataFrame, reference: pd.DataFrame, columns: Iter
         return math.inf
     both = ~np.isnan(a)
     return float(np.max(np.abs(a[both] - b[both]), initial=0.0))
+
+
+def span_rows(frame: pd.DataFrame, days: int = 2, seed: int = 0) -> pd.DataFrame:
+    """The rows of ``frame`` created within ``days`` days from a seeded random row's day on.
+
+    The leakage check's brute-force history runs from 28 days before its first row to its last: rows
+    from a short span keep it a month of outcomes at any history length and merchant size.
+    """
+    if frame.empty:
+        return frame
+    created = pd.to_datetime(frame["CREATED_AT"])
+    anchor = created.iloc[int(np.random.default_rng(seed).integers(len(frame)))].normalize()
+    if anchor + pd.Timedelta(days=days) > created.max():  # near the end: the last ``days`` days instead
+        anchor = max(created.max().normalize() - pd.Timedelta(days=days - 1), created.min().normalize())
+    return frame[(created >= anchor) & (created < anchor + pd.Timedelta(days=days))]
 
 
 def leakage_check(conn_or_settings: Any, table: pd.DataFrame, *, n_rows: int = 30, seed: int = 0) -> dict[str, Any]:

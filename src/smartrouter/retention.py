@@ -320,15 +320,13 @@ def compact_run(run_dir: str | Path) -> dict[str, Any] | None:
                         "why": "read once, by 05_gate; 04_evaluate rebuilds it"})
     table_path = run_dir / FEATURE_TABLE
     table_note = None
-    if table_path.is_file():
+    if table_path.exists():
         start = rows_needed_from(run_dir)
-        table = features.read_table(table_path)
-        created = pd.to_datetime(table["CREATED_AT"])
-        keep = created >= start
-        before = table_path.stat().st_size
-        features.write_table(table[keep].reset_index(drop=True), table_path)
-        table_note = {"path": FEATURE_TABLE, "rows_before": int(len(table)), "rows_kept": int(keep.sum()),
-                      "kept_from": start.isoformat(), "bytes_before": before, "bytes_after": table_path.stat().st_size,
+        before = _size(table_path)
+        # part by part (features.keep_rows_since): the compaction never holds the table either
+        rows_before, rows_kept = features.keep_rows_since(table_path, pd.Timestamp(start))
+        table_note = {"path": FEATURE_TABLE, "rows_before": int(rows_before), "rows_kept": int(rows_kept),
+                      "kept_from": start.isoformat(), "bytes_before": before, "bytes_after": _size(table_path),
                       "why": "rows before kept_from are read by no later step (rules propose searches the days "
                              "before the test window, drift compares with the newest days); 02_features rebuilds them"}
     if not removed and table_note is None:

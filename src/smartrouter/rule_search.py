@@ -50,7 +50,7 @@ CONFIG_PATH = Path(__file__).resolve().parent / "rule_search.toml"
 MATCH_COLUMNS: tuple[str, ...] = ("CURRENCY", "CARD_BRAND", "CARD_TYPE")
 SCHEMA: dict[str, dict[str, type]] = {
     "search": {"max_rows": int, "row_penalty": float, "min_z": float, "confirm_days": int, "search_days": int,
-               "min_segment_payments": int, "segments": list, "estimator": str},
+               "max_search_rows": int, "min_segment_payments": int, "segments": list, "estimator": str},
     "report": {"level": float, "bootstrap": int, "seed": int},
 }
 PROPOSAL_FILE = "proposal.json"  # under <state dir>/rules/: the last proposal (diff / export / install read it)
@@ -77,8 +77,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Mapping[
                           f"{', '.join(MATCH_COLUMNS)}: use some of those")
     if s["estimator"] not in E.ESTIMATORS:
         raise ConfigError(f"estimator {s['estimator']!r} is unknown; use one of {', '.join(E.ESTIMATORS)}")
-    for key in ("search_days", "confirm_days", "min_segment_payments"):
-        if s[key] < (0 if key == "min_segment_payments" else 1):
+    for key in ("search_days", "confirm_days", "min_segment_payments", "max_search_rows"):
+        if s[key] < (0 if key in ("min_segment_payments", "max_search_rows") else 1):
             raise ConfigError(f"rule search [search] {key} = {s[key]} is out of range; use a positive number")
     if s["min_z"] < 0:
         raise ConfigError(f"rule search min_z = {s['min_z']} must be >= 0 (standard errors; 2 is a sensible bar)")
@@ -532,6 +532,24 @@ class Result:
         })
 
 
+def read_windows(path: Any, config: Mapping[str, Any] | None = None, seed: int = 0) -> pd.DataFrame:
+    """What ``run`` reads of a feature table on disk (one file or a folder of parts): the test split and
+    the first attempts of the ``search_days`` before it, at most ``[search] max_search_rows`` of them (a
+    seeded uniform sample; 0 = all), so the search's memory and time stop growing with the merchant's volume."""
+    from smartrouter import features
+
+    cfg = dict(config or load_config())
+    holdout = features.read_table(path, filter=features.split_is("test"))
+    if holdout.empty:
+        raise ConfigError("the feature table has no test split to hold out; run the features stage with test days")
+    start = pd.to_datetime(holdout["CREATED_AT"]).min()
+    since = start - pd.Timedelta(days=int(cfg["search"]["search_days"]))
+    search = features.read_sample(path, max_rows=int(cfg["search"]["max_search_rows"]) or None, seed=seed,
+                                  filter=features.first_attempt_rows() & ~features.split_is("test")
+                                  & features.created_since(since) & features.created_before(start))
+    return pd.concat([search, holdout], ignore_index=True)
+
+
 def run(table: pd.DataFrame, score: Callable[[pd.DataFrame], np.ndarray], current_rows: pd.DataFrame | Sequence[Mapping[str, Any]],
         *, config: Mapping[str, Any] | None = None, truth: Callable[[pd.DataFrame], np.ndarray] | None = None,
         model_version: str | None = None, run_dir: str | None = None) -> Result:
@@ -597,13 +615,13 @@ def promoted_run(settings: Any = None, config: Mapping[str, Any] | None = None, 
     info = json.loads((folder / "version.json").read_text())
     run_dir = Path(info.get("run_dir") or Path(settings.runs_dir) / str(info.get("run_id")))
     table_path = run_dir / "features.parquet"
-    if not table_path.is_file():
+    if not table_path.exists():
         raise ConfigError(f"no logs: {table_path} (the feature table of {version}'s run) does not exist; "
                           "run the daily pipeline again (`smartrouter run`)")
     model = reg.load(version)
     current = current_rules(settings)
     truth = truth_of(E.load_oracle(settings)[0], settings) if with_truth else None
-    return run(features.read_table(table_path), scorer(model), current, config=config, truth=truth,
+    return run(read_windows(table_path, config), scorer(model), current, config=config, truth=truth,
                model_version=version, run_dir=str(run_dir))
 
 

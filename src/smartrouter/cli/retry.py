@@ -46,12 +46,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         if not found:
             raise ConfigError(f"no run with a retry model under {settings.runs_dir}; run the daily pipeline (`smartrouter run`) first")
         run = found[-1].parent.parent
-    if not (run / "features.parquet").is_file():
+    if not (run / "features.parquet").exists():
         raise ConfigError(f"{run} has no features.parquet; pass a run folder of a finished daily run (--run runs/<run_id>)")
     oracle, why = evaluation.load_oracle(settings)
     if oracle is None:
         raise ConfigError(f"no truth for this warehouse ({why}); the simulation needs the local world")
-    out = evaluate_run(run, features.read_table(run / "features.parquet"), oracle, settings)
+    out = evaluate_run(run, features.read_table(run / "features.parquet", filter=features.split_is("test")), oracle, settings)
     if args.json:
         print(json.dumps(out, indent=1, default=str))
         return 0

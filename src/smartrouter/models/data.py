@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -195,6 +195,69 @@ def from_frame(frame: Any, encoder: Any, *, importance_weighting: bool = False, 
         propensity=prop,
         experiment=experiment,
         eligible=eligibility_matrix(frame),
+        feature_scale=encoded_scale(encoder),
+    )
+
+
+# what from_frame reads besides the encoder's inputs (the ones the table has)
+_FRAME_COLUMNS = ("PROCESSOR", "APPROVED", "SPLIT", "PROPENSITY", "EXPERIMENT_ARM", "CARD_BRAND", "CURRENCY", "CANDIDATES")
+
+
+def from_table(path: Any, encoder: Any, *, max_rows: Mapping[str, int | None] | None = None, seed: int = 0,
+               importance_weighting: bool = False, clip: float = WEIGHT_CLIP, batch_rows: int = 250_000) -> ModelData:
+    """ModelData of the feature table on disk (``features.write_training_table``), encoded batch by batch.
+
+    Only the encoded rows are ever whole in memory: each batch of the table is read, encoded into its
+    rows of a preallocated X and dropped, so the peak is X plus one batch, whatever the history's length.
+    ``max_rows``: {split: cap} keeps a seeded uniform sample of that split (``features.iter_sample``:
+    the rows ``from_frame`` + a seeded subset would keep). Splits come in time order (train, valid, test),
+    as in the table.
+    """
+    from smartrouter import features
+
+    caps = dict(max_rows or {})
+    schema = features.table_dataset(path).schema.names
+    missing = [c for c in ("PROCESSOR", "APPROVED", "SPLIT") if c not in schema]
+    if missing:
+        raise DataCheckError(f"feature table {path} lacks column(s) {missing}; rebuild it with the features stage")
+    columns = list(dict.fromkeys([*encoder.input_columns, *(c for c in _FRAME_COLUMNS if c in schema)]))
+    counts = features.value_counts(path, "SPLIT")
+    sizes = {s: min(int(counts.get(s, 0)), int(caps.get(s) or counts.get(s, 0))) for s in SPLITS}
+    n = sum(sizes.values())
+    X = np.empty((n, encoder.dim), dtype=np.float32)
+    fields = ("processor_idx", "y", "split", "propensity", "experiment", "eligible")
+    pieces: dict[str, list[Any]] = {f: [] for f in fields}
+    pos = 0
+    for split in SPLITS:
+        for batch in features.iter_sample(path, max_rows=caps.get(split) or None, seed=seed, columns=columns,
+                                          filter=features.split_is(split), batch_rows=batch_rows):
+            part = from_frame(batch, encoder)
+            X[pos:pos + len(part)] = part.X
+            pos += len(part)
+            for f in fields:  # every array but X (copied above); the batch's X goes with ``part``
+                pieces[f].append(getattr(part, f))
+    if pos != n:
+        raise DataCheckError(f"feature table {path} changed while it was read ({pos} rows, {n} counted); rerun the stage")
+    if n == 0:
+        raise DataCheckError(f"feature table {path} has no rows; rebuild it with the features stage")
+
+    def joined(f: str) -> Any:
+        arrays = pieces[f]
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+    proc, prop = joined("processor_idx"), joined("propensity")
+    weight = (importance_weights(prop, proc, clip) if importance_weighting and prop is not None
+              else np.ones(n, np.float32))
+    return ModelData(
+        X=X,
+        processor_idx=proc,
+        y=joined("y"),
+        weight=weight,
+        split=joined("split"),
+        feature_names=list(encoder.feature_names),
+        propensity=prop,
+        experiment=joined("experiment"),
+        eligible=joined("eligible"),
         feature_scale=encoded_scale(encoder),
     )
 

@@ -18,7 +18,7 @@ from smartrouter import atomic
 from smartrouter import catalog
 from smartrouter.errors import DataCheckError
 from smartrouter.models import FAMILY_NAMES, make_model, metrics
-from smartrouter.models.data import P, ModelData, from_frame
+from smartrouter.models.data import P, ModelData, from_frame, from_table
 
 RESULTS_FILE = "train_results.json"
 # Per-family caps on training rows (a seeded sample of the train split), applied after the global
@@ -183,6 +183,13 @@ def encode(frame: Any, encoder: Any, *, importance_weighting: bool = False) -> M
     return from_frame(frame, encoder, importance_weighting=importance_weighting)
 
 
+def encode_table(path: Any, encoder: Any, *, max_rows: Mapping[str, int | None] | None = None, seed: int = 0,
+                 importance_weighting: bool = False) -> ModelData:
+    """The feature table on disk as ModelData, encoded in batches (``data.from_table``): what the train
+    stage trains on at any history length. ``max_rows`` {split: cap} keeps a seeded sample of a split."""
+    return from_table(path, encoder, max_rows=max_rows, seed=seed, importance_weighting=importance_weighting)
+
+
 def train_encoded(
     data: ModelData,
     encoder: Any,
@@ -263,4 +270,4 @@ def weighting_effect(frame: Any, encoder: Any, family: str = "logistic", params:
     return out
 
 
-__all__ = ["train_all", "encode", "train_encoded", "train_family", "weighting_effect", "head_table", "greedy_snips", "logged_summary", "calibration_table", "P", "catalog"]
+__all__ = ["train_all", "encode", "encode_table", "train_encoded", "train_family", "weighting_effect", "head_table", "greedy_snips", "logged_summary", "calibration_table", "P", "catalog"]
