@@ -984,29 +984,49 @@ def reference_features(history: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFram
     slow, for checking the SQL on a handful of rows. ``history`` needs PROCESSOR, CREATED_AT,
     STATUS, ERROR_CATEGORY, CARD_BIN.
     """
-    hist = history.copy()
-    hist["KIND"] = [outcome_kind(s, c) for s, c in zip(hist["STATUS"], hist["ERROR_CATEGORY"])]
-    hist = hist[hist["KIND"].notna()]
-    hist_min = np.array([minute_number(t.to_pydatetime()) for t in pd.to_datetime(hist["CREATED_AT"])], dtype=np.int64)
+    # the definition's functions, applied once per distinct value (a month of a large merchant's history is
+    # millions of outcomes; per-row Python calls over it took minutes)
+    s_codes, statuses = pd.factorize(history["STATUS"], use_na_sentinel=False)
+    c_codes, categories = pd.factorize(history["ERROR_CATEGORY"], use_na_sentinel=False)
+    kind_of = np.array([[outcome_kind(s, c) for c in categories] for s in statuses], dtype=object).reshape(len(statuses), len(categories))
+    kinds = kind_of[s_codes, c_codes]
+    is_outcome = np.array([k is not None for k in kinds], dtype=bool)
+    created = pd.to_datetime(history["CREATED_AT"]).dt.floor("min")
+    mcodes, minutes = pd.factorize(created)
+    hist_min = np.array([minute_number(t.to_pydatetime()) for t in minutes] + [0], dtype=np.int64)[mcodes][is_outcome]
+    kind = kinds[is_outcome].astype(np.int64)
+    proc = history["PROCESSOR"].astype(str).to_numpy()[is_outcome]
+    card_bin = history["CARD_BIN"].astype(str).to_numpy()[is_outcome]
+    order = np.argsort(hist_min, kind="stable")  # time order: a window [a, b) is one slice of the history
+    hist_min, kind, proc, card_bin = hist_min[order], kind[order], proc[order], card_bin[order]
+    counts_for_bin = np.array([counts_toward_bin_history(k) for k in range(3)], dtype=bool)[kind]
+
+    def window(lo_minute: int, hi_minute: int) -> slice:
+        """The outcomes created in [lo_minute, hi_minute)."""
+        return slice(int(np.searchsorted(hist_min, lo_minute, "left")), int(np.searchsorted(hist_min, hi_minute, "left")))
+
     out = []
     for _, r in rows.iterrows():
         m = minute_number(pd.Timestamp(r["CREATED_AT"]).to_pydatetime())
         vals: dict[str, Any] = {"ATTEMPT_ID": r["ATTEMPT_ID"]}
         for p in catalog.PROCESSORS:
-            for w, minutes in HEALTH_WINDOWS.items():
-                sel = hist[(hist_min >= m - minutes) & (hist_min < m) & (hist["PROCESSOR"] == p).to_numpy()]
-                counts = [int((sel["KIND"] == k).sum()) for k in (APPROVED, TIMEOUT, DECLINED)]
+            for w, minutes_back in HEALTH_WINDOWS.items():
+                sel = window(m - minutes_back, m)
+                k = kind[sel][proc[sel] == p]
+                counts = [int((k == kk).sum()) for kk in (APPROVED, TIMEOUT, DECLINED)]
                 for metric, v in zip(HEALTH_METRICS, health_values(*counts)):
                     vals[health_column(p, w, metric)] = v
-        in_prior = (hist_min >= m - BIN_HISTORY_MINUTES) & (hist_min < m)
-        ph = hist[in_prior & np.array([counts_toward_bin_history(k) for k in hist["KIND"]], dtype=bool)]
-        all_a, all_n = int((ph["KIND"] == APPROVED).sum()), len(ph)
+        sel = window(m - BIN_HISTORY_MINUTES, m)
+        keep = counts_for_bin[sel]
+        pk, pp, pb = kind[sel][keep], proc[sel][keep], card_bin[sel][keep]
+        all_a, all_n = int((pk == APPROVED).sum()), len(pk)
+        same_bin = pb == str(r["CARD_BIN"])
         for p in catalog.PROCESSORS:
-            pp = ph[ph["PROCESSOR"] == p]
-            prior = prior_rate(int((pp["KIND"] == APPROVED).sum()), len(pp), all_a, all_n)
-            bb = pp[pp["CARD_BIN"] == r["CARD_BIN"]]
+            on_p = pp == p
+            prior = prior_rate(int((pk[on_p] == APPROVED).sum()), int(on_p.sum()), all_a, all_n)
+            bb = pk[on_p & same_bin]
             smoothed, outcomes = bin_columns(p)
-            vals[smoothed] = smoothed_rate(int((bb["KIND"] == APPROVED).sum()), len(bb), prior)
+            vals[smoothed] = smoothed_rate(int((bb == APPROVED).sum()), len(bb), prior)
             vals[outcomes] = float(len(bb))
         out.append(vals)
     return pd.DataFrame(out)

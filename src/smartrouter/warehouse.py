@@ -53,6 +53,12 @@ DEFAULT_BATCH_ROWS = 200_000
 # World builds: days loaded per transaction, and DuckDB's memory cap while loading.
 DAYS_PER_COMMIT = 7
 BUILD_MEMORY_LIMIT = "256MB"
+# Queries on the local warehouse: DuckDB's own default is 80 % of the machine's memory for its block cache
+# and operators, so on a 10x world the stage kernels grew to 8 GB+ in DuckDB alone. Snowflake does this
+# work on its own machines; locally it gets a bounded share of ours, and spills larger sorts and window
+# functions to its temp folder beside the database instead of growing (issue 18).
+QUERY_MEMORY_LIMIT = "2GB"
+SPILL_DIR = "duckdb.tmp"  # beside the database file (DuckDB removes its spill files when a query ends)
 
 # Plain SNOWFLAKE_* variables the connector does not read by itself (it only reads
 # connections.toml and SNOWFLAKE_CONNECTIONS_<NAME>_<KEY>); when SNOWFLAKE_ACCOUNT is set we pass
@@ -193,6 +199,8 @@ def _open_local(path: Path, *, read_only: bool) -> Connection:
             # fakesnow attaches read-write; attaching first (read-only) makes it reuse ours.
             fs.duck_conn.execute(f"ATTACH '{_sql_str(str(path))}' AS {catalog.DATABASE} (READ_ONLY)")
         raw = fs.connect(database=catalog.DATABASE, schema="SOURCES")
+        fs.duck_conn.execute(f"SET memory_limit = '{QUERY_MEMORY_LIMIT}'")
+        fs.duck_conn.execute(f"SET temp_directory = '{_sql_str(str(path.parent / SPILL_DIR))}'")
     except duckdb.Error as exc:
         fs.duck_conn.close()
         raise _local_open_error(path, exc) from None
