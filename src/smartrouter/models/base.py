@@ -39,6 +39,10 @@ SHRINK_K = 1000.0
 sha256_file = atomic.sha256_file  # one checksum definition for artifacts and the registry
 
 
+# rows scored per call inside predict_raw: bounds a family's scoring copies, far above any per-call overhead
+PREDICT_CHUNK_ROWS = 65_536
+
+
 def canonical_json(obj: Any) -> str:
     """The JSON text every artifact is written with (sorted keys: stable checksums)."""
     return json.dumps(obj, sort_keys=True, indent=1, allow_nan=False)
@@ -118,10 +122,19 @@ class ApprovalModel:
         return self
 
     def predict_raw(self, X: np.ndarray) -> np.ndarray:
-        """Uncalibrated per-processor probabilities (n, P), uncertain heads already blended."""
+        """Uncalibrated per-processor probabilities (n, P), uncertain heads already blended.
+
+        Scored in chunks of PREDICT_CHUNK_ROWS rows: a family's scoring may build per-processor copies
+        of its rows (XGBoost scores P augmented copies of each row), which on 500K validation rows
+        was 7 GB at once; every prediction depends on its own row only, so chunks change no number.
+        """
         X = np.asarray(X, dtype=np.float32)
-        glob = self._global_proba(X) if np.any(self.blend < 1.0) else None
-        return blend_heads(self._head_proba(X), glob, self.blend)
+        out = np.empty((len(X), len(self.processors)), dtype=np.float64)
+        for lo in range(0, len(X), PREDICT_CHUNK_ROWS):
+            part = X[lo:lo + PREDICT_CHUNK_ROWS]
+            glob = self._global_proba(part) if np.any(self.blend < 1.0) else None
+            out[lo:lo + len(part)] = blend_heads(self._head_proba(part), glob, self.blend)
+        return out
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated approval probability of every processor for every row, (n, P) float64."""
