@@ -163,3 +163,15 @@ def test_missing_or_empty_tables_name_the_fix(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(ConfigError, match="cannot read the feature table"):
         features.read_table(tmp_path / "bad.parquet")
+
+
+def test_sample_orders_keeps_whole_orders(whole):
+    test = whole[whole["SPLIT"] == "test"].reset_index(drop=True)
+    n_orders = test["ORDER_ID"].nunique()
+    assert features.sample_orders(test, None) is test and features.sample_orders(test, n_orders) is test
+    got = features.sample_orders(test, n_orders // 3, seed=4)
+    assert got["ORDER_ID"].nunique() == n_orders // 3
+    assert got["CREATED_AT"].is_monotonic_increasing
+    sizes = test.groupby("ORDER_ID").size()
+    assert (got.groupby("ORDER_ID").size() == sizes.loc[got["ORDER_ID"].unique()]).all()  # every attempt of a kept order
+    assert got.equals(features.sample_orders(test, n_orders // 3, seed=4))  # seeded

@@ -849,6 +849,18 @@ def read_sample(path: Any, *, max_rows: int | None, seed: int = 0, columns: Iter
     return pd.concat(parts, ignore_index=True)
 
 
+def sample_orders(frame: pd.DataFrame, max_orders: int | None, seed: int = 0) -> pd.DataFrame:
+    """The rows of a seeded uniform sample of at most ``max_orders`` of ``frame``'s orders (every attempt of a
+    kept order, so retry chains stay whole; row order kept). ``frame`` itself when it has no more orders."""
+    if not max_orders:
+        return frame
+    orders = pd.unique(frame["ORDER_ID"].to_numpy())
+    if len(orders) <= max_orders:
+        return frame
+    keep = orders[np.random.default_rng(seed).choice(len(orders), size=int(max_orders), replace=False)]
+    return frame[frame["ORDER_ID"].isin(keep).to_numpy()].reset_index(drop=True)
+
+
 def value_counts(path: Any, column: str, filter: Any = None) -> dict[Any, int]:
     """{value: rows} of one column over the matching rows, counted by Arrow without a pandas copy."""
     counts = table_dataset(path).to_table(columns=[column], filter=filter).column(column).value_counts()
