@@ -1,21 +1,37 @@
-"""XGBoost approval model: ONE booster with the processor as a feature.
+"""XGBoost approval model: ONE booster with the processor as a feature, plus per-processor trees.
 
 Why one model rather than one per processor: most of what decides approval (card, issuer,
 fraud cohort, airline context) is shared by all processors, so one booster learns it from every
-attempt and a processor with little history (ADYEN) borrows that strength; processor-specific
-effects are the splits on the processor columns. It also serves all processors in ONE predict
-call (P rows) and gives SHAP contributions from one model.
+attempt and a processor with little history (ADYEN) borrows that strength. It also serves all
+processors in ONE predict call (P rows) and gives SHAP contributions from one model.
+
+Why per-processor trees on top (``processor_rounds``): routing needs the DIFFERENCES between
+processors, and in the shared booster they come only from sparse splits on the processor columns,
+which compete with the main effects every processor shares for each tree's splits (on the default
+world xgb got 84 % of the oracle's gain over the rules against ~93 % for logistic/dnn). So after the
+shared booster, each certain processor gets trees boosted on its own rows only, starting from the
+shared booster's margin: they learn what is specific to that processor (its interactions with
+card, issuer, ...), as the logistic family's heads are pulled toward its global model. Each such
+tree is wrapped under a root split on the processor's one-hot column (``gate_tree``) and appended
+to the shared booster, so the exported booster, its compiled numpy trees and SHAP are unchanged in
+form: one booster over the augmented rows.
 
 Each training row is [X, one-hot(processor), SELF columns]: for every per-processor feature
 group (health, BIN history — see data.per_processor_groups) a SELF column holds the value of the
 scored processor's own member, so "this processor's recent timeout rate" is one column the trees
 can split on, with a monotone (non-increasing) constraint on the recent timeout/error rates, SELF and
-raw (data.MonotoneColumns.negative, the definition every family shares). A second small booster
-without processor columns is the global prior for uncertain heads.
+raw (data.MonotoneColumns.negative, the definition every family shares), in the shared and the
+per-processor trees alike (a gate splits on a one-hot column only, so monotonicity holds). A second
+small booster without processor columns is the global prior for uncertain heads.
+
+Boosting happens in two call sites: ``_fit_core`` (the shared and the global booster) and
+``_fit_processor_trees`` (one booster per processor, each batch carrying the shared booster's
+margin as ``base_margin``).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -61,6 +77,57 @@ def all_processor_rows(X: np.ndarray, self_idx: np.ndarray) -> np.ndarray:
     return np.vstack([augment(X, np.full(n, p, dtype=np.int64), self_idx) for p in range(P)])
 
 
+GATE_ROOT_PARENT = 2147483647  # xgboost's "no parent" marker for a root
+
+
+def gate_tree(tree: dict[str, Any], column: int) -> dict[str, Any]:
+    """An xgboost JSON tree wrapped under a new root that splits on the 0/1 ``column``.
+
+    Rows with column < 0.5 (another processor) reach a leaf of value 0; rows with 1 go on through
+    the original tree, whose nodes shift by 2. The margin is therefore unchanged for the gated
+    processor and untouched for the others: a per-processor tree inside the one shared booster.
+    """
+    n = int(tree["tree_param"]["num_nodes"])
+
+    def shifted(children: list[int]) -> list[int]:
+        return [c + 2 if c >= 0 else -1 for c in children]
+
+    out = dict(tree)
+    out["left_children"] = [1, -1, *shifted(tree["left_children"])]
+    out["right_children"] = [2, -1, *shifted(tree["right_children"])]
+    out["parents"] = [GATE_ROOT_PARENT, 0, 0, *[q + 2 for q in tree["parents"][1:]]]
+    out["split_indices"] = [column, 0, *tree["split_indices"]]
+    out["split_conditions"] = [0.5, 0.0, *tree["split_conditions"]]
+    out["split_type"] = [0, 0, *tree["split_type"]]
+    out["default_left"] = [1, 0, *tree["default_left"]]
+    out["base_weights"] = [0.0, 0.0, *tree["base_weights"]]
+    out["loss_changes"] = [0.0, 0.0, *tree["loss_changes"]]
+    cover = float(tree["sum_hessian"][0])
+    out["sum_hessian"] = [cover, 0.0, *tree["sum_hessian"]]
+    out["tree_param"] = {**tree["tree_param"], "num_nodes": str(n + 2)}
+    return out
+
+
+def append_trees(booster: Any, trees: list[dict[str, Any]]) -> Any:
+    """A new booster: ``booster``'s trees then ``trees`` (JSON, same input width), one boosting round each."""
+    import xgboost as xgb
+
+    if not trees:
+        return booster
+    model = json.loads(booster.save_raw("json"))
+    gbm = model["learner"]["gradient_booster"]["model"]
+    start = len(gbm["trees"])
+    for k, t in enumerate(trees):
+        gbm["trees"].append({**t, "id": start + k})
+    n = len(gbm["trees"])
+    gbm["tree_info"] = [0] * n
+    gbm["gbtree_model_param"] = {**gbm["gbtree_model_param"], "num_trees": str(n)}
+    gbm["iteration_indptr"] = list(range(n + 1))
+    out = xgb.Booster()
+    out.load_model(bytearray(json.dumps(model).encode()))
+    return out
+
+
 class XGBModel(ApprovalModel):
     """One XGBoost booster over [X, processor one-hot, SELF columns]."""
 
@@ -82,6 +149,16 @@ class XGBModel(ApprovalModel):
         # proxy: on the default world WORLDPAY test ECE 0.021 -> 0.016, AUC 0.7433 -> 0.7456).
         # Serving still passes the raw values; no tree reads them.
         "self_only": True,
+        # processor_rounds: after the shared booster, each certain processor gets its own trees, boosted
+        # on that processor's rows only from the shared booster's margin and gated on its processor
+        # column (see ``gate_tree``), so they learn what differs between processors (the routing
+        # decision) instead of competing with the shared main effects for splits. 0 turns them off.
+        # Measured on the default world (seed 42, the table's last 5 weeks: 220K train rows), share of
+        # the oracle's gain over the rules on the test window: none 84.2 %, 200 rounds of depth 6
+        # 87.1 %, 300 rounds of depth 3 88.6 % (early-stopped at 6-98 per processor); the shared
+        # booster forbidden to split on the processor as well: 88.2 %.
+        "processor_rounds": 300,
+        "processor_max_depth": 3,  # shallow: a processor's deviation from the shared margin, not a second model
     }
 
     def _xgb_params(self, constraints: list[int] | None) -> dict[str, Any]:
@@ -144,6 +221,9 @@ class XGBModel(ApprovalModel):
         best = int(getattr(bst, "best_iteration", bst.num_boosted_rounds() - 1))
         self.booster = bst[: best + 1]  # keep only the early-stopped trees: serving needs no iteration_range
         self.history = {"loss": curve["train"]["logloss"], "val_loss": curve["valid"]["logloss"], "best_iteration": best}
+        del dtr, dva
+        if int(self.params["processor_rounds"]) > 0:
+            self.booster = self._fit_processor_trees(self.booster, train, valid, held, constraints)
         # the processor-agnostic prior: same settings, no processor columns, half the rounds
         gparams = self._xgb_params(raw[:d] if self.params["monotone"] else None)
         gtr = xgb.QuantileDMatrix(train.X, label=train.y, weight=train.weight)
@@ -159,6 +239,34 @@ class XGBModel(ApprovalModel):
         self.global_booster = g[: int(getattr(g, "best_iteration", g.num_boosted_rounds() - 1)) + 1]
         for b in (self.booster, self.global_booster):
             b.set_param({"device": "cpu"})  # predictions and export on CPU, as the service runs
+
+    def _fit_processor_trees(self, shared: Any, train: ModelData, valid: ModelData, held: np.ndarray,
+                             constraints: list[int] | None) -> Any:
+        """The shared booster plus, per certain processor, trees boosted on its rows from the shared margin."""
+        import xgboost as xgb
+
+        d = train.n_features
+        params = {**self._xgb_params(constraints), "max_depth": int(self.params["processor_max_depth"])}
+        trees: list[list[dict[str, Any]]] = []
+        self.history["processor_best_iteration"] = {}
+        for j, proc in enumerate(self.processors):
+            if self.uncertain[proc] or not np.any(valid.processor_idx == j):
+                continue  # blended toward the global prior (too few rows of its own), or nothing to early-stop on
+            sets = []
+            for part in (train, valid):
+                m = part.processor_idx == j
+                rows = self._training_rows(part.subset(m), held)
+                margin = shared.inplace_predict(rows, predict_type="margin")
+                sets.append(xgb.QuantileDMatrix(rows, label=part.y[m], weight=part.weight[m], base_margin=margin,
+                                                ref=sets[0] if sets else None))
+                del rows
+            bst = xgb.train(params, sets[0], num_boost_round=int(self.params["processor_rounds"]), evals=[(sets[1], "valid")],
+                            early_stopping_rounds=int(self.params["early_stopping_rounds"]), verbose_eval=False)
+            best = int(getattr(bst, "best_iteration", bst.num_boosted_rounds() - 1))
+            self.history["processor_best_iteration"][proc] = best
+            model = json.loads(bst[: best + 1].save_raw("json"))
+            trees.append([gate_tree(t, d + j) for t in model["learner"]["gradient_booster"]["model"]["trees"]])
+        return append_trees(shared, [t for group in trees for t in group])
 
     def _held_constant(self) -> np.ndarray:
         """Raw per-processor feature columns that have a SELF copy (see ``self_only``)."""
@@ -205,6 +313,7 @@ class XGBModel(ApprovalModel):
             "aug_names": self.aug_names,
             "monotone": self.monotone,
             "best_iteration": self.history.get("best_iteration"),
+            "processor_best_iteration": self.history.get("processor_best_iteration", {}),
         }
 
     def global_importance(self, data: ModelData | None = None) -> dict[str, float]:
