@@ -19,6 +19,9 @@ notebook, papermill, a test or the service sees the same paths whatever the work
 | SMARTROUTER_ADMIN_TOKEN | (unset: admin endpoints refuse all calls) | bearer token for `/admin/*` |
 | SMARTROUTER_BENCH_ROUTES | (unset) | `1` mounts the benchmark's constant endpoints (`/v1/constant`); `bench/bench_serve.py` sets it |
 | SMARTROUTER_KERNEL | `smartrouter` | Jupyter kernel papermill runs stages with |
+| SMARTROUTER_TRAIN_ENGINE | `local` | where XGBoost's boosting runs (`smartrouter.models.engine`): `local` (this process, batches binned into one QuantileDMatrix) or `dask` (`xgboost.dask` on a Dask cluster; needs `dask[distributed]`, a dependency of this package) |
+| SMARTROUTER_DASK_SCHEDULER | (unset: a LocalCluster on this machine, closed after training) | address of an existing Dask scheduler (`tcp://host:8786`) for the `dask` engine; the connect timeout is Dask's own `distributed.comm.timeouts.connect` (env `DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT`, default 30s) |
+| SMARTROUTER_DASK_WORKERS | `2` | worker processes of that LocalCluster (one thread each) |
 
 Snowflake credentials never live here: the connector reads its own `connections.toml`
 (`~/.snowflake/connections.toml`) or the `SNOWFLAKE_*` environment variables.
@@ -26,6 +29,7 @@ Snowflake credentials never live here: the connector reads its own `connections.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
@@ -39,6 +43,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 SQL_DIR = PACKAGE_DIR / "sql"
 
 WAREHOUSES = ("local", "snowflake")
+TRAIN_ENGINES = ("local", "dask")
+DASK_INSTALL_HINT = "pip install 'dask[distributed]' (it is in pyproject.toml's dependencies: pip install -e . brings it)"
 
 
 def _path(env: dict[str, str], name: str, home: Path, default: str) -> Path:
@@ -63,6 +69,9 @@ class Settings:
     state_store: str
     admin_token: str | None = field(repr=False)
     kernel: str
+    train_engine: str
+    dask_scheduler: str | None
+    dask_workers: int
 
     @property
     def notebooks_dir(self) -> Path:
@@ -88,6 +97,9 @@ class Settings:
             "workers": self.workers,
             "state_store": re.sub(r"//[^@/]*@", "//***@", self.state_store),  # never a Redis password
             "kernel": self.kernel,
+            "train_engine": self.train_engine,
+            "dask_scheduler": self.dask_scheduler,
+            "dask_workers": self.dask_workers,
         }
 
 
@@ -119,6 +131,29 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         raise ConfigError(
             f"SMARTROUTER_STATE_STORE={state_store!r} is not a state store; set it to local or a Redis URL (redis://host:port/db)"
         )
+    train_engine = (env.get("SMARTROUTER_TRAIN_ENGINE") or "local").strip().lower()
+    if train_engine not in TRAIN_ENGINES:
+        raise ConfigError(
+            f"SMARTROUTER_TRAIN_ENGINE={train_engine!r} is not a training engine; set it to one of {', '.join(TRAIN_ENGINES)}"
+        )
+    # checked here, at the start of a run, rather than when stage 03 reaches the booster
+    if train_engine == "dask" and not all(importlib.util.find_spec(m) for m in ("dask", "distributed")):
+        raise ConfigError(f"SMARTROUTER_TRAIN_ENGINE=dask needs dask and distributed, which are not installed: {DASK_INSTALL_HINT}")
+    dask_scheduler = (env.get("SMARTROUTER_DASK_SCHEDULER") or "").strip() or None
+    if dask_scheduler is not None and not re.fullmatch(r"([a-z]+://)?[^\s/:]+(:\d+)?/?", dask_scheduler):
+        raise ConfigError(
+            f"SMARTROUTER_DASK_SCHEDULER={dask_scheduler!r} is not a scheduler address; set it to tcp://host:port "
+            "or leave it empty to start a LocalCluster"
+        )
+    dask_workers_raw = env.get("SMARTROUTER_DASK_WORKERS") or "2"
+    try:
+        dask_workers = int(dask_workers_raw)
+        if not 1 <= dask_workers <= 64:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"SMARTROUTER_DASK_WORKERS={dask_workers_raw!r} is not a worker count; set it to a number in 1..64"
+        ) from None
     return Settings(
         home=home,
         warehouse=warehouse,
@@ -134,4 +169,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         state_store=state_store,
         admin_token=env.get("SMARTROUTER_ADMIN_TOKEN") or None,
         kernel=env.get("SMARTROUTER_KERNEL") or "smartrouter",
+        train_engine=train_engine,
+        dask_scheduler=dask_scheduler,
+        dask_workers=dask_workers,
     )
