@@ -41,11 +41,14 @@ import numpy as np
 from smartrouter import catalog
 from smartrouter.models.base import ApprovalModel
 from smartrouter.models.data import P, ModelData, monotone_columns, per_processor_groups, processor_feature_columns
+from smartrouter.models.engine import BatchSource, batches_of, fit_booster
 from smartrouter.models.xgb_numpy import compile_booster
 
 BOOSTER_FILE = "booster.ubj"
 GLOBAL_FILE = "global.ubj"
 TREES_FILE = "trees.npz"  # both boosters compiled to numpy arrays (xgb_numpy): the per-payment serving path
+# rows per batch fed to the boosting engine: above xgboost's fixed cost per batch (~100K+), far below a table
+FIT_BATCH_ROWS = 250_000
 
 
 def gpu_available() -> bool:
@@ -188,8 +191,6 @@ class XGBModel(ApprovalModel):
         return out
 
     def _fit_core(self, train: ModelData, valid: ModelData) -> None:
-        import xgboost as xgb
-
         groups = per_processor_groups(self.feature_names)
         self.group_stems = list(groups)
         self.self_idx = np.array([groups[s] for s in self.group_stems], dtype=np.int64).reshape(len(groups), P)
@@ -207,38 +208,30 @@ class XGBModel(ApprovalModel):
         constraints = raw + sign if self.params["monotone"] else None
         self.monotone = constraints
         held = self._held_constant()
-        # QuantileDMatrix: the "hist" method only reads each value's bin, so xgboost keeps ~1 byte per
-        # value instead of a float copy of the augmented rows (which are freed once binned); the valid
-        # rows are binned on the train rows' cuts (ref), as "hist" requires.
-        dtr = xgb.QuantileDMatrix(self._training_rows(train, held), label=train.y, weight=train.weight)
-        dva = xgb.QuantileDMatrix(self._training_rows(valid, held), label=valid.y, weight=valid.weight, ref=dtr)
-        curve: dict[str, Any] = {}
-        bst = xgb.train(
+        # models.engine.fit_booster (SMARTROUTER_TRAIN_ENGINE: here, or on Dask): "hist" only reads each
+        # value's bin, so the rows are binned into a QuantileDMatrix (~1 byte per value) fed batch by
+        # batch, each batch augmented when it is read: the augmented float copy of every train row (2.9 GB
+        # for 2M rows) never exists at once. The valid rows are binned on the train rows' cuts.
+        bst, curve = fit_booster(
             self._xgb_params(constraints),
-            dtr,
+            self._augmented_batches(train, held),
+            self._augmented_batches(valid, held),
             num_boost_round=int(self.params["n_estimators"]),
-            evals=[(dtr, "train"), (dva, "valid")],
             early_stopping_rounds=int(self.params["early_stopping_rounds"]),
-            evals_result=curve,
-            verbose_eval=False,
         )
         best = int(getattr(bst, "best_iteration", bst.num_boosted_rounds() - 1))
         self.booster = bst[: best + 1]  # keep only the early-stopped trees: serving needs no iteration_range
         self.history = {"loss": curve["train"]["logloss"], "val_loss": curve["valid"]["logloss"], "best_iteration": best}
-        del dtr, dva
         if int(self.params["processor_rounds"]) > 0:
             self.booster = self._fit_processor_trees(self.booster, train, valid, held, constraints)
         # the processor-agnostic prior: same settings, no processor columns, half the rounds
         gparams = self._xgb_params(raw[:d] if self.params["monotone"] else None)
-        gtr = xgb.QuantileDMatrix(train.X, label=train.y, weight=train.weight)
-        gva = xgb.QuantileDMatrix(valid.X, label=valid.y, weight=valid.weight, ref=gtr)
-        g = xgb.train(
+        g, _ = fit_booster(
             gparams,
-            gtr,
+            batches_of(train.X, train.y, train.weight, rows=FIT_BATCH_ROWS),
+            batches_of(valid.X, valid.y, valid.weight, rows=FIT_BATCH_ROWS),
             num_boost_round=max(int(self.params["n_estimators"]) // 2, 1),
-            evals=[(gva, "valid")],
             early_stopping_rounds=int(self.params["early_stopping_rounds"]),
-            verbose_eval=False,
         )
         self.global_booster = g[: int(getattr(g, "best_iteration", g.num_boosted_rounds() - 1)) + 1]
         for b in (self.booster, self.global_booster):
@@ -278,6 +271,17 @@ class XGBModel(ApprovalModel):
             return np.zeros(0, dtype=np.int64)
         own = {j for cols in processor_feature_columns(self.feature_names).values() for j in cols}
         return np.array(sorted(own & set(self.self_idx.ravel().tolist())), dtype=np.int64)
+
+    def _augmented_batches(self, data: ModelData, held: np.ndarray) -> BatchSource:
+        """``_training_rows`` of ``data`` in batches of FIT_BATCH_ROWS, each made when it is read."""
+        def open_batches() -> Any:
+            for lo in range(0, len(data), FIT_BATCH_ROWS):
+                hi = min(lo + FIT_BATCH_ROWS, len(data))
+                rows = augment(data.X[lo:hi], data.processor_idx[lo:hi], self.self_idx)
+                rows[:, held] = 0.0  # a constant column offers no split
+                yield rows, data.y[lo:hi], data.weight[lo:hi]
+
+        return BatchSource(open_batches)
 
     def _training_rows(self, data: ModelData, held: np.ndarray) -> np.ndarray:
         rows = augment(data.X, data.processor_idx, self.self_idx)
