@@ -216,3 +216,22 @@ def test_xgb_trees_npz_with_bad_shapes_or_from_another_model_is_named(exported, 
     _rehash(folder)
     with pytest.raises(ArtifactError, match=r"trees\.npz: the compiled head trees disagree with .*booster\.ubj"):
         load_serving_model(folder)
+
+
+@pytest.mark.parametrize("family", list(PARAMS))
+def test_scoring_in_chunks_changes_no_number(exported, family, monkeypatch):
+    """Large batches are scored in chunks (models.base / serving PREDICT_CHUNK_ROWS): row by row the same."""
+    from smartrouter.models import base, serving
+
+    model, folder, d = exported[family]
+    sm = load_serving_model(folder)
+    X = d.X[:5_000]
+    whole_served, whole_trained = sm.score_matrix(X), model.predict_proba(X)
+    monkeypatch.setattr(serving, "PREDICT_CHUNK_ROWS", 777)  # uneven chunks, the last one short
+    monkeypatch.setattr(base, "PREDICT_CHUNK_ROWS", 777)
+    # BLAS may sum a row's d products in another order for another batch shape: a float64 sum of d terms
+    # moves by at most d * eps * sum|terms| (inputs standardised, |x_j w_j| well under 16 here), and the
+    # sigmoid's slope is at most 1/4; calibration maps are monotone pieces of slope well under 4
+    tol = X.shape[1] * np.finfo(np.float64).eps * 16 * X.shape[1]
+    np.testing.assert_allclose(sm.score_matrix(X), whole_served, rtol=0, atol=tol)
+    np.testing.assert_allclose(model.predict_proba(X), whole_trained, rtol=0, atol=tol)

@@ -24,7 +24,8 @@ import numpy as np
 from smartrouter import catalog
 from smartrouter.errors import ArtifactError
 from smartrouter.models import calibration
-from smartrouter.models.base import CHECKSUM_FILE, ENCODER_FILE, FORMAT_VERSION, MODEL_FILE, blend_heads, calibrate_heads, sha256_file
+from smartrouter.models.base import (CHECKSUM_FILE, ENCODER_FILE, FORMAT_VERSION, MODEL_FILE, PREDICT_CHUNK_ROWS, blend_heads,
+                                     calibrate_heads, sha256_file)
 from smartrouter.models.data import P, PassthroughEncoder
 from smartrouter.models.dnn import numpy_forward
 from smartrouter.models.xgb import augment
@@ -92,7 +93,12 @@ class ServingModel:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != len(self.feature_names):
             raise ValueError(f"X must be (n, {len(self.feature_names)}), got {X.shape}")
-        return calibrate_heads(self._raw_matrix(X), self.calibrators)
+        if len(X) <= PREDICT_CHUNK_ROWS:
+            return calibrate_heads(self._raw_matrix(X), self.calibrators)
+        # in chunks: the xgb path scores P augmented copies of every row (2.4 GB for a 330K-row test
+        # window at once); every row's score depends on its own row only
+        return np.vstack([calibrate_heads(self._raw_matrix(X[lo:lo + PREDICT_CHUNK_ROWS]), self.calibrators)
+                          for lo in range(0, len(X), PREDICT_CHUNK_ROWS)])
 
     def _raw_one(self, x: np.ndarray) -> np.ndarray:
         if self.family == "xgb":
