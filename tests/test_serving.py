@@ -17,7 +17,9 @@ from smartrouter.models import base, data, make_model
 from smartrouter.models.serving import load_serving_model
 
 P = len(catalog.PROCESSORS)
-PARAMS = {"logistic": {}, "xgb": {"n_estimators": 60, "nthread": 2}, "dnn": {"epochs": 3, "hidden": (32, 16)}}
+# xgb with per-processor gated trees, so every parity check below covers serving's per-row tree selection
+PARAMS = {"logistic": {}, "xgb": {"n_estimators": 60, "nthread": 2, "processor_rounds": 30},
+          "dnn": {"epochs": 3, "hidden": (32, 16)}}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import xgboost as xgb
 from smartrouter import catalog
 from smartrouter.models import data, make_model
 from smartrouter.models.xgb import all_processor_rows, append_trees, gate_tree
-from smartrouter.models.xgb_numpy import compile_booster
+from smartrouter.models.xgb_numpy import FixedBatch, compile_booster, gated_processors, processor_row_trees
 
 P = len(catalog.PROCESSORS)
 PARAMS = {"objective": "binary:logistic", "max_depth": 4, "eta": 0.3, "tree_method": "hist", "nthread": 2, "seed": 0}
@@ -52,6 +52,36 @@ def test_a_gated_tree_adds_its_margin_to_its_processors_rows_only():
     assert np.abs(added[on]).max() > 0.1  # the check above is not vacuous
     # the numpy-compiled serving form reads the gated trees as xgboost does
     assert np.abs(compile_booster(combined).margin(test) - got).max() < tol
+
+
+def test_each_row_walks_the_shared_trees_and_its_own_processors_trees_only():
+    """Serving's FixedBatch(row_trees=): a row scored as processor p walks the shared trees and p's gated
+    trees, padded with other processors' gated trees (which add 0 to it), and gets the full booster's margin."""
+    X, proc, y = _rows(6000, seed=3)
+    shared = xgb.train(PARAMS, xgb.DMatrix(X, label=y), num_boost_round=12)
+    gated_trees = []
+    for j, rounds in ((1, 9), (2, 4)):  # processor 0 gets none, 2 fewer than 1: both padded
+        own = proc == j
+        margin = shared.predict(xgb.DMatrix(X[own]), output_margin=True)
+        extra = xgb.train(PARAMS, xgb.DMatrix(X[own], label=y[own], base_margin=margin), num_boost_round=rounds)
+        trees = json.loads(extra.save_raw("json"))["learner"]["gradient_booster"]["model"]["trees"]
+        gated_trees += [gate_tree(t, 4 + j) for t in trees]
+    compiled = compile_booster(append_trees(shared, gated_trees))
+    gated = gated_processors(compiled, first_column=4, n_processors=3)
+    assert gated.tolist() == [-1] * 12 + [1] * 9 + [2] * 4  # the shared booster's trees are never taken for gates
+
+    test, tproc, _ = _rows(300, seed=4)
+    row_trees = processor_row_trees(gated, tproc)
+    assert row_trees.shape == (300, 12 + 9)  # not all 25: each row skips the other processors' trees
+    assert set(row_trees[tproc == 2][0].tolist()) >= set(range(21, 25))
+    walked = compiled.bias + FixedBatch(compiled, 300, 7, row_trees).leaf_values(test).sum(axis=1)
+    tol = 25 * 10 * np.finfo(np.float32).eps  # float32 leaves summed in another order, margins of size ~10
+    assert np.abs(walked - compiled.margin(test)).max() < tol
+    # walking only the shared trees would be wrong for processors 1 and 2: the check above is not vacuous
+    only_shared = compiled.bias + FixedBatch(compiled, 300, 7, np.tile(np.arange(12), (300, 1))).leaf_values(test).sum(axis=1)
+    assert np.abs(only_shared - compiled.margin(test))[tproc > 0].max() > 0.05
+    with pytest.raises(ValueError, match="outside the 25 trees"):
+        FixedBatch(compiled, 300, 7, row_trees + 25)
 
 
 def _interaction_data(n: int, seed: int) -> tuple[data.ModelData, np.ndarray]:

@@ -29,7 +29,7 @@ from smartrouter.models.base import (CHECKSUM_FILE, ENCODER_FILE, FORMAT_VERSION
 from smartrouter.models.data import P, PassthroughEncoder
 from smartrouter.models.dnn import numpy_forward
 from smartrouter.models.xgb import augment
-from smartrouter.models.xgb_numpy import CompiledTrees, FixedBatch, compile_booster, concat
+from smartrouter.models.xgb_numpy import CompiledTrees, FixedBatch, compile_booster, concat, gated_processors, processor_row_trees
 
 FAMILIES = ("logistic", "dnn", "xgb")
 
@@ -62,14 +62,23 @@ class ServingModel:
             self._one = np.zeros((P, d + P + self._self_idx.shape[0]), dtype=np.float32)
             self._one[np.arange(P), d + np.arange(P)] = 1.0
             head, glob = arrays["head_trees"], arrays["global_trees"]
+            # a row scored as processor p walks the shared trees and p's gated trees only (XGBModel's
+            # processor_rounds): the others' add exactly 0 to it
+            self._gated = gated_processors(head, d, P)
+            head_rows = processor_row_trees(self._gated, np.arange(P))
+            k_head = head_rows.shape[1]
             # one traversal serves both boosters: the global trees read the first d columns, which
             # every augmented row shares, so their value is taken from row 0
             self._biases = (head.bias, glob.bias)
-            self._batch = FixedBatch(concat([head, glob]) if self._needs_global else head, P, self._one.shape[1])
+            if self._needs_global:
+                glob_rows = np.broadcast_to(head.n_trees + np.arange(glob.n_trees), (P, glob.n_trees))
+                self._batch = FixedBatch(concat([head, glob]), P, self._one.shape[1], np.hstack([head_rows, glob_rows]))
+            else:
+                self._batch = FixedBatch(head, P, self._one.shape[1], head_rows)
             # leaf values @ this = (P, 2): sum over the head trees, sum over the global trees
-            self._tree_sums = np.zeros((head.n_trees + (glob.n_trees if self._needs_global else 0), 2))
-            self._tree_sums[: head.n_trees, 0] = 1.0
-            self._tree_sums[head.n_trees :, 1] = 1.0
+            self._tree_sums = np.zeros((k_head + (glob.n_trees if self._needs_global else 0), 2))
+            self._tree_sums[:k_head, 0] = 1.0
+            self._tree_sums[k_head:, 1] = 1.0
 
     # ---------------------------------------------------------------- scoring
     def _raw_matrix(self, X: np.ndarray) -> np.ndarray:
@@ -132,7 +141,8 @@ class ServingModel:
             rows = np.tile(one, (k, 1))  # the processor one-hots are already in place
             # the global trees read only the d shared columns: k rows, not k x P
             glob_batch = FixedBatch(self._a["global_trees"], k, d) if self._needs_global else None
-            batches[k] = (FixedBatch(self._a["head_trees"], k * P, one.shape[1]), rows, glob_batch)
+            row_trees = processor_row_trees(self._gated, np.tile(np.arange(P), k))  # row i is scored as processor i % P
+            batches[k] = (FixedBatch(self._a["head_trees"], k * P, one.shape[1], row_trees), rows, glob_batch)
         batch, rows, glob_batch = batches[k]
         rows3 = rows.reshape(k, P, -1)
         rows3[:, :, :d] = X[:, None, :]

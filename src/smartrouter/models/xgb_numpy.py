@@ -255,18 +255,32 @@ class FixedBatch:
     reaches. Depth 6 costs ~17 numpy calls instead of ~6 per level. Columns carry the row offset, so one flat
     gather reads every row. Deeper than ``MAX_PERFECT_DEPTH`` (padding would cost too much
     memory) falls back to ``CompiledTrees.leaves``.
+
+    ``row_trees`` (n_rows, k) lets each row walk its own k trees instead of all of them: a booster
+    with per-processor gated trees (``gated_processors``) walks, for a row scored as processor p,
+    the shared trees and p's trees only (``processor_row_trees``), not every processor's. The
+    layout is per (row, tree) either way, so this costs nothing at call time; ``leaf_values``
+    returns (n_rows, k) in ``row_trees``' order.
     """
 
     MAX_PERFECT_DEPTH = 10
 
-    def __init__(self, trees: CompiledTrees, n_rows: int, width: int) -> None:
+    def __init__(self, trees: CompiledTrees, n_rows: int, width: int, row_trees: np.ndarray | None = None) -> None:
         if width < trees.n_features:
             raise ValueError(f"rows of width {width} are narrower than the trees' {trees.n_features} columns")
-        self.trees, self.n_rows, self.width = trees, n_rows, width
+        if row_trees is None:
+            row_trees = np.broadcast_to(np.arange(trees.n_trees, dtype=np.int64), (n_rows, trees.n_trees))
+        row_trees = np.asarray(row_trees, dtype=np.int64)
+        if row_trees.ndim != 2 or row_trees.shape[0] != n_rows:
+            raise ValueError(f"row_trees must be ({n_rows}, k), got {row_trees.shape}")
+        if row_trees.size and (row_trees.min() < 0 or row_trees.max() >= trees.n_trees):
+            raise ValueError(f"row_trees points outside the {trees.n_trees} trees")
+        self.trees, self.n_rows, self.width, self.row_trees = trees, n_rows, width, row_trees
         self._perfect = 0 < trees.depth <= self.MAX_PERFECT_DEPTH
         if not self._perfect:
             return
         depth, n_trees = trees.depth, trees.n_trees
+        k_row = row_trees.shape[1]  # trees walked per row
         # node id at every position of the padded perfect trees, level by level (leaves loop onto
         # themselves in ``children``, which is exactly the padding)
         levels = [trees.roots[:, None]]
@@ -282,21 +296,22 @@ class FixedBatch:
         self._steps: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         start = 0
         for k in ks:
-            # heap-ordered nodes of every subtree rooted at level ``start``: (trees, 2^start, 2^k - 1)
+            # heap-ordered nodes of every subtree rooted at level ``start``: (trees, 2^start, 2^k - 1),
+            # then each row's own trees: (rows, k_row, 2^start, 2^k - 1)
             parts = [levels[start + m].reshape(n_trees, 2**start, 2**m) for m in range(k)]
-            ids = np.concatenate(parts, axis=2)
-            shape = (n_rows, *ids.shape[:2], 8)  # rows, trees, subtrees, 8 decision slots
+            ids = np.concatenate(parts, axis=2)[row_trees]
+            shape = (*ids.shape[:3], 8)  # rows, trees, subtrees, 8 decision slots
             cols = np.zeros(shape, dtype=np.int64)
             thr = np.full(shape, np.inf, dtype=np.float32)  # pad slots: any outcome, the table ignores them
             nanr = np.zeros(shape, dtype=bool)
-            cols[..., : ids.shape[2]] = trees.feature[ids][None]
+            cols[..., : ids.shape[3]] = trees.feature[ids]
             cols += row_off
-            thr[..., : ids.shape[2]] = trees.threshold[ids][None]
-            nanr[..., : ids.shape[2]] = trees.nan_right[ids][None]
+            thr[..., : ids.shape[3]] = trees.threshold[ids]
+            nanr[..., : ids.shape[3]] = trees.nan_right[ids]
             self._steps.append((2**k, cols.reshape(-1, 8), thr.reshape(-1, 8), nanr.reshape(-1, 8), _outcome_table(k)))
             start += k
-        self._values = np.tile(trees.value[levels[depth]].ravel(), n_rows)  # (rows*trees*2^depth,)
-        self._first = (np.arange(n_rows * n_trees, dtype=np.int64)).reshape(n_rows, n_trees)
+        self._values = trees.value[levels[depth]][row_trees].ravel()  # (rows*k_row*2^depth,)
+        self._first = (np.arange(n_rows * k_row, dtype=np.int64)).reshape(n_rows, k_row)
         # the first step always starts at the roots: its columns/thresholds are gathered once here
         _, cols0, thr0, nanr0, _ = self._steps[0]
         self._step0 = (cols0[self._first], thr0[self._first], nanr0[self._first])
@@ -306,7 +321,7 @@ class FixedBatch:
         if X.shape != (self.n_rows, self.width):
             raise ValueError(f"X must be ({self.n_rows}, {self.width}), got {X.shape}")
         if not self._perfect:
-            return self.trees.value[self.trees.leaves(X)]
+            return np.take_along_axis(self.trees.value[self.trees.leaves(X)], self.row_trees, axis=1)
         flat = np.ascontiguousarray(X, dtype=np.float32).ravel()
         has_nan = math.isnan(flat.sum())  # one cheap reduction; inf - inf only costs the NaN-aware path
         idx = self._first  # subtree index, row and tree included
@@ -319,3 +334,43 @@ class FixedBatch:
             code = (right.view(np.uint64).reshape(idx.shape) * _PACK) >> _SHIFT
             idx = idx * n_out + outcome.take(code)
         return self._values.take(idx)
+
+
+def gated_processors(trees: CompiledTrees, first_column: int, n_processors: int) -> np.ndarray:
+    """For every tree, the processor whose gated tree it is (``models.xgb.gate_tree``), else -1.
+
+    A gated tree's root splits on processor j's 0/1 column (``first_column + j``) at 0.5 and its
+    left child is a leaf of value exactly 0: rows of every other processor get nothing from it.
+    A tree of the shared booster never has that form (a leaf right under the root holds a fitted,
+    non-zero value), and were one mistaken, ``processor_row_trees`` would only skip a tree whose
+    left side adds 0, which is the same margin.
+    """
+    root = trees.roots
+    left = trees.children[2 * root]
+    feat = trees.feature[root]
+    is_gate = (
+        (trees.children[2 * left] == left)  # left child is a leaf ...
+        & (trees.value[left] == 0.0)  # ... adding nothing
+        & (left != root)  # the root itself splits
+        & (trees.threshold[root] == np.float32(0.5))
+        & (feat >= first_column) & (feat < first_column + n_processors)
+    )
+    return np.where(is_gate, feat - first_column, -1).astype(np.int64)
+
+
+def processor_row_trees(gated: np.ndarray, row_processor: np.ndarray) -> np.ndarray:
+    """(rows, k) tree indices for ``FixedBatch(row_trees=)``: the shared trees (gated == -1) and the row's
+    processor's gated trees, in booster order; a processor with fewer gated trees than the most is
+    padded with other processors' gated trees, whose root sends this row to a leaf of 0."""
+    shared = np.flatnonzero(gated < 0)
+    own = {int(p): np.flatnonzero(gated == p) for p in np.unique(row_processor)}
+    width = max((len(v) for v in own.values()), default=0)
+    others = np.flatnonzero(gated >= 0)
+    out = np.empty((len(row_processor), len(shared) + width), dtype=np.int64)
+    for r, p in enumerate(row_processor):
+        mine = own[int(p)]
+        pad = others[gated[others] != p][: width - len(mine)]
+        if len(mine) + len(pad) < width:  # cannot happen: the widest processor's trees pad every other
+            raise ValueError("not enough gated trees of other processors to pad with")
+        out[r] = np.concatenate([shared, mine, pad])
+    return out
