@@ -11,7 +11,7 @@ import xgboost as xgb
 from smartrouter import catalog
 from smartrouter.models import data, make_model
 from smartrouter.models.xgb import all_processor_rows, append_trees, gate_tree
-from smartrouter.models.xgb_numpy import FixedBatch, compile_booster, gated_processors, processor_row_trees
+from smartrouter.models.xgb_numpy import FixedBatch, compile_booster, gated_processors, own_row_trees, shared_trees, ungated_trees
 
 P = len(catalog.PROCESSORS)
 PARAMS = {"objective": "binary:logistic", "max_depth": 4, "eta": 0.3, "tree_method": "hist", "nthread": 2, "seed": 0}
@@ -55,8 +55,9 @@ def test_a_gated_tree_adds_its_margin_to_its_processors_rows_only():
 
 
 def test_each_row_walks_the_shared_trees_and_its_own_processors_trees_only():
-    """Serving's FixedBatch(row_trees=): a row scored as processor p walks the shared trees and p's gated
-    trees, padded with other processors' gated trees (which add 0 to it), and gets the full booster's margin."""
+    """Serving's walk of a booster with gated trees: every row walks the shared trees, and in a second
+    batch its own processor's gated trees without their gate (their right subtree), padded with a tree of
+    one zero leaf; the two sums give the full booster's margin, for every processor, NaNs included."""
     X, proc, y = _rows(6000, seed=3)
     shared = xgb.train(PARAMS, xgb.DMatrix(X, label=y), num_boost_round=12)
     gated_trees = []
@@ -69,19 +70,25 @@ def test_each_row_walks_the_shared_trees_and_its_own_processors_trees_only():
     compiled = compile_booster(append_trees(shared, gated_trees))
     gated = gated_processors(compiled, first_column=4, n_processors=3)
     assert gated.tolist() == [-1] * 12 + [1] * 9 + [2] * 4  # the shared booster's trees are never taken for gates
+    assert shared_trees(gated).tolist() == list(range(12))
 
     test, tproc, _ = _rows(300, seed=4)
-    row_trees = processor_row_trees(gated, tproc)
-    assert row_trees.shape == (300, 12 + 9)  # not all 25: each row skips the other processors' trees
-    assert set(row_trees[tproc == 2][0].tolist()) >= set(range(21, 25))
-    walked = compiled.bias + FixedBatch(compiled, 300, 7, row_trees).leaf_values(test).sum(axis=1)
+    ungated = ungated_trees(compiled, gated)
+    assert ungated.n_trees == 9 + 4 + 1 and ungated.depth <= compiled.depth - 1  # the gate level is gone
+    own_rows = own_row_trees(gated, tproc)
+    assert own_rows.shape == (300, 9)  # the most any processor has, not all 13
+    assert own_rows[tproc == 0].tolist()[0] == [13] * 9  # processor 0: the zero tree only
+    assert own_rows[tproc == 2].tolist()[0] == [9, 10, 11, 12] + [13] * 5
+    walked = (compiled.bias
+              + FixedBatch(compiled, 300, 7, np.tile(shared_trees(gated), (300, 1))).leaf_values(test).sum(axis=1)
+              + FixedBatch(ungated, 300, 7, own_rows).leaf_values(test).sum(axis=1))
     tol = 25 * 10 * np.finfo(np.float32).eps  # float32 leaves summed in another order, margins of size ~10
     assert np.abs(walked - compiled.margin(test)).max() < tol
     # walking only the shared trees would be wrong for processors 1 and 2: the check above is not vacuous
     only_shared = compiled.bias + FixedBatch(compiled, 300, 7, np.tile(np.arange(12), (300, 1))).leaf_values(test).sum(axis=1)
     assert np.abs(only_shared - compiled.margin(test))[tproc > 0].max() > 0.05
     with pytest.raises(ValueError, match="outside the 25 trees"):
-        FixedBatch(compiled, 300, 7, row_trees + 25)
+        FixedBatch(compiled, 300, 7, np.tile(np.arange(12), (300, 1)) + 25)
 
 
 def _interaction_data(n: int, seed: int) -> tuple[data.ModelData, np.ndarray]:

@@ -29,7 +29,8 @@ from smartrouter.models.base import (CHECKSUM_FILE, ENCODER_FILE, FORMAT_VERSION
 from smartrouter.models.data import P, PassthroughEncoder
 from smartrouter.models.dnn import numpy_forward
 from smartrouter.models.xgb import augment
-from smartrouter.models.xgb_numpy import CompiledTrees, FixedBatch, compile_booster, concat, gated_processors, processor_row_trees
+from smartrouter.models.xgb_numpy import (CompiledTrees, FixedBatch, compile_booster, concat, gated_processors, own_row_trees,
+                                          shared_trees, ungated_trees)
 
 FAMILIES = ("logistic", "dnn", "xgb")
 
@@ -63,22 +64,31 @@ class ServingModel:
             self._one[np.arange(P), d + np.arange(P)] = 1.0
             head, glob = arrays["head_trees"], arrays["global_trees"]
             # a row scored as processor p walks the shared trees and p's gated trees only (XGBModel's
-            # processor_rounds): the others' add exactly 0 to it
+            # processor_rounds), the latter without their gate in a batch of their own (ungated_trees)
             self._gated = gated_processors(head, d, P)
-            head_rows = processor_row_trees(self._gated, np.arange(P))
-            k_head = head_rows.shape[1]
+            self._shared = shared_trees(self._gated)
+            self._ungated = ungated_trees(head, self._gated) if np.any(self._gated >= 0) else None
+            self._own_batch = self._own_trees_batch(np.arange(P), self._one.shape[1])
+            k_head = len(self._shared)
             # one traversal serves both boosters: the global trees read the first d columns, which
             # every augmented row shares, so their value is taken from row 0
             self._biases = (head.bias, glob.bias)
             if self._needs_global:
-                glob_rows = np.broadcast_to(head.n_trees + np.arange(glob.n_trees), (P, glob.n_trees))
-                self._batch = FixedBatch(concat([head, glob]), P, self._one.shape[1], np.hstack([head_rows, glob_rows]))
+                walk = np.concatenate([self._shared, head.n_trees + np.arange(glob.n_trees)])
+                self._batch = FixedBatch(concat([head, glob]), P, self._one.shape[1], np.broadcast_to(walk, (P, len(walk))))
             else:
-                self._batch = FixedBatch(head, P, self._one.shape[1], head_rows)
+                self._batch = FixedBatch(head, P, self._one.shape[1], np.broadcast_to(self._shared, (P, k_head)))
             # leaf values @ this = (P, 2): sum over the head trees, sum over the global trees
             self._tree_sums = np.zeros((k_head + (glob.n_trees if self._needs_global else 0), 2))
             self._tree_sums[:k_head, 0] = 1.0
             self._tree_sums[k_head:, 1] = 1.0
+
+    def _own_trees_batch(self, row_processor: np.ndarray, width: int) -> FixedBatch | None:
+        """The batch of each row's own processor's ungated trees; None when the booster has none."""
+        if self._ungated is None:
+            return None
+        rows = own_row_trees(self._gated, row_processor)
+        return FixedBatch(self._ungated, len(row_processor), width, rows)
 
     # ---------------------------------------------------------------- scoring
     def _raw_matrix(self, X: np.ndarray) -> np.ndarray:
@@ -116,7 +126,10 @@ class ServingModel:
             rows[:, :d] = x
             if self._self_idx.shape[0]:
                 rows[:, d + P :] = x[self._self_idx.T]
-            sums = (self._batch.leaf_values(rows) @ self._tree_sums).tolist()
+            sums = self._batch.leaf_values(rows) @ self._tree_sums
+            if self._own_batch is not None:
+                sums[:, 0] += self._own_batch.leaf_values(rows).sum(axis=1)
+            sums = sums.tolist()
             # P scalars: plain math beats numpy's per-call overhead here
             bh, bg = self._biases
             head = [1.0 / (1.0 + math.exp(-(bh + s[0]))) for s in sums]
@@ -141,15 +154,19 @@ class ServingModel:
             rows = np.tile(one, (k, 1))  # the processor one-hots are already in place
             # the global trees read only the d shared columns: k rows, not k x P
             glob_batch = FixedBatch(self._a["global_trees"], k, d) if self._needs_global else None
-            row_trees = processor_row_trees(self._gated, np.tile(np.arange(P), k))  # row i is scored as processor i % P
-            batches[k] = (FixedBatch(self._a["head_trees"], k * P, one.shape[1], row_trees), rows, glob_batch)
-        batch, rows, glob_batch = batches[k]
+            shared = np.broadcast_to(self._shared, (k * P, len(self._shared)))
+            own = self._own_trees_batch(np.tile(np.arange(P), k), one.shape[1])  # row i is scored as processor i % P
+            batches[k] = (FixedBatch(self._a["head_trees"], k * P, one.shape[1], shared), own, rows, glob_batch)
+        batch, own, rows, glob_batch = batches[k]
         rows3 = rows.reshape(k, P, -1)
         rows3[:, :, :d] = X[:, None, :]
         if self._self_idx.shape[0]:
             rows3[:, :, d + P :] = X[:, self._self_idx.T]
         bh, bg = self._biases
-        head = _sigmoid(bh + batch.leaf_values(rows).sum(axis=1).reshape(k, P))
+        margin = batch.leaf_values(rows).sum(axis=1)
+        if own is not None:
+            margin += own.leaf_values(rows).sum(axis=1)
+        head = _sigmoid(bh + margin.reshape(k, P))
         glob = _sigmoid(bg + glob_batch.leaf_values(np.ascontiguousarray(X)).sum(axis=1)) if glob_batch is not None else None
         return calibrate_heads(blend_heads(head, glob, self.blend), self.calibrators)
 

@@ -257,10 +257,11 @@ class FixedBatch:
     memory) falls back to ``CompiledTrees.leaves``.
 
     ``row_trees`` (n_rows, k) lets each row walk its own k trees instead of all of them: a booster
-    with per-processor gated trees (``gated_processors``) walks, for a row scored as processor p,
-    the shared trees and p's trees only (``processor_row_trees``), not every processor's. The
-    layout is per (row, tree) either way, so this costs nothing at call time; ``leaf_values``
-    returns (n_rows, k) in ``row_trees``' order.
+    with per-processor gated trees (``gated_processors``) is walked as the shared trees
+    (``shared_trees``) for every row plus, in a second batch, the row's own processor's trees
+    without their gate (``ungated_trees``, ``own_row_trees``), not every processor's. The layout is
+    per (row, tree) either way, so this costs nothing at call time; ``leaf_values`` returns
+    (n_rows, k) in ``row_trees``' order.
     """
 
     MAX_PERFECT_DEPTH = 10
@@ -342,8 +343,8 @@ def gated_processors(trees: CompiledTrees, first_column: int, n_processors: int)
     A gated tree's root splits on processor j's 0/1 column (``first_column + j``) at 0.5 and its
     left child is a leaf of value exactly 0: rows of every other processor get nothing from it.
     A tree of the shared booster never has that form (a leaf right under the root holds a fitted,
-    non-zero value), and were one mistaken, ``processor_row_trees`` would only skip a tree whose
-    left side adds 0, which is the same margin.
+    non-zero value), and were one mistaken, its rows of other processors would only skip a tree
+    whose left side adds 0 to them, which is the same margin.
     """
     root = trees.roots
     left = trees.children[2 * root]
@@ -358,19 +359,57 @@ def gated_processors(trees: CompiledTrees, first_column: int, n_processors: int)
     return np.where(is_gate, feat - first_column, -1).astype(np.int64)
 
 
-def processor_row_trees(gated: np.ndarray, row_processor: np.ndarray) -> np.ndarray:
-    """(rows, k) tree indices for ``FixedBatch(row_trees=)``: the shared trees (gated == -1) and the row's
-    processor's gated trees, in booster order; a processor with fewer gated trees than the most is
-    padded with other processors' gated trees, whose root sends this row to a leaf of 0."""
-    shared = np.flatnonzero(gated < 0)
-    own = {int(p): np.flatnonzero(gated == p) for p in np.unique(row_processor)}
+def _levels_below(children: np.ndarray, roots: np.ndarray) -> int:
+    """Number of levels from ``roots`` to the deepest leaf under them (a leaf's children are itself)."""
+    depth, frontier = 0, roots
+    while True:
+        inner = frontier[children[2 * frontier] != frontier]
+        if not len(inner):
+            return depth
+        frontier, depth = np.concatenate([children[2 * inner], children[2 * inner + 1]]), depth + 1
+
+
+def shared_trees(gated: np.ndarray) -> np.ndarray:
+    """Indices of the trees no processor gate guards: every row walks them."""
+    return np.flatnonzero(gated < 0)
+
+
+def ungated_trees(trees: CompiledTrees, gated: np.ndarray) -> CompiledTrees:
+    """Each gated tree's right subtree, in booster order, then one single-leaf tree of value 0.
+
+    A row scored as processor p passes p's gates, so it reaches exactly the right subtree of each of
+    p's gated trees: walking those, and not the gate, gives the same leaves. They are shallow
+    (``processor_max_depth``, one step of ``FixedBatch``) where the shared trees are deep, so walking
+    them in their own batch costs a fraction of padding them to the shared trees' depth (measured:
+    116 of them for 40 rows, 39 us against ~200 us). The last tree pads the rows of a processor with
+    fewer trees than the most (``own_row_trees``). The bias is 0: the shared trees carry it.
+    """
+    gate_roots = trees.roots[gated >= 0]
+    pad = len(trees.feature)  # one extra node: a leaf of value 0
+    roots = np.append(trees.children[2 * gate_roots + 1], pad)
+    children = np.append(trees.children, [pad, pad])
+    return CompiledTrees(
+        feature=np.append(trees.feature, 0),
+        threshold=np.append(trees.threshold, np.float32(np.inf)),
+        children=children,
+        nan_right=np.append(trees.nan_right, False),
+        value=np.append(trees.value, 0.0),
+        roots=roots,
+        depth=_levels_below(children, roots),
+        bias=0.0,
+        n_features=trees.n_features,
+    )
+
+
+def own_row_trees(gated: np.ndarray, row_processor: np.ndarray) -> np.ndarray:
+    """(rows, k) indices into ``ungated_trees(trees, gated)`` for ``FixedBatch(row_trees=)``: the row's
+    processor's trees, padded with the zero tree (the last one) to the most any processor has."""
+    owner = gated[gated >= 0]
+    pad = len(owner)
+    own = {int(p): np.flatnonzero(owner == p) for p in np.unique(row_processor)}
     width = max((len(v) for v in own.values()), default=0)
-    others = np.flatnonzero(gated >= 0)
-    out = np.empty((len(row_processor), len(shared) + width), dtype=np.int64)
+    out = np.full((len(row_processor), width), pad, dtype=np.int64)
     for r, p in enumerate(row_processor):
         mine = own[int(p)]
-        pad = others[gated[others] != p][: width - len(mine)]
-        if len(mine) + len(pad) < width:  # cannot happen: the widest processor's trees pad every other
-            raise ValueError("not enough gated trees of other processors to pad with")
-        out[r] = np.concatenate([shared, mine, pad])
+        out[r, : len(mine)] = mine
     return out
