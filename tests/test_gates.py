@@ -150,9 +150,9 @@ def test_non_inferiority_margin_never_below_its_floor(setup):
 
 
 def _richer_than(cfg, champion_family, candidate_family):
-    """The gate config with ``simplicity_order`` such that the candidate's family is the richer one."""
-    rest = [f for f in cfg["champion"]["simplicity_order"] if f not in (champion_family, candidate_family)]
-    return {**cfg, "champion": {**cfg["champion"], "simplicity_order": [champion_family, *rest, candidate_family]}}
+    """The gate config with ``preference_order`` such that the candidate's family is the richer one."""
+    rest = [f for f in cfg["champion"]["preference_order"] if f not in (champion_family, candidate_family)]
+    return {**cfg, "champion": {**cfg["champion"], "preference_order": [champion_family, *rest, candidate_family]}}
 
 
 def test_equal_candidate_of_a_richer_family_does_not_replace_the_champion(setup):
@@ -297,5 +297,37 @@ def test_truly_better_richer_family_is_chosen(setup):
     assert ev.values.truth["model:xgb"] - ev.values.truth["model:logistic"] > 0.01  # truly better
     choice = G.pick_champion(ev, ["logistic", "xgb"], setup["cfg"])
     assert choice.family == "xgb" and choice.comparisons[0]["ci_low"] > 0
-    # order of the eligible list does not matter: the walk goes by simplicity_order
+    # order of the eligible list does not matter: the walk goes by preference_order
     assert G.pick_champion(ev, ["xgb", "logistic"], setup["cfg"]).family == "xgb"
+
+
+def _with_ensemble(setup, ensemble_probs: np.ndarray, logistic_probs: np.ndarray | None = None) -> E.RunEvaluation:
+    _, probs, _ = setup["evaluate"](setup["good"])
+    return E.evaluate_run(setup["test"], {"logistic": probs if logistic_probs is None else logistic_probs,
+                                          "ensemble": ensemble_probs},
+                          FakeRules(), oracle=setup["oracle"], n_boot=30, compare_modes=False)
+
+
+def test_ensemble_is_preferred_when_its_estimate_trails_logistic_within_noise(setup):
+    """The ensemble is first in preference_order: an estimate 0.2 pp behind logistic's (same true value)
+    neither hands the run to logistic (not superior) nor fails simpler_is_not_better on the point estimate."""
+    assert setup["cfg"]["champion"]["preference_order"][:2] == ["ensemble", "logistic"]
+    ev0, probs, _ = setup["evaluate"](setup["good"])
+    pi = ev0.policies["model:logistic"][ev0.logged.rows]
+    w = pi[np.arange(len(ev0.logged)), ev0.logged.action] / ev0.logged.propensity
+    ev = _with_ensemble(setup, _shifted(probs, -0.002 / (1 - w.mean())))
+    lift = ev.values.lift("model:logistic", "model:ensemble")
+    assert lift["lift"] == pytest.approx(0.002, abs=1e-9) and lift["ci_low"] < 0
+    rep = G.run_gates(ev, train_counts=setup["train_counts"], serving_dirs={}, config=setup["cfg"])
+    assert rep.champion_family == "ensemble"
+    simpler = {r.gate: r for r in rep.results}["simpler_is_not_better"]
+    assert simpler.passed and "model:logistic" not in simpler.details["rivals"]
+
+
+def test_logistic_truly_superior_to_the_ensemble_is_chosen(setup):
+    weak = model_probs(setup["truth"], 1.5, seed=4)
+    ev = _with_ensemble(setup, weak, logistic_probs=model_probs(setup["truth"], 0.05, seed=5))
+    assert ev.values.truth["model:logistic"] - ev.values.truth["model:ensemble"] > 0.01
+    choice = G.pick_champion(ev, ["ensemble", "logistic"], setup["cfg"])
+    assert choice.family == "logistic" and choice.comparisons[0]["richer"] == "logistic"
+    assert choice.comparisons[0]["ci_low"] > 0

@@ -18,8 +18,9 @@ from smartrouter.models.serving import load_serving_model
 
 P = len(catalog.PROCESSORS)
 # xgb with per-processor gated trees, so every parity check below covers serving's per-row tree selection
+# (the ensemble combines the three above, so it comes last; three members where the default has two)
 PARAMS = {"logistic": {}, "xgb": {"n_estimators": 60, "nthread": 2, "processor_rounds": 30},
-          "dnn": {"epochs": 3, "hidden": (32, 16)}}
+          "dnn": {"epochs": 3, "hidden": (32, 16)}, "ensemble": {"members": ("logistic", "xgb", "dnn")}}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,10 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     out = {}
     for fam, params in PARAMS.items():
-        m = make_model(fam, min_rows=500, **params).fit(d.part("train"), d.part("valid"))
+        m = make_model(fam, min_rows=500, **params)
+        if fam == "ensemble":
+            m.set_members({f: model for f, (model, _, _) in out.items()})
+        m.fit(d.part("train"), d.part("valid"))
         out[fam] = (m, m.export(root / fam, enc.to_spec()), d)
     return out
 
@@ -236,4 +240,56 @@ def test_scoring_in_chunks_changes_no_number(exported, family, monkeypatch):
     # sigmoid's slope is at most 1/4; calibration maps are monotone pieces of slope well under 4
     tol = X.shape[1] * np.finfo(np.float64).eps * 16 * X.shape[1]
     np.testing.assert_allclose(sm.score_matrix(X), whole_served, rtol=0, atol=tol)
-    np.testing.assert_allclose(model.predict_proba(X), whole_trained, rtol=0, atol=tol)
+    # the trained ensemble scores its DNN member with Keras in float32, whose sums move with the batch
+    # shape by float32's epsilon instead; log-odds averaging and calibration keep slopes under 4
+    trained_tol = tol if family != "ensemble" else X.shape[1] * np.finfo(np.float32).eps * 16 * X.shape[1]
+    np.testing.assert_allclose(model.predict_proba(X), whole_trained, rtol=0, atol=trained_tol)
+
+
+# ------------------------------------------------------------------ ensemble: members verified, paths agree
+def test_ensemble_is_the_recalibrated_mean_of_its_members_log_odds(exported):
+    from smartrouter.models.ensemble import combine
+
+    model, folder, d = exported["ensemble"]
+    sm = load_serving_model(folder)
+    assert sorted(sm.members) == ["dnn", "logistic", "xgb"]
+    X = d.X[:2_000]
+    members = [load_serving_model(folder / "members" / f).score_matrix(X) for f in ("logistic", "xgb", "dnn")]
+    np.testing.assert_allclose(sm.score_matrix(X), base.calibrate_heads(combine(members), sm.calibrators), rtol=0, atol=1e-12)
+    # the message path (k rows of one payment in one call) agrees with the batch path
+    np.testing.assert_allclose(sm.score_rows(X[:4]), sm.score_matrix(X[:4]), rtol=0, atol=1e-5)
+
+
+def test_ensemble_member_replaced_or_edited_is_named(exported, tmp_path):
+    folder = _copy(exported, "ensemble", tmp_path)
+    # a member folder re-exported from another model: valid on its own, not the one the ensemble names
+    shutil.rmtree(folder / "members" / "logistic")
+    shutil.copytree(exported["logistic"][1], folder / "members" / "logistic")
+    sums = json.loads((folder / "members" / "logistic" / "checksums.json").read_text())
+    (folder / "members" / "logistic" / "checksums.json").write_text(json.dumps(sums, indent=2))
+    with pytest.raises(ArtifactError, match=r"members/logistic/checksums\.json is not the member model\.json names"):
+        load_serving_model(folder)
+    folder = _copy(exported, "ensemble", tmp_path / "b")
+    with open(folder / "members" / "xgb" / "booster.ubj", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ArtifactError, match=r"members/xgb/booster\.ubj does not match its checksum"):
+        load_serving_model(folder)
+    folder = _copy(exported, "ensemble", tmp_path / "c")
+    shutil.rmtree(folder / "members" / "dnn")
+    with pytest.raises(ArtifactError, match=r"members/dnn/checksums\.json is missing"):
+        load_serving_model(folder)
+
+
+def test_ensemble_members_are_checked_before_anything_trains():
+    from smartrouter.errors import ConfigError
+    from smartrouter.models.train import _known_families
+
+    assert _known_families(["ensemble", "xgb", "logistic"]) == ["xgb", "logistic", "ensemble"]
+    with pytest.raises(ConfigError, match=r"logistic is not among the families to train.*families=logistic,xgb,ensemble"):
+        _known_families(["xgb", "ensemble"])
+    with pytest.raises(ConfigError, match="dnn is not among"):
+        _known_families(["xgb", "logistic", "ensemble"], {"ensemble": {"members": ("xgb", "dnn")}})
+    with pytest.raises(ConfigError, match="at least two other families"):
+        make_model("ensemble", members=("xgb",))
+    with pytest.raises(ConfigError, match=r"members \['logistic'\] were not trained in this run"):
+        make_model("ensemble").set_members({"xgb": object()})

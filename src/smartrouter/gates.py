@@ -9,22 +9,24 @@ thresholds in ``gates.toml`` and returns a ``GateReport``: the run's champion fa
 - **auc**: every head with enough test data has ROC-AUC >= the threshold;
 - **regression**: against the promoted champion, both scored on the same test rows, on the *paired*
   policy-value lift (``evaluation.paired_lift``) and its interval: a new version of the champion's
-  family (or of a simpler family) must be *non-inferior* (lower end > −margin, the margin being the part
-  of the champion's own lift over the static rules it may give up, at least a floor), a model of a richer
+  family (or of a family earlier in ``preference_order``) must be *non-inferior* (lower end > −margin, the margin being the part
+  of the champion's own lift over the static rules it may give up, at least a floor), a model of a later
   family must be *superior* (lower end > the superiority margin); overall AUC may not drop beyond a tolerance;
 - **stability**: no time fold where the candidate trails the static rules beyond a margin, a tight
   enough policy-value interval, prediction distribution vs the champion (PSI);
 - **completeness**: every processor has a head, every artifact present, loadable, checksums match;
 - **slices**: no major slice loses more than a margin of policy value vs the static rules;
-- **simpler_is_not_better**: the champion family beats logistic regression and the success-rate router;
+- **simpler_is_not_better**: the champion family beats the success-rate router, and logistic regression
+  when it had to earn its place over logistic (a family preferred to logistic faced logistic's
+  superiority test in ``pick_champion`` instead);
 - **messages**: served by the real Router on the test window's payments, the model never sends nor
   recommends a message configuration the payment may not send (``message_eval.eligibility_gate``);
 - **net_revenue**, only when routing.toml's ``[objective]`` is ``net_revenue``: more net revenue than the
   static rules, with the approval floor as a guardrail (``money.objective_gates``).
 
-The run's champion family (``pick_champion``) is the simplest eligible family in
-``simplicity_order`` unless a richer one is *superior* to it on the paired lift: a point estimate
-ahead by less than its noise never switches the family.
+The run's champion family (``pick_champion``) is the first eligible family in ``preference_order``
+(the ensemble, then the simplest single family) unless a later one is *superior* to it on the paired
+lift: a point estimate ahead by less than its noise never switches the family.
 
 The first run with no champion promotes when the absolute gates pass (regression passes with
 "no champion").
@@ -65,7 +67,7 @@ GATES: tuple[str, ...] = ("min_data", "auc", "regression", "stability", "complet
 # so a misspelt or stale key is an error instead of a threshold silently left at nothing.
 SCHEMA: dict[str, dict[str, type]] = {
     "policy_value": {"estimator": str, "level": float},
-    "champion": {"simplicity_order": list, "superiority_margin": float},
+    "champion": {"preference_order": list, "superiority_margin": float},
     "min_data": {"min_train_rows": int, "min_rows_per_processor": int, "min_eval_rows": int},
     "auc": {"min_auc": float, "min_test_rows": int, "min_class_rows": int},
     "regression": {"non_inferiority_margin": float, "preserved_fraction": float, "max_auc_drop": float},
@@ -326,15 +328,15 @@ class FamilyChoice:
 
 
 def pick_champion(ev: RunEvaluation, eligible: list[str], cfg: dict[str, Any]) -> FamilyChoice:
-    """The run's champion family: the simplest eligible one unless a richer one is superior to it.
+    """The run's champion family: the first eligible one in ``preference_order`` unless a later one is superior to it.
 
-    Families are walked from simplest to richest (``simplicity_order``); each richer family is
-    compared with the current choice on the paired lift (same test rows) and replaces it only when
-    the lower end of the interval exceeds ``superiority_margin``.
+    Families are walked in ``preference_order``; each later family is compared with the current
+    choice on the paired lift (same test rows) and replaces it only when the lower end of the
+    interval exceeds ``superiority_margin``.
     """
     est, level = cfg["policy_value"]["estimator"], cfg["policy_value"]["level"]
     margin = cfg["champion"]["superiority_margin"]
-    order = cfg["champion"]["simplicity_order"]
+    order = cfg["champion"]["preference_order"]
     pool = sorted(eligible or list(ev.families), key=lambda f: (order.index(f) if f in order else len(order), f))
     choice, comparisons = pool[0], []
     for fam in pool[1:]:
@@ -378,10 +380,10 @@ def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dir
     c = cfg["regression"]
     level = cfg["policy_value"]["level"]
     same_family = champion is not None and champion.family == champ
-    # a simpler family than the champion's only has to be non-inferior (the simpler model is
-    # preferred unless the richer one is better with confidence, as in pick_champion); otherwise a
-    # richer champion would block every retrain once today's run prefers the simpler family
-    order = cfg["champion"]["simplicity_order"]
+    # a family preferred to the champion's only has to be non-inferior (it is chosen unless a later
+    # one is better with confidence, as in pick_champion); otherwise a later champion would block
+    # every retrain once today's run prefers the earlier family
+    order = cfg["champion"]["preference_order"]
     simpler = (champion is not None and champion.family in order and champ in order
                and order.index(champ) < order.index(champion.family))
     non_inferiority = same_family or simpler
@@ -492,7 +494,13 @@ def run_gates(ev: RunEvaluation, *, train_counts: Mapping[str, int], serving_dir
     c = cfg["simpler"]
     v = ev.values.estimate(pol, est)
     rivals = {SUCCESS_RATE: ev.values.estimate(SUCCESS_RATE, est)}
-    if champ != "logistic" and "logistic" in ev.families:
+    # logistic regression is a rival of a family that had to earn its place over it (later in
+    # preference_order); a family preferred to logistic (the ensemble, which contains it) already
+    # faced logistic's superiority test in pick_champion, and a second, point-estimate comparison
+    # would reject it on noise about half the time where the two are truly close
+    porder = cfg["champion"]["preference_order"]
+    if (champ != "logistic" and "logistic" in ev.families
+            and not (champ in porder and "logistic" in porder and porder.index(champ) < porder.index("logistic"))):
         rivals["model:logistic"] = ev.values.estimate("model:logistic", est)
     margin = min(v - r for r in rivals.values())
     beaten = [f"{k} {100 * r:.2f}%" for k, r in rivals.items() if v - r <= c["min_margin_over_router"]]

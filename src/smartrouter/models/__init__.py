@@ -1,7 +1,8 @@
 """Approval models: one calibrated probability per processor for every payment.
 
 Families (``FAMILIES``): ``logistic`` (one LR per processor), ``dnn`` (Keras multi-head network,
-masked loss), ``xgb`` (one booster, processor as a feature). Train with ``models.train.train_all``;
+masked loss), ``xgb`` (one booster, processor as a feature), ``ensemble`` (the mean of the run's other
+families' calibrated log-odds, recalibrated; trained after them). Train with ``models.train.train_all``;
 serve with ``models.serving.load_serving_model`` (no TensorFlow, no pandas on the per-payment path).
 Importing this package does not import TensorFlow, scikit-learn or xgboost.
 """
@@ -12,7 +13,7 @@ from typing import Any
 
 from smartrouter.errors import ConfigError
 
-FAMILY_NAMES: tuple[str, ...] = ("logistic", "dnn", "xgb")
+FAMILY_NAMES: tuple[str, ...] = ("logistic", "dnn", "xgb", "ensemble")
 
 
 def model_class(family: str) -> Any:
@@ -29,6 +30,10 @@ def model_class(family: str) -> Any:
         from smartrouter.models.xgb import XGBModel
 
         return XGBModel
+    if family == "ensemble":
+        from smartrouter.models.ensemble import EnsembleModel
+
+        return EnsembleModel
     raise ConfigError(f"unknown model family {family!r}; choose from {', '.join(FAMILY_NAMES)}")
 
 

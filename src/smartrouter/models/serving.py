@@ -2,7 +2,8 @@
 
 A folder holds ``encoder.json``, ``model.json`` (family, processors, uncertain flags, feature
 names, calibration, family config), the weights (``weights.npz`` for logistic/dnn,
-``booster.ubj`` + ``global.ubj`` + ``trees.npz`` for xgb) and ``checksums.json`` (sha256 of every other file).
+``booster.ubj`` + ``global.ubj`` + ``trees.npz`` for xgb; an ensemble has its members' folders under
+``members/`` instead) and ``checksums.json`` (sha256 of every other file).
 xgb scores one payment with the numpy-compiled trees (``xgb_numpy``: no xgboost call on the hot
 path); batches (``score_matrix``) and SHAP contributions use the boosters, and loading checks that
 both forms agree.
@@ -28,11 +29,12 @@ from smartrouter.models.base import (CHECKSUM_FILE, ENCODER_FILE, FORMAT_VERSION
                                      calibrate_heads, sha256_file)
 from smartrouter.models.data import P, PassthroughEncoder
 from smartrouter.models.dnn import numpy_forward
+from smartrouter.models.ensemble import combine
 from smartrouter.models.xgb import augment
 from smartrouter.models.xgb_numpy import (CompiledTrees, FixedBatch, compile_booster, concat, gated_processors, own_row_trees,
                                           shared_trees, ungated_trees)
 
-FAMILIES = ("logistic", "dnn", "xgb")
+FAMILIES = ("logistic", "dnn", "xgb", "ensemble")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -220,6 +222,37 @@ class ServingModel:
         return [(names[i], float(contrib[i])) for i in order]
 
 
+class EnsembleServingModel(ServingModel):
+    """The ensemble family's serving form: its members' calibrated log-odds averaged, then its own
+    per-head calibrators (models.ensemble). Every scoring path of a member is reused as it is."""
+
+    def __init__(self, folder: Path, meta: dict[str, Any], encoder: Any, members: dict[str, ServingModel]) -> None:
+        super().__init__(folder, meta, encoder, {})
+        self.members = members
+        self._member_list = list(members.values())
+
+    def _raw_matrix(self, X: np.ndarray) -> np.ndarray:
+        return combine([m.score_matrix(X) for m in self._member_list])
+
+    def _raw_one(self, x: np.ndarray) -> np.ndarray:
+        return combine([calibrate_heads(m._raw_one(x)[None, :], m.calibrators) for m in self._member_list])[0]
+
+    def score_rows(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        return calibrate_heads(combine([m.score_rows(X) for m in self._member_list]), self.calibrators)
+
+    def contributions(self, payment: dict[str, Any], processor: str, top_k: int = 5) -> list[tuple[str, float]]:
+        """The members' contributions (log-odds units) averaged, as the ensemble averages their log-odds;
+        each feature under the name its member reports it by."""
+        if processor not in self.processors:
+            raise ValueError(f"unknown processor {processor!r}; one of {self.processors}")
+        total: dict[str, float] = {}
+        for m in self._member_list:
+            for name, v in m.contributions(payment, processor, top_k=len(m.feature_names) + P):
+                total[name] = total.get(name, 0.0) + v / len(self._member_list)
+        return sorted(total.items(), key=lambda kv: -abs(kv[1]))[:top_k]
+
+
 # -------------------------------------------------------------------- loading
 def _read_json(folder: Path, name: str) -> Any:
     try:
@@ -230,6 +263,8 @@ def _read_json(folder: Path, name: str) -> Any:
 
 def _weight_files(meta: dict[str, Any]) -> list[str]:
     cfg = meta.get("config") or {}
+    if meta.get("family") == "ensemble":
+        return []  # its members' folders, each verified by its own checksums (_load_members)
     if meta.get("family") == "xgb":
         # trees.npz is optional: folders exported before it existed are compiled at load time
         return [cfg.get("booster", "booster.ubj"), cfg.get("global_booster", "global.ubj"), *([cfg["trees"]] if cfg.get("trees") else [])]
@@ -288,6 +323,34 @@ def _load_compiled(folder: Path, cfg: dict[str, Any], boosters: dict[str, Any], 
         if not gap < 1e-5:
             raise ArtifactError(f"{where}: the compiled {key} trees disagree with {folder / bname} (gap {gap:.2g}); re-export the model")
     return {"head_trees": out["head"], "global_trees": out["global"]}
+
+
+def _load_members(folder: Path, meta: dict[str, Any], enc_text: str) -> dict[str, ServingModel]:
+    """An ensemble's members, each a complete serving folder under ``members/`` whose checksums.json
+    is the one model.json names (so the ensemble's own checksum covers every member file), trained
+    with the ensemble's encoder."""
+    mpath = folder / MODEL_FILE
+    cfg = meta.get("config") or {}
+    names, sums = cfg.get("members"), cfg.get("member_checksums")
+    if not isinstance(names, list) or len(names) < 2 or not isinstance(sums, dict) or set(sums) != set(names):
+        raise ArtifactError(f"{mpath}: config.members must list two or more member families, each with its checksum; re-export the model")
+    members: dict[str, ServingModel] = {}
+    for fam in names:
+        if fam not in FAMILIES or fam == "ensemble":
+            raise ArtifactError(f"{mpath}: member {fam!r} is not one of {FAMILIES[:-1]}; re-export the model")
+        sub = folder / str(cfg.get("members_dir", "members")) / fam
+        csum = sub / CHECKSUM_FILE
+        if not csum.is_file():
+            raise ArtifactError(f"{csum} is missing; the ensemble's member {fam} is incomplete, re-export the model")
+        if sha256_file(csum) != sums[fam]:
+            raise ArtifactError(f"{csum} is not the member {MODEL_FILE} names (checksum differs: replaced or edited); re-export the model")
+        member = load_serving_model(sub)
+        if member.family != fam:
+            raise ArtifactError(f"{sub / MODEL_FILE}: family {member.family!r}, the ensemble lists it as {fam!r}; re-export the model")
+        if (sub / ENCODER_FILE).read_text() != enc_text:
+            raise ArtifactError(f"{sub / ENCODER_FILE} differs from {folder / ENCODER_FILE}: members must share the ensemble's encoder; re-export")
+        members[fam] = member
+    return members
 
 
 def load_serving_model(folder: str | Path) -> ServingModel:
@@ -358,6 +421,10 @@ def load_serving_model(folder: str | Path) -> ServingModel:
     # ---- weights
     cfg = meta.get("config") or {}
     arrays: dict[str, Any] = {}
+    if family == "ensemble":
+        model = EnsembleServingModel(folder, meta, encoder, _load_members(folder, meta, enc_text))
+        model.load_seconds = time.perf_counter() - t0
+        return model
     if family == "logistic":
         wpath = folder / cfg.get("weights", "weights.npz")
         z = _load_npz(wpath)

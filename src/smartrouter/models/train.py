@@ -100,15 +100,19 @@ def calibration_table(model: Any, data: ModelData) -> list[dict[str, Any]]:
 def train_family(
     family: str, train: ModelData, valid: ModelData, test: ModelData, params: Mapping[str, Any] | None,
     out_dir: Path | None, encoder_spec: dict[str, Any] | None, linear_start: Any = None,
+    members: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Fit one family and measure it; export its serving form when ``out_dir`` is given.
 
     ``linear_start``: a fitted logistic model on the same train rows, which the DNN's linear
     path starts from instead of fitting its own (saves the DNN one logistic fit).
+    ``members``: the fitted models the ensemble family combines (required for it, ignored otherwise).
     """
     model = make_model(family, **dict(params or {}))
     if family == "dnn" and linear_start is not None:
         model.linear_start = linear_start
+    if family == "ensemble":
+        model.set_members(members or {})
     model.fit(train, valid)
     t0 = time.perf_counter()
     prob_test = model.predict_proba(test.X)
@@ -154,7 +158,7 @@ def train_all(
     ``FAMILY_MAX_ROWS``) caps single families further (a seeded subsample; None or 0 = no cap).
     A caller that can let the table go while the models train calls ``encode`` then ``train_encoded``.
     """
-    families = _known_families(families)  # before the encoding: a typo fails at once
+    families = _known_families(families, params)  # before the encoding: a typo fails at once
     if encoder is None and "SPLIT" in frame.columns:
         from smartrouter.encoder import FeatureEncoder
 
@@ -166,13 +170,25 @@ def train_all(
                          importance_weighting=importance_weighting)
 
 
-def _known_families(families: Iterable[str]) -> list[str]:
-    families = list(families)
+def _known_families(families: Iterable[str], params: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """The families to train, checked, in training order: the ensemble after the families it combines
+    (checked before anything trains: a missing member would otherwise fail after an hour of training)."""
+    from smartrouter.errors import ConfigError
+
+    families = list(dict.fromkeys(families))
     for f in families:
         if f not in FAMILY_NAMES:
-            from smartrouter.errors import ConfigError
-
             raise ConfigError(f"unknown model family {f!r}; choose from {', '.join(FAMILY_NAMES)}")
+    if "ensemble" in families:
+        from smartrouter.models.ensemble import member_families
+
+        members = member_families((params or {}).get("ensemble"))
+        missing = [f for f in members if f not in families]
+        if missing:
+            raise ConfigError(f"the ensemble combines {', '.join(members)}, but {', '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} not among the families to train; add "
+                              f"{'it' if len(missing) == 1 else 'them'} (e.g. 03_train.families={','.join(members)},ensemble)")
+        families = [f for f in families if f != "ensemble"] + ["ensemble"]
     return families
 
 
@@ -210,7 +226,7 @@ def train_encoded(
     The train notebook encodes, drops the feature table (2 GB of pandas objects on the default
     world) and then trains, so the table and the networks' working memory never coexist.
     """
-    families = _known_families(families)
+    families = _known_families(families, params)
     train, valid, test = data.part("train"), data.part("valid"), data.part("test")
     for name, part in (("train", train), ("valid", valid), ("test", test)):
         if len(part) == 0:
@@ -231,7 +247,7 @@ def train_encoded(
         fam_params = {"seed": seed, **dict((params or {}).get(fam, {}))}
         fam_train = _cap_rows(train, caps.get(fam), seed)
         models[fam], results["families"][fam] = train_family(fam, fam_train, valid, test, fam_params, out_dir, spec,
-                                                             linear_start=models.get("logistic"))
+                                                             linear_start=models.get("logistic"), members=dict(models))
     if out_dir is not None:
         atomic.write_json(Path(out_dir) / RESULTS_FILE, _jsonable(results), indent=1, sort_keys=True,
                           trailing_newline=False)
