@@ -6,7 +6,7 @@ Latency: ``ServingModel.score(payment)`` for one payment (all processors, encodi
 p50/p99 over ``--calls`` calls (target: p99 <= 0.5 ms; exits 1 when missed). Prints one line per
 number; ``--json PATH`` also writes them.
 
-    .venv/bin/python bench/bench_models.py [--families logistic,dnn,xgb] [--rows 880000] [--calls 10000]
+    .venv/bin/python bench/bench_models.py [--families logistic,dnn,xgb,ensemble] [--rows 880000] [--calls 10000]
     .venv/bin/python bench/bench_models.py --serving runs/<run>/models/xgb   # an exported folder, no training
 """
 
@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             model = make_model(fam, **params)
             if fam == "dnn" and "logistic" in models:
                 model.linear_start = models["logistic"]  # as train_all does: the DNN's linear path is this fit
+            if fam == "ensemble":
+                model.set_members(models)  # as train_all does: its members are the families fitted above
             # the daily run's per-family row caps (XGBoost trains on a sample), so times compare
             model.fit(_cap_rows(train, FAMILY_MAX_ROWS.get(fam), 0), valid)
             models[fam] = model

@@ -293,3 +293,18 @@ def test_ensemble_members_are_checked_before_anything_trains():
         make_model("ensemble", members=("xgb",))
     with pytest.raises(ConfigError, match=r"members \['logistic'\] were not trained in this run"):
         make_model("ensemble").set_members({"xgb": object()})
+
+
+def test_vectorized_head_calibrators_match_the_per_head_maps():
+    """calibration.HeadCalibrators (the serving form's batch calibration) against calibration.apply head by head:
+    the same arithmetic, so float64 rounding apart (a few eps on values <= 1)."""
+    from smartrouter.models import calibration
+
+    cals = [{"method": "identity"}, {"method": "platt", "a": 1.3, "b": -0.2}, {"method": "temperature", "t": 0.7},
+            {"method": "isotonic", "x": [0.0, 0.3, 0.6, 1.0], "y": [0.05, 0.2, 0.7, 0.9]}, {"method": "platt", "a": 0.8, "b": 0.1}]
+    raw = np.random.default_rng(3).uniform(0, 1, size=(500, len(cals)))
+    raw[0] = [0.0, 1.0, 0.0, 1.0, 0.5]  # the clipped ends
+    want = np.column_stack([calibration.apply(c, raw[:, j]) for j, c in enumerate(cals)])
+    np.testing.assert_allclose(calibration.HeadCalibrators(cals).apply(raw), want, rtol=0, atol=8 * np.finfo(np.float64).eps)
+    with pytest.raises(ValueError, match="unknown calibration method 'spline'"):
+        calibration.HeadCalibrators([{"method": "spline"}])

@@ -48,6 +48,37 @@ def apply(cal: dict[str, Any], p: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown calibration method {method!r}; expected one of {METHODS}")
 
 
+class HeadCalibrators:
+    """The P per-head calibrators prepared for repeated use (the serving path): heads of the same closed
+    form are applied in one vectorized call instead of one numpy call chain per head, with the same
+    arithmetic as ``apply`` element by element (numpy's vector loops may round the last bit differently).
+    A decision with every message configuration scored calibrates each family's k x P scores; one
+    call per head cost ~5 us, so an ensemble's three calibrations were ~75 us of a 1 ms budget."""
+
+    def __init__(self, cals: list[dict[str, Any]]) -> None:
+        self.cals = cals
+        affine = [j for j, c in enumerate(cals) if c["method"] in ("platt", "temperature")]
+        self.affine = np.array(affine, dtype=np.intp)
+        # z' = (a * z) / d + b: platt (a, d, b) = (a, 1, b); temperature (1, t, 0): z * 1 / t + 0 == z / t exactly
+        self.a = np.array([float(cals[j]["a"]) if cals[j]["method"] == "platt" else 1.0 for j in affine])
+        self.d = np.array([1.0 if cals[j]["method"] == "platt" else float(cals[j]["t"]) for j in affine])
+        self.b = np.array([float(cals[j]["b"]) if cals[j]["method"] == "platt" else 0.0 for j in affine])
+        self.isotonic = [(j, np.asarray(cals[j]["x"], dtype=np.float64), np.asarray(cals[j]["y"], dtype=np.float64))
+                         for j, c in enumerate(cals) if c["method"] == "isotonic"]
+        unknown = [c["method"] for c in cals if c["method"] not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown calibration method {unknown[0]!r}; expected one of {METHODS}")
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated (n, P) probabilities from raw (n, P) ones; identity heads are copied."""
+        out = np.array(raw, dtype=np.float64)  # a copy: identity heads stay as they are
+        if len(self.affine):
+            out[:, self.affine] = _sigmoid((self.a * _logit(out[:, self.affine])) / self.d + self.b)
+        for j, x, y in self.isotonic:
+            out[:, j] = np.interp(out[:, j], x, y)
+        return out
+
+
 def _fit_temperature(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     from scipy.optimize import minimize_scalar
 

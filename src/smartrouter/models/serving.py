@@ -26,7 +26,7 @@ from smartrouter import catalog
 from smartrouter.errors import ArtifactError
 from smartrouter.models import calibration
 from smartrouter.models.base import (CHECKSUM_FILE, ENCODER_FILE, FORMAT_VERSION, MODEL_FILE, PREDICT_CHUNK_ROWS, blend_heads,
-                                     calibrate_heads, sha256_file)
+                                     sha256_file)
 from smartrouter.models.data import P, PassthroughEncoder
 from smartrouter.models.dnn import numpy_forward
 from smartrouter.models.ensemble import combine
@@ -53,6 +53,7 @@ class ServingModel:
         self.feature_names: list[str] = list(meta["feature_names"])
         self.encoder = encoder
         self.calibrators: list[dict[str, Any]] = meta["calibration"]
+        self._calibration = calibration.HeadCalibrators(self.calibrators)  # the batch paths' vectorized form
         self.blend = np.asarray(meta["blend"], dtype=np.float64)
         self._needs_global = bool(np.any(self.blend < 1.0))
         self._blend_list: list[float] = self.blend.tolist()
@@ -115,10 +116,10 @@ class ServingModel:
         if X.ndim != 2 or X.shape[1] != len(self.feature_names):
             raise ValueError(f"X must be (n, {len(self.feature_names)}), got {X.shape}")
         if len(X) <= PREDICT_CHUNK_ROWS:
-            return calibrate_heads(self._raw_matrix(X), self.calibrators)
+            return self._calibration.apply(self._raw_matrix(X))
         # in chunks: the xgb path scores P augmented copies of every row (2.4 GB for a 330K-row test
         # window at once); every row's score depends on its own row only
-        return np.vstack([calibrate_heads(self._raw_matrix(X[lo:lo + PREDICT_CHUNK_ROWS]), self.calibrators)
+        return np.vstack([self._calibration.apply(self._raw_matrix(X[lo:lo + PREDICT_CHUNK_ROWS]))
                           for lo in range(0, len(X), PREDICT_CHUNK_ROWS)])
 
     def _raw_one(self, x: np.ndarray) -> np.ndarray:
@@ -148,7 +149,7 @@ class ServingModel:
         X = np.asarray(X, dtype=np.float32)
         k = len(X)
         if self.family != "xgb":
-            return calibrate_heads(self._raw_matrix(X), self.calibrators)
+            return self._calibration.apply(self._raw_matrix(X))
         batches = self.__dict__.setdefault("_row_batches", {})
         d = X.shape[1]
         if k not in batches:
@@ -170,7 +171,7 @@ class ServingModel:
             margin += own.leaf_values(rows).sum(axis=1)
         head = _sigmoid(bh + margin.reshape(k, P))
         glob = _sigmoid(bg + glob_batch.leaf_values(np.ascontiguousarray(X)).sum(axis=1)) if glob_batch is not None else None
-        return calibrate_heads(blend_heads(head, glob, self.blend), self.calibrators)
+        return self._calibration.apply(blend_heads(head, glob, self.blend))
 
     def score(self, payment: dict[str, Any]) -> dict[str, float]:
         """Calibrated approval probability for every processor for one raw payment (no pandas, no TF)."""
@@ -235,11 +236,11 @@ class EnsembleServingModel(ServingModel):
         return combine([m.score_matrix(X) for m in self._member_list])
 
     def _raw_one(self, x: np.ndarray) -> np.ndarray:
-        return combine([calibrate_heads(m._raw_one(x)[None, :], m.calibrators) for m in self._member_list])[0]
+        return combine([m._calibration.apply(m._raw_one(x)[None, :]) for m in self._member_list])[0]
 
     def score_rows(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
-        return calibrate_heads(combine([m.score_rows(X) for m in self._member_list]), self.calibrators)
+        return self._calibration.apply(combine([m.score_rows(X) for m in self._member_list]))
 
     def contributions(self, payment: dict[str, Any], processor: str, top_k: int = 5) -> list[tuple[str, float]]:
         """The members' contributions (log-odds units) averaged, as the ensemble averages their log-odds;
