@@ -25,7 +25,9 @@ CV_FOLDS = 3
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), metrics.EPS, 1 - metrics.EPS)
+    # np.minimum(np.maximum(..)) is np.clip's result without its Python-level dispatch (~4 us a call
+    # on the per-decision path, where a few dozen probabilities are calibrated)
+    p = np.minimum(np.maximum(np.asarray(p, dtype=np.float64), metrics.EPS), 1 - metrics.EPS)
     return np.log(p) - np.log1p(-p)
 
 
@@ -72,6 +74,8 @@ class HeadCalibrators:
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated (n, P) probabilities from raw (n, P) ones; identity heads are copied."""
         out = np.array(raw, dtype=np.float64)  # a copy: identity heads stay as they are
+        if self.affine.size == len(self.cals):  # every head affine (no gather/scatter needed)
+            return _sigmoid((self.a * _logit(out)) / self.d + self.b)
         if len(self.affine):
             out[:, self.affine] = _sigmoid((self.a * _logit(out[:, self.affine])) / self.d + self.b)
         for j, x, y in self.isotonic:
