@@ -66,6 +66,25 @@ def test_bus_delivers_to_live_peers_and_forgets_dead_ones(tmp_path_factory, othe
         b.close()
 
 
+def test_a_worker_that_joins_gets_the_next_outcome_without_waiting_for_the_refresh(tmp_path_factory, other_pid):
+    """A binds first; B binds after A read the folder. A's next publish reaches B at once (the folder's
+    mtime changed), not a refresh period later: a respawned worker misses none of its peers' outcomes."""
+    folder = short_dir(tmp_path_factory)
+    a = peers.PeerBus(folder).open()
+    try:
+        assert a.peers == []
+        b = peers.PeerBus(folder, pid=other_pid).open()
+        try:
+            sent = peers.message(peers.OUTCOME, a.pid, processor="MIT", status="TIMEOUT", at=2.0)
+            assert a.publish(sent) == 1  # well within the 1 s refresh period
+            assert b.receive() == [sent]
+        finally:
+            b.close()
+        assert a.publish(sent) == 0  # and a peer that left is dropped as promptly
+    finally:
+        a.close()
+
+
 def test_a_peer_that_stops_reading_never_blocks_the_sender(tmp_path_factory, other_pid):
     folder = short_dir(tmp_path_factory)
     a = peers.PeerBus(folder).open()

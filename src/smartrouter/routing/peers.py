@@ -78,6 +78,7 @@ class PeerBus:
         self.dropped = 0
         self._peers: dict[int, str] = {}
         self._peers_read = 0.0
+        self._dir_mtime: int | None = None
         self._sock: socket.socket | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -108,10 +109,19 @@ class PeerBus:
 
     # ------------------------------------------------------------------ peers
     def _refresh(self, force: bool = False) -> None:
+        """Re-read the peers every ``_REFRESH_SECONDS``, and at once when the folder changed: a worker
+        binding or removing its socket changes the folder's mtime. Without that a worker (re)started
+        within the last second got none of the outcomes its peers took in that second: a kill -9's
+        replacement could take over a DEGRADED view of a processor its peer already held DOWN."""
         now = time.monotonic()
-        if not force and now - self._peers_read < _REFRESH_SECONDS:
+        try:
+            mtime = os.stat(self.directory).st_mtime_ns  # ~1 us: cheap beside a datagram send
+        except OSError:
+            mtime = None
+        if not force and now - self._peers_read < _REFRESH_SECONDS and mtime == self._dir_mtime:
             return
         self._peers_read = now
+        self._dir_mtime = mtime  # read before the listing: a change during it triggers another read
         peers: dict[int, str] = {}
         try:
             entries = list(self.directory.glob("*.sock"))
