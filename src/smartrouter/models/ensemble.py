@@ -4,7 +4,7 @@ Why: the families err differently. The logistic heads carry every per-processor 
 smoothly; XGBoost's trees (with their per-processor trees) find sharp attribute x attribute x
 processor cells a linear head cannot express, but are noisier on the main effects. Their mean ranks
 processors better than either, measured as the true share of the oracle's gain over the static rules
-(04_evaluate, world truth; README "Ensemble" has the numbers and their commands).
+(04_evaluate, world truth; README "The ensemble family" has the numbers and their commands).
 
 How: each member's calibrated probability p_m is turned into log-odds, the ensemble's raw probability
 is sigmoid(mean_m logit(p_m)) (a geometric mean of odds: one member cannot pull a probability to 0 or
