@@ -258,6 +258,9 @@ def test_derived_features_match_vectorized(table):
         for col in features.DERIVED_COLUMNS:
             v, e = d[col], row[col]
             assert (pd.isna(v) and pd.isna(e)) or v == e, (col, v, e)
+    # the hour's two forms are one fact: the numeric one reads as the one-hot one
+    assert (table["HOUR_LOCAL_NUMBER"] == table["HOUR_LOCAL"].astype(int)).all()
+    assert table["HOUR_LOCAL_NUMBER"].between(0, 23).all()
 
 
 def test_max_rows_keeps_a_time_ordered_sample(world_env):

@@ -155,8 +155,10 @@ def test_retry_row_is_the_same_for_one_payment_and_a_frame():
     one = retry_payment(base, "51", "WORLDPAY", 2, 3600.0)
     frame = retry_frame(pd.DataFrame([{**base, "ERROR_CODE": "51", "PROCESSOR": "WORLDPAY"}]), 3600.0).iloc[0]
     for col in ("NUM_ATTEMPTS_ORDER", "PREVIOUS_ORDER_ERROR_CODE", "PREVIOUS_PROCESSOR", "PREVIOUS_HARD_SOFT",
-                "SEC_SINCE_PREVIOUS_ATTEMPT", "AVG_SEC_BETWEEN_PAYMENT_ATTEMPS", "HOUR_LOCAL"):
+                "SEC_SINCE_PREVIOUS_ATTEMPT", "AVG_SEC_BETWEEN_PAYMENT_ATTEMPS", "HOUR_LOCAL", "HOUR_LOCAL_NUMBER"):
         assert one[col] == frame[col], col
+    # retried an hour later: 00:30 UTC is 18:30 in Mexico City, in both forms of the hour
+    assert one["HOUR_LOCAL"] == "18" and one["HOUR_LOCAL_NUMBER"] == 18.0
     assert one["NUM_ATTEMPTS_ORDER"] == 3 and one["PREVIOUS_HARD_SOFT"] == "SOFT"
     assert one["AVG_SEC_BETWEEN_PAYMENT_ATTEMPS"] == pytest.approx((20.0 + 3600.0) / 2)
     assert pd.Timestamp(one["CREATED_AT"]) == pd.Timestamp(frame["CREATED_AT"])

@@ -140,6 +140,12 @@ def _build_features() -> tuple[Feature, ...]:
         Feature("DEVICE", C, "attempt", "device", "transaction"),
         Feature("BROWSER", C, "attempt", "browser", "transaction"),
         Feature("HOUR_LOCAL", C, "derived", "hour of day in Mexico City (UTC-6)", "transaction"),
+        # The same hour as a number, because hours are ordered: a tree isolates a contiguous block of
+        # hours (the night, the business day) in one or two splits of it, where the one-hot columns need
+        # a split per hour; linear heads keep the one-hot form for effects that are not monotone in the
+        # hour. Measured on an interactions world (seed 31337, whose strongest hidden term is hour band x
+        # channel x processor): XGBoost's share of the oracle's gain 80.7 -> 84.9 % with it.
+        Feature("HOUR_LOCAL_NUMBER", N, "derived", "hour of day in Mexico City (UTC-6) as a number 0-23", "transaction"),
         # user
         Feature("IS_RETURNING_CUSTOMER", N, "attempt", "returning customer", "user"),
         Feature("USER_RECENCY_DAYS", N, "attempt", "days since the user's last purchase (log)", "user", transform="log1p"),
@@ -289,11 +295,13 @@ def derive_row(payment: Mapping[str, Any]) -> dict[str, Any]:
     created = payment.get("CREATED_AT")
     if isinstance(created, str):
         created = datetime.fromisoformat(created)
+    hour = None if is_missing(created) else (created.hour + LOCAL_UTC_OFFSET_HOURS) % 24
     code = payment.get("PREVIOUS_ORDER_ERROR_CODE")
     err = None if is_missing(code) else catalog.ERROR_CODES.get(str(code))
     return {
         "IS_DOMESTIC_CARD": math.nan if is_missing(country) else float(country == catalog.HOME_COUNTRY),
-        "HOUR_LOCAL": None if is_missing(created) else f"{(created.hour + LOCAL_UTC_OFFSET_HOURS) % 24:02d}",
+        "HOUR_LOCAL": None if hour is None else f"{hour:02d}",
+        "HOUR_LOCAL_NUMBER": math.nan if hour is None else float(hour),
         "PREVIOUS_HARD_SOFT": None if err is None else err.hard_soft,
         **message_crosses_row(payment),
     }
@@ -306,6 +314,7 @@ def add_derived(frame: pd.DataFrame) -> pd.DataFrame:
     out["IS_DOMESTIC_CARD"] = np.where(country.isna(), np.nan, (country == catalog.HOME_COUNTRY).astype(float))
     hours = ((pd.to_datetime(out["CREATED_AT"]).dt.hour + LOCAL_UTC_OFFSET_HOURS) % 24).to_numpy()
     out["HOUR_LOCAL"] = np.array([f"{h:02d}" for h in range(24)], dtype=object)[hours]
+    out["HOUR_LOCAL_NUMBER"] = hours.astype(float)
     hard_soft = {c: e.hard_soft for c, e in catalog.ERROR_CODES.items()}
     out["PREVIOUS_HARD_SOFT"] = out["PREVIOUS_ORDER_ERROR_CODE"].map(hard_soft)
     add_message_crosses(out)

@@ -260,7 +260,7 @@ class DNNModel(ApprovalModel):
         same = (lm is not None and getattr(lm, "feature_names", None) == self.feature_names
                 and int(lm.n_train.sum()) == len(train) and bool(lm.params["monotone"]) == bool(self.params["monotone"]))
         if not same:
-            lm = LogisticModel(seed=int(self.params["seed"]), monotone=bool(self.params["monotone"]))
+            lm = LogisticModel(seed=int(self.params["seed"]), monotone=bool(self.params["monotone"]), crosses=0)  # main effects only: what K reads
             lm.feature_names = self.feature_names
             lm._fit_core(train, valid)
         K = np.hstack([lm.W.T, lm.Wg[:, None]]).astype(np.float32)

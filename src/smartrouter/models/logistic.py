@@ -4,8 +4,16 @@ The global model (all attempts, processor-agnostic) is fit first, penalised towa
 each head is then fit only on the attempts its processor handled, penalised toward the global
 coefficients with ``head_C``: a hierarchical prior, so a head with little history (ADYEN joins
 late) stays close to the pooled model and departs from it only as far as its own data supports.
-Heads the base class flags uncertain are also shrunk toward the global prediction. Serving form:
-the stacked coefficients (P, d) and intercepts in weights.npz, scored with one matrix product.
+Heads the base class flags uncertain are also shrunk toward the global prediction.
+
+Learned crosses (``crosses``, models.crosses): after that main-effects fit, pairs of payment
+attributes are screened on the certain heads' residuals by a score test, and the pairs with
+overwhelming evidence enter the certain heads as one indicator column per cell, pulled toward 0; the
+heads are refit with them. That is how a linear head learns "this issuer's international cards
+approve better on MIT" without any pair being named in code.
+
+Serving form: the stacked coefficients (P, d) and intercepts in weights.npz, scored with one matrix
+product, plus the crosses' cell weights (P, k) and their definition in model.json.
 
 The fit is sklearn's objective (mean log loss + ||coef||² / (2·C·Σw), L-BFGS) solved with
 scipy's bounded L-BFGS-B, because some weights have a known sign (data.MonotoneColumns): no score
@@ -22,9 +30,11 @@ from typing import Any
 import numpy as np
 
 from smartrouter.models.base import ApprovalModel
+from smartrouter.models.crosses import CrossSet, select_crosses
 from smartrouter.models.data import P, ModelData, MonotoneColumns, monotone_columns, processor_feature_columns
 
 WEIGHTS_FILE = "weights.npz"
+CHUNK_ROWS = 250_000  # rows per pass where a per-row quantity is computed over the whole train split
 
 
 def _logit(p: float) -> float:
@@ -157,7 +167,14 @@ class LogisticModel(ApprovalModel):
     # one will answer; in a linear head it only adds time-trend proxies (on the default world the
     # WORLDPAY head leaned on ADYEN's health: test ECE 0.018 -> 0.013 and overall AUC 0.7487 ->
     # 0.7493 without it).
-    defaults: dict[str, Any] = {"C": 0.2, "head_C": 0.02, "max_iter": 500, "monotone": True, "own_processor_only": True}
+    # crosses: at most this many learned attribute x attribute crosses in the heads (models.crosses:
+    # chosen from the main-effects fit's residuals by a score test, then the heads are refit with one
+    # indicator column per cell); 0 turns them off. cross_min_z: the evidence a pair needs (a normal
+    # quantile; ~300 pairs are screened, so z 5 keeps a world without interactions from buying noise).
+    # cross_max_cells / cross_min_rows: a cross is a table of at most this many cells, and a cell with
+    # fewer training rows gets no column (it stays at the main effects).
+    defaults: dict[str, Any] = {"C": 0.2, "head_C": 0.02, "max_iter": 500, "monotone": True, "own_processor_only": True,
+                                "crosses": 6, "cross_min_z": 5.0, "cross_max_cells": 128, "cross_min_rows": 100}
 
     def _fit_one(self, X: np.ndarray, y: np.ndarray, w: np.ndarray, fallback_rate: float,
                  start: tuple[np.ndarray, float] | None = None, center: np.ndarray | None = None,
@@ -178,31 +195,95 @@ class LogisticModel(ApprovalModel):
         self.b = np.zeros(P)
         self.iterations = {"global": it_g}
         own = processor_feature_columns(self.feature_names) if self.params["own_processor_only"] else {}
-        for j, proc in enumerate(self.processors):
-            others = sorted(c for p, cols in own.items() if p != proc for c in cols)
-            m = train.processor_idx == j
-            self.W[j], self.b[j], self.iterations[str(j)] = self._fit_one(
-                train.X[m], train.y[m], train.weight[m], rate, start=(self.Wg, self.bg), center=self.Wg,
-                signs=self.signs.with_zeros(others) if others else None)
+        self.crosses = CrossSet([])
+        self.Wc = np.zeros((P, 0))
+        self.cross_screen: list[dict[str, Any]] = []
+        for j in range(P):
+            self._fit_head(j, train, rate, own)
+        if int(self.params["crosses"]) > 0:
+            self._add_crosses(train, rate, own)
         self.x_std = train.X.std(axis=0).astype(np.float64)
         self.x_mean = train.X.mean(axis=0).astype(np.float64)  # baseline of per-decision contributions
+        # the cell columns' means and spreads, a chunk at a time (the whole (n, k) block is never built)
+        s1, s2 = np.zeros(self.crosses.k), np.zeros(self.crosses.k)
+        for lo in range(0, len(train), CHUNK_ROWS):
+            C = self.crosses.columns(train.X[lo:lo + CHUNK_ROWS]).astype(np.float64)
+            s1 += C.sum(axis=0)
+            s2 += (C * C).sum(axis=0)
+        n = max(len(train), 1)
+        self.c_mean = s1 / n
+        self.c_std = np.sqrt(np.maximum(s2 / n - self.c_mean ** 2, 0.0))
+
+    def _fit_head(self, j: int, train: ModelData, rate: float, own: dict[str, list[int]]) -> None:
+        """Head ``j`` on its processor's rows, pulled toward the global coefficients; with the crosses'
+        columns (``self.crosses``, pulled toward 0) once they are chosen."""
+        others = sorted(c for p, cols in own.items() if p != self.processors[j] for c in cols)
+        m = train.processor_idx == j
+        signs, start, center = self.signs, (self.Wg, self.bg), self.Wg
+        if len(self.crosses):
+            d, k = train.n_features, self.crosses.k
+            X = np.empty((int(m.sum()), d + k), dtype=np.float32)  # the head's rows and their cell columns, one copy
+            X[:, :d] = train.X[m]
+            X[:, d:] = self.crosses.columns(X[:, :d])
+            signs = SignedLinear(X.shape[1], self.mono)
+            start = (np.concatenate([self.W[j], np.zeros(k)]), self.b[j])  # from the main-effects fit
+            center = np.concatenate([self.Wg, np.zeros(k)])
+        else:
+            X = train.X[m]
+        coef, self.b[j], self.iterations[str(j)] = self._fit_one(
+            X, train.y[m], train.weight[m], rate, start=start, center=center,
+            signs=signs.with_zeros(others) if others else signs)
+        self.W[j] = coef[: train.n_features]
+        if len(self.crosses):
+            self.Wc[j] = coef[train.n_features:]
+
+    def _add_crosses(self, train: ModelData, rate: float, own: dict[str, list[int]]) -> None:
+        """Screen attribute pairs on the main-effects heads' residuals; refit the certain heads with the chosen."""
+        certain = np.array([not self.uncertain[p] for p in self.processors])
+        head = np.where(certain[train.processor_idx], train.processor_idx, -1)
+        # each row's probability under its own head (the fit the score test is taken at), a chunk at a time
+        p = np.empty(len(train))
+        W32 = self.W.T.astype(np.float32)
+        for lo in range(0, len(train), CHUNK_ROWS):
+            part = slice(lo, lo + CHUNK_ROWS)
+            Z = (train.X[part] @ W32).astype(np.float64) + self.b
+            p[part] = _sigmoid(Z[np.arange(len(Z)), train.processor_idx[part]])
+        self.crosses, self.cross_screen = select_crosses(
+            self.feature_names, train.X, train.y.astype(np.float64), train.weight.astype(np.float64), p, head, P,
+            max_crosses=int(self.params["crosses"]), min_z=float(self.params["cross_min_z"]),
+            max_cells=int(self.params["cross_max_cells"]), min_rows=int(self.params["cross_min_rows"]))
+        self.Wc = np.zeros((P, self.crosses.k))
+        if not len(self.crosses):
+            return
+        for j in np.flatnonzero(certain):  # an uncertain head keeps its main effects (it leans on the global model)
+            self._fit_head(int(j), train, rate, own)
+        self.history["crosses"] = [{"cross": c.name, "z": round(c.z, 2), "cells": len(c.cells)} for c in self.crosses.crosses]
 
     def _head_proba(self, X: np.ndarray) -> np.ndarray:
-        return _sigmoid(np.asarray(X, dtype=np.float64) @ self.W.T + self.b)
+        z = np.asarray(X, dtype=np.float64) @ self.W.T + self.b
+        if len(self.crosses):
+            z += self.crosses.columns(X).astype(np.float64) @ self.Wc.T
+        return _sigmoid(z)
 
     def _global_proba(self, X: np.ndarray) -> np.ndarray:
         return _sigmoid(np.asarray(X, dtype=np.float64) @ self.Wg + self.bg)
 
     def _export_weights(self, folder: Path) -> dict[str, Any]:
         with open(folder / WEIGHTS_FILE, "wb") as fh:
-            np.savez(fh, W=self.W, b=self.b, Wg=self.Wg, bg=np.array([self.bg]), x_mean=self.x_mean)
-        return {"weights": WEIGHTS_FILE, "shapes": {"W": list(self.W.shape), "b": [P], "Wg": [self.W.shape[1]], "bg": [1], "x_mean": [self.W.shape[1]]},
+            np.savez(fh, W=self.W, b=self.b, Wg=self.Wg, bg=np.array([self.bg]), x_mean=self.x_mean, Wc=self.Wc,
+                     c_mean=self.c_mean)
+        k = self.crosses.k
+        return {"weights": WEIGHTS_FILE, "shapes": {"W": list(self.W.shape), "b": [P], "Wg": [self.W.shape[1]], "bg": [1],
+                                                    "x_mean": [self.W.shape[1]], "Wc": [P, k], "c_mean": [k]},
                 "monotone": {"negative": list(self.mono.negative), "triples": [list(t) for t in self.mono.triples]},
-                "iterations": self.iterations}
+                "iterations": self.iterations, "crosses": self.crosses.to_config()}
 
     def global_importance(self, data: ModelData | None = None) -> dict[str, float]:
         """|coef| · std(feature) averaged over heads, weighted by each head's train rows."""
         w = self.n_train / max(self.n_train.sum(), 1)
         imp = (np.abs(self.W) * self.x_std[None, :] * w[:, None]).sum(axis=0)
+        # a cross counts as one input: the sum over its cell columns
+        cell = (np.abs(self.Wc) * self.c_std[None, :] * w[:, None]).sum(axis=0)
+        imp = np.concatenate([imp, [cell[lo:hi].sum() for lo, hi in zip(self.crosses.offsets[:-1], self.crosses.offsets[1:])]])
         imp = imp / imp.sum() if imp.sum() > 0 else imp
-        return dict(zip(self.feature_names, map(float, imp)))
+        return dict(zip([*self.feature_names, *self.crosses.names()], map(float, imp)))

@@ -27,6 +27,7 @@ from smartrouter.errors import ArtifactError
 from smartrouter.models import calibration
 from smartrouter.models.base import (CHECKSUM_FILE, ENCODER_FILE, FORMAT_VERSION, MODEL_FILE, PREDICT_CHUNK_ROWS, blend_heads,
                                      sha256_file)
+from smartrouter.models.crosses import CrossSet
 from smartrouter.models.data import P, PassthroughEncoder
 from smartrouter.models.dnn import numpy_forward
 from smartrouter.models.ensemble import combine
@@ -98,7 +99,10 @@ class ServingModel:
         a = self._a
         if self.family == "logistic":
             X64 = np.asarray(X, dtype=np.float64)
-            head = _sigmoid(X64 @ a["W"].T + a["b"])
+            z = X64 @ a["W"].T + a["b"]
+            if len(a["crosses"]):
+                z += a["crosses"].columns(X).astype(np.float64) @ a["Wc"].T
+            head = _sigmoid(z)
             glob = _sigmoid(X64 @ a["Wg"] + a["bg"][0]) if self._needs_global else None
             return blend_heads(head, glob, self.blend)
         if self.family == "dnn":
@@ -210,6 +214,13 @@ class ServingModel:
         elif self.family == "logistic":
             contrib = self._a["W"][j] * (x.astype(np.float64) - self._a["x_mean"])
             names = self.feature_names
+            crosses = self._a["crosses"]
+            if len(crosses):  # a cross is one input: its cell's weight against the training average
+                cell = crosses.columns(x[None, :])[0].astype(np.float64) - self._a["c_mean"]
+                per_cell = self._a["Wc"][j] * cell
+                off = crosses.offsets
+                contrib = np.concatenate([contrib, [per_cell[lo:hi].sum() for lo, hi in zip(off[:-1], off[1:])]])
+                names = [*names, *crosses.names()]
         else:
             mean = self._a.get("x_mean")
             base = np.zeros_like(x) if mean is None else mean.astype(np.float32)
@@ -429,13 +440,20 @@ def load_serving_model(folder: str | Path) -> ServingModel:
     if family == "logistic":
         wpath = folder / cfg.get("weights", "weights.npz")
         z = _load_npz(wpath)
+        try:  # the learned crosses (models.crosses); exports made before them have none
+            crosses = CrossSet.from_config(cfg.get("crosses") or [], d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{mpath}: config.crosses is not valid ({exc}); re-export the model") from None
         want = {"W": (P, d), "b": (P,), "Wg": (d,), "bg": (1,), "x_mean": (d,)}
+        if len(crosses):
+            want.update(Wc=(P, crosses.k), c_mean=(crosses.k,))
         for k, shape in want.items():
             if k not in z:
                 raise ArtifactError(f"{wpath} lacks array {k!r}; re-export the model")
             if z[k].shape != shape:
                 raise _shape_error(wpath, k, z[k].shape, shape)
         arrays = {k: z[k].astype(np.float64) for k in want}
+        arrays["crosses"] = crosses
     elif family == "dnn":
         wpath = folder / cfg.get("weights", "weights.npz")
         z = _load_npz(wpath)

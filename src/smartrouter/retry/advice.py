@@ -30,7 +30,8 @@ from smartrouter.retry.rules import BUCKETS, RetryRules, Verdict
 
 # the next attempt's retry columns (features.py names them); everything else is the declined attempt's
 RETRY_COLUMNS = ("NUM_ATTEMPTS_ORDER", "PREVIOUS_ORDER_ERROR_CODE", "PREVIOUS_PROCESSOR", "PREVIOUS_HARD_SOFT",
-                 "SEC_SINCE_PREVIOUS_ATTEMPT", "AVG_SEC_BETWEEN_PAYMENT_ATTEMPS", "CREATED_AT", "HOUR_LOCAL")
+                 "SEC_SINCE_PREVIOUS_ATTEMPT", "AVG_SEC_BETWEEN_PAYMENT_ATTEMPS", "CREATED_AT", "HOUR_LOCAL",
+                 "HOUR_LOCAL_NUMBER")
 
 
 def is_processor_error(code: str) -> bool:
@@ -62,6 +63,7 @@ def retry_payment(payment: Mapping[str, Any], code: str, processor: str, attempt
     d = derive_row(out)
     out["PREVIOUS_HARD_SOFT"] = d["PREVIOUS_HARD_SOFT"]
     out["HOUR_LOCAL"] = d["HOUR_LOCAL"]
+    out["HOUR_LOCAL_NUMBER"] = d["HOUR_LOCAL_NUMBER"]
     return out
 
 
