@@ -146,32 +146,85 @@ class Cross:
 
 
 class CrossSet:
-    """The selected crosses as indicator columns appended to the encoded rows (k in all)."""
+    """The selected crosses as indicator columns appended to the encoded rows (k in all).
+
+    Every cross's cell is computed for all crosses at once (``cell_index``): a categorical attribute's
+    code is a dot product with 0..L-1 on its one-hot columns (exactly one is hot), a numeric one's the
+    count of its cut points at or below the value, so a payment's crosses cost a dozen array operations
+    however many there are (the decision path's budget is a millisecond).
+    """
 
     def __init__(self, crosses: Sequence[Cross]) -> None:
         self.crosses = list(crosses)
-        self._lut = [c.column_of_cell() for c in self.crosses]
         self.offsets = np.cumsum([0, *[len(c.cells) for c in self.crosses]])
         self.k = int(self.offsets[-1])
+        attrs = list(dict.fromkeys(a for c in self.crosses for a in (c.a, c.b)))
+        self._attrs = attrs
+        self._ia = np.array([attrs.index(c.a) for c in self.crosses], dtype=np.int64)
+        self._ib = np.array([attrs.index(c.b) for c in self.crosses], dtype=np.int64)
+        self._nb = np.array([c.b.n_levels for c in self.crosses], dtype=np.int64)
+        sizes = [c.a.n_levels * c.b.n_levels for c in self.crosses]
+        self._cell_base = np.cumsum([0, *sizes])[:-1].astype(np.int64)  # each cross's cells in one shared index
+        self._lut = np.concatenate([c.column_of_cell() + np.where(c.column_of_cell() >= 0, off, 0)
+                                    for c, off in zip(self.crosses, self.offsets)]) if self.crosses else np.zeros(0, np.int64)
+        self._compiled: tuple[int, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.crosses)
 
+    def _plan(self, d: int) -> Any:
+        if self._compiled is None or self._compiled[0] != d:
+            V = np.zeros((d, len(self._attrs)), dtype=np.float32)  # categorical codes: X @ V
+            num_cols, num_edges, num_attr = [], [], []
+            for i, a in enumerate(self._attrs):
+                if a.numeric:
+                    for e in a.edges:
+                        num_cols.append(a.columns[0])
+                        num_edges.append(e)
+                        num_attr.append(i)
+                else:
+                    V[list(a.columns), i] = np.arange(len(a.columns), dtype=np.float32)
+            agg = np.zeros((len(num_cols), len(self._attrs)), dtype=np.float32)  # numeric codes: (x >= edges) @ agg
+            agg[np.arange(len(num_cols)), num_attr] = 1.0
+            self._compiled = (d, (V, np.array(num_cols, dtype=np.int64), np.array(num_edges, dtype=np.float32), agg))
+        return self._compiled[1]
+
+    def cell_index(self, X: np.ndarray) -> np.ndarray:
+        """(n, crosses) each row's cell of each cross, in the shared cell index (``table`` rows)."""
+        X = np.asarray(X, dtype=np.float32)
+        V, num_cols, num_edges, agg = self._plan(X.shape[1])
+        codes = X @ V
+        if len(num_cols):
+            codes += (X[:, num_cols] >= num_edges).astype(np.float32) @ agg
+        codes = codes.astype(np.int64)  # small integers, exact in float32
+        return self._cell_base + codes[:, self._ia] * self._nb + codes[:, self._ib]
+
     def columns(self, X: np.ndarray) -> np.ndarray:
         """(n, k) float32 0/1: the cell column of each cross that each row falls in (none for a rare cell)."""
         out = np.zeros((len(X), self.k), dtype=np.float32)
-        rows = np.arange(len(X))
-        for c, lut, off in zip(self.crosses, self._lut, self.offsets):
-            col = lut[c.cell_ids(X)]
-            hit = col >= 0
-            out[rows[hit], off + col[hit]] = 1.0
+        if not self.k:
+            return out
+        col = self._lut[self.cell_index(X)]
+        r, c = np.nonzero(col >= 0)
+        out[r, col[r, c]] = 1.0
         return out
 
+    def table(self, Wc: np.ndarray) -> np.ndarray:
+        """(cells, P) each cell's weight per head from the (P, k) column weights (0 for a cell without a column)."""
+        out = np.zeros((len(self._lut), Wc.shape[0]), dtype=np.float64)
+        has = self._lut >= 0
+        out[has] = np.asarray(Wc, dtype=np.float64).T[self._lut[has]]
+        return out
+
+    def logits(self, X: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """(n, P) what the crosses add to each head's log-odds: Σ over crosses of the row's cell weight."""
+        return table[self.cell_index(X)].sum(axis=1)
+
     def hot(self, x: np.ndarray) -> list[int]:
-        """The hot columns of one encoded row (at most one per cross): the per-payment path."""
+        """The hot columns of one encoded row (at most one per cross)."""
         out = []
-        for c, lut, off in zip(self.crosses, self._lut, self.offsets):
-            col = int(lut[c.a.code_one(x) * c.b.n_levels + c.b.code_one(x)])
+        for c, off in zip(self.crosses, self.offsets):
+            col = int(c.column_of_cell()[c.a.code_one(x) * c.b.n_levels + c.b.code_one(x)])
             if col >= 0:
                 out.append(int(off) + col)
         return out

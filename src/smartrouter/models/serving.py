@@ -101,7 +101,7 @@ class ServingModel:
             X64 = np.asarray(X, dtype=np.float64)
             z = X64 @ a["W"].T + a["b"]
             if len(a["crosses"]):
-                z += a["crosses"].columns(X).astype(np.float64) @ a["Wc"].T
+                z += a["crosses"].logits(X, a["cross_table"])
             head = _sigmoid(z)
             glob = _sigmoid(X64 @ a["Wg"] + a["bg"][0]) if self._needs_global else None
             return blend_heads(head, glob, self.blend)
@@ -454,6 +454,7 @@ def load_serving_model(folder: str | Path) -> ServingModel:
                 raise _shape_error(wpath, k, z[k].shape, shape)
         arrays = {k: z[k].astype(np.float64) for k in want}
         arrays["crosses"] = crosses
+        arrays["cross_table"] = crosses.table(arrays["Wc"]) if len(crosses) else None
     elif family == "dnn":
         wpath = folder / cfg.get("weights", "weights.npz")
         z = _load_npz(wpath)
