@@ -7,7 +7,7 @@ with interactions"). Naming the pairs in code would fit one world; instead the l
 them in its own residuals:
 
 1. after its main-effects fit, every candidate pair of payment attributes (categorical one-hot groups,
-   numeric attributes cut at their training quartiles) is scored by the Rao score test for adding the
+   numeric attributes cut at their training deciles) is scored by the Rao score test for adding the
    pair's cells to every certain head at once: T = Σ over heads and cells of (Σ residual)² / Σ p(1-p),
    chi-square with df = cells minus the main effects already fitted under no interaction, read as a
    normal quantile z (``chi2_z``);
@@ -31,7 +31,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 CANDIDATE_GROUPS = ("card", "transaction", "user")  # features.Feature.group values whose attributes may be crossed
-NUMERIC_QUANTILES = (0.25, 0.5, 0.75)  # a numeric attribute's cells: its training quartiles
+# a numeric attribute's cells: its training deciles. Quartiles were measured first: an effect that turns at
+# a fixed amount (a peso band) falls between quartiles, and on an interactions world (seed 5150, whose
+# strongest term is amount band x currency) logistic reached 87.9 % of the oracle's gain with quartiles,
+# 89.9 % with deciles
+NUMERIC_QUANTILES = tuple(q / 10 for q in range(1, 10))
 MAX_DISTINCT_AS_LEVELS = 4  # a numeric with at most this many values (a flag, a count) keeps one cell per value
 SCREEN_SAMPLE_ROWS = 200_000  # rows that set the numeric cut points (quantiles move little beyond this)
 MIN_CELL_INFORMATION = 5.0
@@ -259,10 +263,20 @@ class CrossSet:
 
 def chi2_z(T: float, df: float) -> float:
     """The standard normal quantile with the upper tail of a chi-square(df) statistic T: comparable
-    across pairs of very different sizes, and exact far into the tail (from log p, no underflow)."""
+    across pairs of very different sizes, and finite far into the tail (from log p, no underflow).
+
+    scipy's ``chi2.logsf`` returns -inf once the tail is below ~1e-308 (T 1,500 at 3 df, met on a
+    world with strong interactions); there the tail's asymptotic series is used:
+    log Q(a, x) = -x + (a-1) log x - lgamma(a) + log(1 + (a-1)/x + (a-1)(a-2)/x² + ...), a = df/2, x = T/2.
+    """
     from scipy import special, stats
 
-    return float(-special.ndtri_exp(stats.chi2.logsf(max(T, 0.0), df)))
+    T = max(float(T), 0.0)
+    log_p = float(stats.chi2.logsf(T, df))
+    if not np.isfinite(log_p):
+        a, x = df / 2.0, T / 2.0
+        log_p = -x + (a - 1.0) * np.log(x) - float(special.gammaln(a)) + float(np.log1p((a - 1.0) / x + (a - 1.0) * (a - 2.0) / x ** 2))
+    return float(-special.ndtri_exp(log_p))
 
 
 def _pair_cells(codes: Sequence[np.ndarray], attributes: Sequence[CrossAttribute], i: int, j: int,
