@@ -278,6 +278,9 @@ def test_whole_chain_on_small_world(settings, monkeypatch: pytest.MonkeyPatch) -
     assert scraps["checks_passed"].data is True
     assert scraps["data_fingerprint"].data["hash"] == fp["hash"]
     assert m["metrics"]["01_extract_eda"]["approval_rate"] == scraps["approval_rate"].data
+    # the train stage records how many learned crosses the logistic heads got: the exported model's
+    lr_config = json.loads((result.run_dir / "models" / "logistic" / "model.json").read_text())["config"]
+    assert m["metrics"]["03_train"]["logistic_crosses"] == len(lr_config["crosses"])
     # the evaluate stage's optimized static rules: within the row limit, rows the rules engine loads
     from smartrouter.rules import RulesEngine
 
