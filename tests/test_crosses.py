@@ -144,3 +144,15 @@ def test_a_cross_outside_the_encoder_is_refused_at_load(planted, tmp_path):
     (folder / CHECKSUM_FILE).write_text(json.dumps(sums))
     with pytest.raises(ArtifactError, match="config.crosses"):
         load_serving_model(folder)
+
+
+def test_the_dnn_linear_path_starts_from_the_heads_before_their_crosses(planted):
+    md, _, crossed, plain = planted
+    W, b = crossed.main_effects
+    # the same deterministic fit as a logistic model without crosses, to the bit
+    assert np.array_equal(W, plain.W) and np.array_equal(b, plain.b)
+    dnn = make_model("dnn", min_rows=500)
+    dnn.feature_names = list(md.feature_names)
+    dnn.linear_start = crossed
+    K, bias = dnn._fit_linear_start(md.part("train"), md.part("valid"))
+    assert np.array_equal(K[:, :P], plain.W.T.astype(np.float32)) and np.array_equal(bias[:P], plain.b.astype(np.float32))

@@ -263,8 +263,10 @@ class DNNModel(ApprovalModel):
             lm = LogisticModel(seed=int(self.params["seed"]), monotone=bool(self.params["monotone"]), crosses=0)  # main effects only: what K reads
             lm.feature_names = self.feature_names
             lm._fit_core(train, valid)
-        K = np.hstack([lm.W.T, lm.Wg[:, None]]).astype(np.float32)
-        return K, np.append(lm.b, lm.bg).astype(np.float32)
+        # a logistic model with learned crosses hands over its heads from before them (main effects only)
+        W, b = getattr(lm, "main_effects", None) or (lm.W, lm.b)
+        K = np.hstack([W.T, lm.Wg[:, None]]).astype(np.float32)
+        return K, np.append(b, lm.bg).astype(np.float32)
 
     def _all_heads(self, X: np.ndarray) -> np.ndarray:
         import tensorflow as tf

@@ -200,6 +200,7 @@ class LogisticModel(ApprovalModel):
         own = processor_feature_columns(self.feature_names) if self.params["own_processor_only"] else {}
         self.crosses = CrossSet([])
         self.Wc = np.zeros((P, 0))
+        self.main_effects: tuple[np.ndarray, np.ndarray] | None = None
         self.cross_screen: list[dict[str, Any]] = []
         for j in range(P):
             self._fit_head(j, train, rate, own)
@@ -258,6 +259,9 @@ class LogisticModel(ApprovalModel):
         self.Wc = np.zeros((P, self.crosses.k))
         if not len(self.crosses):
             return
+        # the heads without crosses, kept: the DNN's linear path starts from a main-effects model (its
+        # trunk learns what the payment's features add; it has no cross columns to carry the rest)
+        self.main_effects = (self.W.copy(), self.b.copy())
         for j in np.flatnonzero(certain):  # an uncertain head keeps its main effects (it leans on the global model)
             self._fit_head(int(j), train, rate, own)
         self.history["crosses"] = [{"cross": c.name, "z": round(c.z, 2), "cells": len(c.cells)} for c in self.crosses.crosses]
