@@ -369,6 +369,20 @@ def _levels_below(children: np.ndarray, roots: np.ndarray) -> int:
         frontier, depth = np.concatenate([children[2 * inner], children[2 * inner + 1]]), depth + 1
 
 
+def tree_reads(trees: CompiledTrees, width: int) -> np.ndarray:
+    """(trees, width) bool: the columns each tree splits on (a tree that reads none of the columns in
+    which two rows differ gives both rows the same leaf)."""
+    out = np.zeros((trees.n_trees, width), dtype=bool)
+    nodes = trees.roots[:, None]
+    tree = np.arange(trees.n_trees)[:, None]
+    for _ in range(trees.depth):
+        left, right = trees.children[2 * nodes], trees.children[2 * nodes + 1]
+        split = left != nodes  # a leaf's children are itself
+        out[np.broadcast_to(tree, nodes.shape)[split], trees.feature[nodes[split]]] = True
+        nodes = np.concatenate([left, right], axis=1)
+    return out
+
+
 def shared_trees(gated: np.ndarray) -> np.ndarray:
     """Indices of the trees no processor gate guards: every row walks them."""
     return np.flatnonzero(gated < 0)
