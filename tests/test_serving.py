@@ -308,3 +308,37 @@ def test_vectorized_head_calibrators_match_the_per_head_maps():
     np.testing.assert_allclose(calibration.HeadCalibrators(cals).apply(raw), want, rtol=0, atol=8 * np.finfo(np.float64).eps)
     with pytest.raises(ValueError, match="unknown calibration method 'spline'"):
         calibration.HeadCalibrators([{"method": "spline"}])
+
+
+def test_tree_reads_are_each_trees_split_columns(exported):
+    from smartrouter.models.xgb_numpy import tree_reads
+
+    _, folder, _ = exported["xgb"]
+    sm = load_serving_model(folder)
+    head = sm._a["head_trees"]
+    reads = tree_reads(head, sm._one.shape[1])
+
+    def splits(node, out):
+        if "split" in node:
+            out.add(int(str(node["split"]).lstrip("f")))
+            for child in node["children"]:
+                splits(child, out)
+        return out
+
+    dump = [json.loads(t) for t in sm._a["booster"].get_dump(dump_format="json")]
+    assert len(dump) == head.n_trees
+    for t, tree in enumerate(dump):
+        assert set(np.flatnonzero(reads[t]).tolist()) == splits(tree, set()), t
+
+
+def test_score_rows_walks_a_tree_only_on_the_rows_that_can_differ_for_it(exported):
+    _, folder, d = exported["xgb"]
+    sm = load_serving_model(folder)
+    X = np.repeat(d.X[:1], 6, axis=0)
+    X[:, 2] = np.linspace(-2.0, 2.0, 6)  # six configurations differing in one column
+    np.testing.assert_allclose(sm.score_rows(X), sm.score_matrix(X), rtol=0, atol=1e-6)
+    groups = next(g for key, (g, *_rest) in sm._row_batches.items() if key[0] == 6)
+    n_rows = [None if b is None else b.n_rows for b in groups]
+    # every shared tree is in exactly one group, and only the trees reading column 2 and a processor column walk 30 rows
+    assert sum(0 if b is None else b.row_trees.shape[1] for b in groups) == len(sm._shared)
+    assert n_rows[3] in (None, 6 * P) and n_rows[1] in (None, P)
